@@ -1,0 +1,484 @@
+package ossclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aliyun/alibabacloud-oss-go-sdk-v2/oss"
+	"github.com/aliyun/alibabacloud-oss-go-sdk-v2/oss/retry"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// Download defaults. The part size was chosen with `make bench` (see docs/benchmarks.md):
+// smaller parts pay a request per few MB, larger ones leave workers idle at an object's end
+// and delay the contiguous prefix a relay forwards.
+const (
+	DefaultConcurrency       = 16 * 16 // OSS Connector's prefetch.vcpus × prefetch.workers
+	DefaultPartSize    int64 = 8 << 20
+	minPartSize        int64 = 256 << 10
+	// allocChunk is the step of preallocation: workers start on an object's first parts
+	// while the rest of a multi-GB shard is still being allocated.
+	allocChunk int64 = 64 << 20
+	bufferSize       = 256 << 10 // one read+CRC+write step of a worker
+)
+
+// DownloadOptions tune Download. Zero values mean the defaults.
+type DownloadOptions struct {
+	// Concurrency is the number of ranged GETs in flight (OSS Connector's prefetch.vcpus ×
+	// prefetch.workers). Capped at MaxConcurrency and at the number of parts.
+	Concurrency int
+	// PartSize is the length of one ranged GET.
+	PartSize int64
+	// Progress, if set, is called after every write. Calls are serialized, values never
+	// decrease, and it must return quickly (it runs on the download's hot path).
+	Progress func(Progress)
+}
+
+// part is one ranged GET: bytes [off, off+size) of object obj.
+type part struct {
+	obj  int
+	off  int64
+	size int64
+}
+
+// Download writes every object of m under dir (which must exist; the files are created or
+// truncated), fetching parts in parallel with resumable ranged GETs. Each request carries
+// If-Match with the manifest's ETag, so a model changed in OSS mid-download fails with
+// ErrChanged instead of mixing versions; each object's CRC-64 is computed in-line, part by
+// part, combined, and checked against the manifest (ErrIntegrity). When Download returns nil
+// every byte under dir has been verified. On error, files under dir are incomplete: the
+// caller discards them.
+func (c *Client) Download(ctx context.Context, m *Manifest, dir string, opts DownloadOptions) error {
+	start := time.Now()
+	d, err := c.newDownload(m, dir, opts)
+	if err != nil {
+		return err
+	}
+	defer d.root.Close()
+	err = d.run(ctx)
+	d.files.closeAll()
+	if err != nil {
+		return err
+	}
+	klog.FromContext(ctx).V(2).Info("Downloaded model", "model", m.URI().String(), "bytes", m.Size(),
+		"seconds", time.Since(start).Seconds(), "requests", d.requests.Load(), "retries", d.retries.Load())
+	return nil
+}
+
+type download struct {
+	c        *Client
+	m        *Manifest
+	root     *os.Root
+	parts    []part
+	first    []int // first part of each object; first[len(objects)] = len(parts)
+	partCRC  []uint64
+	left     []atomic.Int32 // parts of each object not yet complete
+	alloc    watermark      // model bytes [0, alloc) are preallocated
+	files    *fileTable
+	track    *tracker
+	workers  int
+	next     atomic.Int64 // next part to hand out: parts go out in model order
+	requests atomic.Int64
+	retries  atomic.Int64
+}
+
+func (c *Client) newDownload(m *Manifest, dir string, opts DownloadOptions) (*download, error) {
+	partSize := opts.PartSize
+	if partSize <= 0 {
+		partSize = DefaultPartSize
+	}
+	partSize = max(partSize, minPartSize)
+	workers := opts.Concurrency
+	if workers <= 0 {
+		workers = DefaultConcurrency
+	}
+	workers = min(workers, MaxConcurrency)
+
+	d := &download{c: c, m: m, first: make([]int, len(m.Objects)+1), left: make([]atomic.Int32, len(m.Objects))}
+	for i, o := range m.Objects {
+		if o.Size == 0 && o.CRC64 != 0 {
+			return nil, &Error{Op: "get", Target: m.URI().Object(o.Key), Kind: ErrIntegrity, Err: fmt.Errorf("manifest gives an empty object CRC-64 %d", o.CRC64)}
+		}
+		d.first[i] = len(d.parts)
+		for off := int64(0); off < o.Size; off += partSize {
+			d.parts = append(d.parts, part{obj: i, off: off, size: min(partSize, o.Size-off)})
+		}
+		d.left[i].Store(int32(len(d.parts) - d.first[i]))
+	}
+	d.first[len(m.Objects)] = len(d.parts)
+	d.partCRC = make([]uint64, len(d.parts))
+	d.workers = max(1, min(workers, len(d.parts)))
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("download %s: %w", m.URI(), err)
+	}
+	d.root = root
+	d.files = &fileTable{root: root, m: m, mmap: hugeTmpfs(dir), open: make(map[int]*objectFile)}
+	d.track = newTracker(m, d.parts, opts.Progress)
+	return d, nil
+}
+
+func (d *download) run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	// Preallocation runs ahead of the workers in model order: the space is reserved before a
+	// byte of the object is written (tmpfs fails early, not at 90 %), and its cost overlaps
+	// the network instead of delaying the first request.
+	g.Go(func() error { return d.preallocate(ctx) })
+	for range d.workers {
+		g.Go(func() error {
+			buf := make([]byte, bufferSize)
+			for {
+				i := int(d.next.Add(1) - 1)
+				if i >= len(d.parts) {
+					return nil
+				}
+				if err := d.fetchPart(ctx, i, buf); err != nil {
+					return err
+				}
+			}
+		})
+	}
+	return g.Wait()
+}
+
+func (d *download) preallocate(ctx context.Context) error {
+	for i, o := range d.m.Objects {
+		err := allocate(d.root, d.m.Path(i), o.Size, func(done int64) error {
+			d.alloc.advance(d.m.Offset(i) + done)
+			return ctx.Err()
+		})
+		if err != nil {
+			return fmt.Errorf("download %s: %w", d.m.URI(), err)
+		}
+		if o.Size == 0 {
+			d.track.objectVerified(i)
+		}
+	}
+	return nil
+}
+
+// allocate creates the file at rel (and its directories) and reserves size bytes for it,
+// allocChunk at a time, reporting each step to progress (which may stop it with an error).
+func allocate(root *os.Root, rel string, size int64, progress func(done int64) error) error {
+	if dir := path.Dir(rel); dir != "." {
+		if err := root.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	f, err := root.OpenFile(rel, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	for off := int64(0); off < size && err == nil; {
+		n := min(allocChunk, size-off)
+		err = unix.Fallocate(int(f.Fd()), 0, off, n)
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+			err, n = f.Truncate(size), size-off // the file system cannot reserve: size it
+		}
+		if err != nil {
+			err = fmt.Errorf("preallocate %s (%d bytes): %w", rel, size, err)
+			break
+		}
+		off += n
+		err = progress(off)
+	}
+	if size == 0 {
+		err = progress(0)
+	}
+	return errors.Join(err, f.Close())
+}
+
+// watermark is a monotonic position that goroutines can wait for.
+type watermark struct {
+	mu      sync.Mutex
+	at      int64
+	changed chan struct{}
+}
+
+func (w *watermark) advance(to int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if to <= w.at {
+		return
+	}
+	w.at = to
+	if w.changed != nil {
+		close(w.changed)
+		w.changed = nil
+	}
+}
+
+// wait returns when the watermark reaches to, or ctx ends.
+func (w *watermark) wait(ctx context.Context, to int64) error {
+	for {
+		w.mu.Lock()
+		if w.at >= to {
+			w.mu.Unlock()
+			return nil
+		}
+		if w.changed == nil {
+			w.changed = make(chan struct{})
+		}
+		ch := w.changed
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// fetchPart downloads part i, resuming after transient failures at the first byte it does not
+// have yet, and records its CRC.
+func (d *download) fetchPart(ctx context.Context, i int, buf []byte) error {
+	p := d.parts[i]
+	o := &d.m.Objects[p.obj]
+	if err := d.alloc.wait(ctx, d.m.Offset(p.obj)+p.off+p.size); err != nil {
+		return err
+	}
+	f, err := d.files.get(p.obj)
+	if err != nil {
+		return fmt.Errorf("download %s: %w", d.m.URI(), err)
+	}
+	var done int64
+	var crc uint64
+	for failures := 0; ; {
+		n, c, err := d.getRange(ctx, i, p.off+done, p.size-done, f, crc, buf)
+		done, crc = done+n, c
+		if err == nil {
+			break
+		}
+		target := d.m.URI().Object(o.Key)
+		if !retryable(ctx, err) {
+			return opError(ctx, "get", target, err)
+		}
+		if n > 0 {
+			failures = 0
+		}
+		if failures++; failures > d.c.cfg.Retry.MaxFailures {
+			return opError(ctx, "get", target, err)
+		}
+		d.retries.Add(1)
+		klog.FromContext(ctx).V(2).Info("Retrying part", "object", target, "offset", p.off+done, "attempt", failures+1, "err", errSummary(err))
+		t := time.NewTimer(d.c.cfg.Retry.delay(failures))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return opError(ctx, "get", target, ctx.Err())
+		}
+	}
+	d.partCRC[i] = crc
+	d.track.partComplete(i)
+	if d.left[p.obj].Add(-1) == 0 {
+		return d.verifyObject(p.obj)
+	}
+	return nil
+}
+
+// noRetry: parts retry themselves, resuming where the body broke off; a request-level retry in
+// the SDK would only multiply attempts.
+func noRetry(o *oss.Options) { o.Retryer = retry.NopRetryer{} }
+
+// getRange requests bytes [off, off+n) of part i's object and streams them into dst (the
+// object's file), extending crc. It returns how many bytes it wrote (and folded into crc) even
+// when it fails.
+func (d *download) getRange(ctx context.Context, i int, off, n int64, dst *objectFile, crc uint64, buf []byte) (int64, uint64, error) {
+	o := &d.m.Objects[d.parts[i].obj]
+	end := off + n - 1
+	d.requests.Add(1)
+	res, err := d.c.sdk.GetObject(ctx, &oss.GetObjectRequest{
+		Bucket:        oss.Ptr(d.m.Bucket),
+		Key:           oss.Ptr(o.Key),
+		Range:         oss.Ptr("bytes=" + strconv.FormatInt(off, 10) + "-" + strconv.FormatInt(end, 10)),
+		RangeBehavior: oss.Ptr("standard"),
+		IfMatch:       oss.Ptr(o.ETag),
+	}, noRetry)
+	if err != nil {
+		return 0, crc, err
+	}
+	defer res.Body.Close()
+	if err := checkRange(res, o, off, end); err != nil {
+		return 0, crc, err
+	}
+	dst.prepare(off, n)
+	var written int64
+	for written < n {
+		p := dst.buffer(off+written, min(int64(len(buf)), n-written), buf)
+		k, rerr := io.ReadFull(res.Body, p)
+		if k > 0 {
+			crc = crcUpdate(crc, p[:k])
+			if werr := dst.commit(p[:k], off+written); werr != nil {
+				return written, crc, fmt.Errorf("write %s: %w", d.m.Path(d.parts[i].obj), werr)
+			}
+			written += int64(k)
+			d.track.wrote(i, int64(k))
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				rerr = errShortBody
+			}
+			return written, crc, rerr
+		}
+	}
+	// Read to EOF so the connection goes back to the pool for the next part.
+	_, _ = res.Body.Read(buf[:1])
+	return written, crc, nil
+}
+
+// checkRange makes sure the answer is the requested range of the manifest's version, even
+// behind a proxy that ignores If-Match or Range.
+func checkRange(res *oss.GetObjectResult, o *Object, off, end int64) error {
+	changed := func(format string, args ...any) error {
+		return &Error{Op: "get", Kind: ErrChanged, Err: fmt.Errorf(format, args...)}
+	}
+	if etag := oss.ToString(res.ETag); etag != "" && etag != o.ETag {
+		return changed("ETag is %s, the manifest has %s", etag, o.ETag)
+	}
+	switch res.StatusCode {
+	case 206:
+		want := fmt.Sprintf("bytes %d-%d/%d", off, end, o.Size)
+		if cr := oss.ToString(res.ContentRange); cr != want {
+			return changed("asked for %q, got Content-Range %q", want, cr)
+		}
+	case 200:
+		if off != 0 || end != o.Size-1 || res.ContentLength != o.Size {
+			return changed("asked for bytes %d-%d of %d, got the whole object of %d bytes", off, end, o.Size, res.ContentLength)
+		}
+	default:
+		return fmt.Errorf("unexpected HTTP status %d for a ranged GET", res.StatusCode)
+	}
+	return nil
+}
+
+// verifyObject combines the CRCs of object o's parts and compares with the manifest.
+func (d *download) verifyObject(o int) error {
+	obj := &d.m.Objects[o]
+	var crc uint64
+	for i := d.first[o]; i < d.first[o+1]; i++ {
+		crc = crcCombine(crc, d.partCRC[i], d.parts[i].size)
+	}
+	if err := d.files.close(o); err != nil {
+		return fmt.Errorf("download %s: close %s: %w", d.m.URI(), d.m.Path(o), err)
+	}
+	if crc != obj.CRC64 {
+		return &Error{Op: "get", Target: d.m.URI().Object(obj.Key), Kind: ErrIntegrity,
+			Err: fmt.Errorf("CRC-64 of the %d bytes received is %d, OSS has %d", obj.Size, crc, obj.CRC64)}
+	}
+	d.track.objectVerified(o)
+	return nil
+}
+
+// fileTable keeps one open file per object while its parts are written.
+type fileTable struct {
+	mu   sync.Mutex
+	root *os.Root
+	m    *Manifest
+	mmap bool // write through memory mappings (huge-page tmpfs)
+	open map[int]*objectFile
+}
+
+// objectFile is an object's preallocated file. On a tmpfs with huge pages it is written through
+// a shared memory mapping: the socket's bytes land in the page cache with one copy instead of
+// two, and parallel parts of one file do not serialize on its inode lock as write(2) does. On
+// 4 KiB pages, faulting the mapping in costs more than the copy it saves, so parts are written
+// with pwrite(2) (docs/benchmarks.md has both figures).
+type objectFile struct {
+	f    *os.File
+	data []byte // the mapping; nil when writing with pwrite
+}
+
+func (t *fileTable) get(o int) (*objectFile, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f := t.open[o]; f != nil {
+		return f, nil
+	}
+	f, err := t.root.OpenFile(t.m.Path(o), os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	of := &objectFile{f: f}
+	if size := t.m.Objects[o].Size; size > 0 && t.mmap {
+		if data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+			of.data = data
+		}
+	}
+	t.open[o] = of
+	return of, nil
+}
+
+// prepare faults in the pages of [off, off+n) in one call (they were reserved by fallocate),
+// instead of one page fault per 4 KiB as the socket's bytes arrive.
+func (of *objectFile) prepare(off, n int64) {
+	if of.data != nil {
+		_ = unix.Madvise(of.data[off:off+n], unix.MADV_POPULATE_WRITE) // best effort (Linux ≥ 5.14)
+	}
+}
+
+// buffer returns where the n bytes at off should be read into: the mapping itself, or buf.
+func (of *objectFile) buffer(off, n int64, buf []byte) []byte {
+	if of.data != nil {
+		return of.data[off : off+n]
+	}
+	return buf[:n]
+}
+
+// commit makes p, the bytes at off returned by buffer and filled, part of the file.
+func (of *objectFile) commit(p []byte, off int64) error {
+	if of.data != nil {
+		return nil // already in place
+	}
+	_, err := of.f.WriteAt(p, off)
+	return err
+}
+
+func (of *objectFile) close() error {
+	var err error
+	if of.data != nil {
+		err = unix.Munmap(of.data)
+		of.data = nil
+	}
+	return errors.Join(err, of.f.Close())
+}
+
+func (t *fileTable) close(o int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	of := t.open[o]
+	if of == nil {
+		return nil
+	}
+	delete(t.open, o)
+	return of.close()
+}
+
+func (t *fileTable) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for o, of := range t.open {
+		_ = of.close()
+		delete(t.open, o)
+	}
+}
+
+// errSummary is a one-line description of err for logs (the SDK's own messages span lines).
+func errSummary(err error) string {
+	var se *oss.ServiceError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("HTTP %d %s (request id %s)", se.StatusCode, se.Code, se.RequestID)
+	}
+	return strings.ReplaceAll(err.Error(), "\n", " ")
+}

@@ -1,0 +1,105 @@
+package ossclient
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// URI is a model location in OSS: a bucket and a prefix that is always a directory
+// ("" for the whole bucket, otherwise ending in "/").
+type URI struct {
+	Bucket string
+	Prefix string
+}
+
+const uriScheme = "oss://"
+
+// maxKeyLen is the longest object key OSS accepts, in bytes.
+const maxKeyLen = 1023
+
+// ParseURI parses oss://bucket/prefix/. A prefix without a trailing slash is taken as the
+// directory of that name. Anything else is an error naming the bad value.
+func ParseURI(s string) (URI, error) {
+	rest, ok := strings.CutPrefix(s, uriScheme)
+	if !ok {
+		return URI{}, fmt.Errorf("%w %q: must start with %s (for example oss://bucket/models/qwen/)", ErrInvalidURI, s, uriScheme)
+	}
+	bucket, prefix, _ := strings.Cut(rest, "/")
+	if err := validateBucket(bucket); err != nil {
+		return URI{}, fmt.Errorf("%w %q: %w", ErrInvalidURI, s, err)
+	}
+	if prefix != "" {
+		if !strings.HasSuffix(prefix, "/") {
+			prefix += "/"
+		}
+		if err := validatePrefix(prefix); err != nil {
+			return URI{}, fmt.Errorf("%w %q: %w", ErrInvalidURI, s, err)
+		}
+	}
+	return URI{Bucket: bucket, Prefix: prefix}, nil
+}
+
+func (u URI) String() string { return uriScheme + u.Bucket + "/" + u.Prefix }
+
+// Object returns the oss:// form of one key of the bucket.
+func (u URI) Object(key string) string { return uriScheme + u.Bucket + "/" + key }
+
+// validateBucket applies OSS's bucket naming rules: 3 to 63 characters, lower-case letters,
+// digits and hyphens, starting and ending with a letter or a digit.
+func validateBucket(b string) error {
+	if b == "" {
+		return fmt.Errorf("bucket name is missing")
+	}
+	bad := len(b) < 3 || len(b) > 63 || b[0] == '-' || b[len(b)-1] == '-'
+	for i := 0; i < len(b) && !bad; i++ {
+		c := b[i]
+		bad = !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-')
+	}
+	if bad {
+		return fmt.Errorf("bucket name %q must be 3-63 lower-case letters, digits or hyphens, starting and ending with a letter or digit", b)
+	}
+	return nil
+}
+
+// validatePrefix rejects a prefix that could not name a directory of safe relative paths.
+func validatePrefix(p string) error {
+	if len(p) > maxKeyLen {
+		return fmt.Errorf("prefix is %d bytes long, OSS keys are at most %d", len(p), maxKeyLen)
+	}
+	if err := checkPathChars(p); err != nil {
+		return fmt.Errorf("prefix %q: %w", p, err)
+	}
+	for _, seg := range strings.Split(strings.TrimSuffix(p, "/"), "/") {
+		if err := checkSegment(seg); err != nil {
+			return fmt.Errorf("prefix %q: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// checkPathChars rejects invalid UTF-8 and control characters (NUL included).
+func checkPathChars(s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("not valid UTF-8")
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("contains control character %U", r)
+		}
+	}
+	return nil
+}
+
+// checkSegment rejects path segments that would not be a plain name inside a directory.
+func checkSegment(seg string) error {
+	switch {
+	case seg == "":
+		return fmt.Errorf("has an empty path segment (\"//\" or a leading \"/\")")
+	case seg == "." || seg == "..":
+		return fmt.Errorf("has a %q path segment", seg)
+	case len(seg) > 255:
+		return fmt.Errorf("has a path segment of %d bytes, longer than a file name may be (255)", len(seg))
+	}
+	return nil
+}
