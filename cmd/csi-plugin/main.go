@@ -1,0 +1,56 @@
+// Command csi-plugin is modelcast's one binary: the CSI driver's services and the operator's
+// subcommands.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/klog/v2"
+
+	"github.com/modelcast/modelcast/internal/version"
+)
+
+const usage = `usage: csi-plugin <command> [flags]
+
+commands:
+  fetch     download a model from OSS into a directory, verified (csi-plugin fetch -h)
+  version   print the version
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "fetch":
+		err = runFetch(ctx, args)
+	case "version", "--version", "-version":
+		fmt.Fprintln(os.Stdout, version.Get())
+	case "help", "-h", "--help":
+		fmt.Fprint(os.Stdout, usage)
+	default:
+		fmt.Fprintf(os.Stderr, "csi-plugin: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		klog.ErrorS(err, "Command failed", "command", os.Args[1])
+		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+	}
+	klog.Flush()
+}
+
+// newFlagSet returns a flag set for a subcommand with klog's flags (-v, …) registered.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("csi-plugin "+name, flag.ExitOnError)
+	klog.InitFlags(fs)
+	return fs
+}
