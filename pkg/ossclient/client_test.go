@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -659,5 +658,3 @@ func equalFiles(t *testing.T, a, b string) {
 		}
 	}
 }
-
-func listenLocal() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
