@@ -54,7 +54,13 @@ func run(ctx context.Context, o *options, stdout io.Writer) error {
 	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close()
 	}
-	return <-served
+	err = <-served
+	st := srv.Stats()
+	if _, werr := fmt.Fprintf(stdout, "ossemu: served %d bytes in %d GET, %d HEAD and %d LIST requests\n",
+		st.BytesServed, st.Requests[ossemu.OpGet], st.Requests[ossemu.OpHead], st.Requests[ossemu.OpList]); werr != nil {
+		klog.ErrorS(werr, "write summary line")
+	}
+	return err
 }
 
 // seed creates the buckets and objects the flags ask for.
