@@ -26,14 +26,15 @@ export OSS_REGION=cn-demo
 
 echo "==> starting the OSS emulator with a ${size} model"
 bin/ossemu --listen 127.0.0.1:0 --addr-file "$work/addr" --region "$OSS_REGION" \
-	--bucket models --generate "models/demo/Qwen-demo/=${size}" ${DEMO_RATE:+--egress-rate "$DEMO_RATE"} &
+	--bucket models --generate "models/demo/Qwen-demo/=${size}" ${DEMO_RATE:+--egress-rate "$DEMO_RATE"} \
+	2>"$work/ossemu.log" &
 emu_pid=$!
 for _ in $(seq 600); do
 	[ -s "$work/addr" ] && break
-	kill -0 "$emu_pid" 2>/dev/null || { echo "emulator exited" >&2; exit 1; }
+	kill -0 "$emu_pid" 2>/dev/null || { echo "emulator exited:" >&2; cat "$work/ossemu.log" >&2; exit 1; }
 	sleep 0.1
 done
-[ -s "$work/addr" ] || { echo "emulator did not start" >&2; exit 1; }
+[ -s "$work/addr" ] || { echo "emulator did not start:" >&2; cat "$work/ossemu.log" >&2; exit 1; }
 endpoint=$(cat "$work/addr")
 
 echo "==> csi-plugin fetch oss://models/demo/Qwen-demo/ from $endpoint"
