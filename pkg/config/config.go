@@ -1,0 +1,215 @@
+// Package config loads modelcast's node configuration: /etc/modelcast/config.json with the keys
+// of OSS Connector's config file (expireTimeSec, prefetch.*, broadcast.*, bindPort, logLevel)
+// plus modelcast's own cache section, and the environment variables OSS Connector honours.
+// Precedence, as OSS Connector's: environment over file over defaults.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultPath is where the node plugin reads its configuration.
+const DefaultPath = "/etc/modelcast/config.json"
+
+// EnvMaxCacheAdviseGB overrides prefetch.maxCacheAdviseGB, as in OSS Connector.
+const EnvMaxCacheAdviseGB = "CONNECTOR_MAX_CACHE_ADVISE_GB"
+
+// Config is the node plugin's configuration.
+type Config struct {
+	LogLevel int `json:"logLevel"`
+	// ExpireTimeSec: seconds a model nobody uses stays cached (default 120).
+	ExpireTimeSec int       `json:"expireTimeSec"`
+	Prefetch      Prefetch  `json:"prefetch"`
+	Broadcast     Broadcast `json:"broadcast"`
+	// BindPort: the peer data plane's port (default 19898).
+	BindPort int   `json:"bindPort"`
+	Cache    Cache `json:"cache"`
+
+	// Keys of OSS Connector's file that modelcast reads but has no use for (it logs through
+	// klog to stderr); accepted so an existing config.json can be reused as it is.
+	LogPath   string `json:"logPath,omitempty"`
+	AuditPath string `json:"auditPath,omitempty"`
+}
+
+// Prefetch tunes downloads from OSS.
+type Prefetch struct {
+	// VCPUs × Workers is the number of parallel ranged GETs (defaults 16 and 16).
+	VCPUs   int `json:"vcpus"`
+	Workers int `json:"workers"`
+	// MaxCacheAdviseGB is the soft cap of the node's cache in GB (10^9 bytes); 0: none.
+	MaxCacheAdviseGB float64 `json:"maxCacheAdviseGB"`
+}
+
+// Broadcast configures the Redis-coordinated chain (see the seed's model broadcasting).
+type Broadcast struct {
+	EnableBroadcast bool   `json:"enableBroadcast"`
+	Tenant          string `json:"tenant"`
+	// Chains: independent chains per model (default 1).
+	Chains int `json:"chains"`
+	DB     DB  `json:"db"`
+}
+
+// DB is the Redis or Tair service.
+type DB struct {
+	Host     string `json:"host"`
+	Port     int    `json:"port"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+	// URL is an alternative to the fields above: redis://user:pass@host:port/db or rediss:// for TLS.
+	URL string `json:"url"`
+	TLS bool   `json:"tls"`
+}
+
+// Cache configures the node's tmpfs cache.
+type Cache struct {
+	Root string `json:"root"`
+	// Tmpfs: mount (or adopt) a tmpfs at Root (default true).
+	Tmpfs *bool `json:"tmpfs"`
+	// TmpfsSize: the tmpfs size, bytes with k/m/g or a percentage of RAM (default "90%").
+	TmpfsSize string `json:"tmpfsSize"`
+	// Huge: the tmpfs huge option (default "within_size"; "never" to disable).
+	Huge string `json:"huge"`
+	// MemoryReserveGB: memory a new model must leave available (default 1).
+	MemoryReserveGB float64 `json:"memoryReserveGB"`
+}
+
+// Default returns the configuration with every default filled in.
+func Default() Config {
+	c := Config{}
+	c.fill()
+	return c
+}
+
+func (c *Config) fill() {
+	if c.ExpireTimeSec == 0 {
+		c.ExpireTimeSec = 120
+	}
+	if c.Prefetch.VCPUs == 0 {
+		c.Prefetch.VCPUs = 16
+	}
+	if c.Prefetch.Workers == 0 {
+		c.Prefetch.Workers = 16
+	}
+	if c.Broadcast.Chains == 0 {
+		c.Broadcast.Chains = 1
+	}
+	if c.Broadcast.DB.Port == 0 {
+		c.Broadcast.DB.Port = 6379
+	}
+	if c.BindPort == 0 {
+		c.BindPort = 19898
+	}
+	if c.Cache.Root == "" {
+		c.Cache.Root = "/var/lib/modelcast/cache"
+	}
+	if c.Cache.Tmpfs == nil {
+		on := true
+		c.Cache.Tmpfs = &on
+	}
+	if c.Cache.TmpfsSize == "" {
+		c.Cache.TmpfsSize = "90%"
+	}
+	if c.Cache.Huge == "" {
+		c.Cache.Huge = "within_size"
+	}
+	if c.Cache.MemoryReserveGB == 0 {
+		c.Cache.MemoryReserveGB = 1
+	}
+}
+
+// Load reads the file at path (a missing file means the defaults; a missing file given
+// explicitly is still not an error, as the DaemonSet always mounts the same path), applies
+// the environment through getenv, fills defaults and validates. Unknown keys are an error
+// naming them: a misspelt key would otherwise be silently ignored.
+func Load(path string, getenv func(string) string) (Config, error) {
+	var c Config
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return c, fmt.Errorf("config %s: %w", path, err)
+	default:
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			return c, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if v := strings.TrimSpace(getenv(EnvMaxCacheAdviseGB)); v != "" {
+		gb, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return c, fmt.Errorf("%s=%q: not a number of GB", EnvMaxCacheAdviseGB, v)
+		}
+		c.Prefetch.MaxCacheAdviseGB = gb
+	}
+	c.fill()
+	return c, c.validate()
+}
+
+func (c Config) validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.ExpireTimeSec > 0, "expireTimeSec must be positive, got %d", c.ExpireTimeSec)
+	check(c.Prefetch.VCPUs > 0 && c.Prefetch.Workers > 0, "prefetch.vcpus and prefetch.workers must be positive, got %d and %d", c.Prefetch.VCPUs, c.Prefetch.Workers)
+	check(c.Prefetch.MaxCacheAdviseGB >= 0, "prefetch.maxCacheAdviseGB must not be negative, got %g", c.Prefetch.MaxCacheAdviseGB)
+	check(c.Broadcast.Chains > 0, "broadcast.chains must be positive, got %d", c.Broadcast.Chains)
+	check(c.BindPort > 0 && c.BindPort < 65536, "bindPort must be a TCP port, got %d", c.BindPort)
+	check(c.Broadcast.DB.Port > 0 && c.Broadcast.DB.Port < 65536, "broadcast.db.port must be a TCP port, got %d", c.Broadcast.DB.Port)
+	check(c.Cache.MemoryReserveGB >= 0, "cache.memoryReserveGB must not be negative")
+	switch c.Cache.Huge {
+	case "never", "always", "within_size", "advise":
+	default:
+		errs = append(errs, fmt.Errorf("cache.huge must be never, always, within_size or advise, got %q", c.Cache.Huge))
+	}
+	return errors.Join(errs...)
+}
+
+// ExpireAfter is ExpireTimeSec as a duration.
+func (c Config) ExpireAfter() time.Duration { return time.Duration(c.ExpireTimeSec) * time.Second }
+
+// SoftCapBytes is MaxCacheAdviseGB in bytes (0: no cap).
+func (c Config) SoftCapBytes() int64 { return int64(c.Prefetch.MaxCacheAdviseGB * 1e9) }
+
+// Concurrency is the number of parallel ranged GETs: vcpus × workers.
+func (c Config) Concurrency() int { return c.Prefetch.VCPUs * c.Prefetch.Workers }
+
+// HugeOption is the tmpfs huge= value to mount with ("" for never).
+func (c Config) HugeOption() string {
+	if c.Cache.Huge == "never" {
+		return ""
+	}
+	return c.Cache.Huge
+}
+
+// String describes the database without its password (also the one a URL may carry).
+func (d DB) String() string {
+	pass := ""
+	if d.Password != "" {
+		pass = " password=****"
+	}
+	u := d.URL
+	if at := strings.LastIndex(u, "@"); at >= 0 {
+		if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
+			u = u[:scheme+3] + "****" + u[at:]
+		}
+	}
+	return fmt.Sprintf("{host=%s port=%d username=%s%s url=%s tls=%v}", d.Host, d.Port, d.Username, pass, u, d.TLS)
+}
+
+// GoString keeps %#v from printing the password.
+func (d DB) GoString() string { return "config.DB" + d.String() }
+
+// MarshalLog keeps structured loggers from printing the password.
+func (d DB) MarshalLog() any { return d.String() }

@@ -1,0 +1,112 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func write(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.json")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func noEnv(string) string { return "" }
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(filepath.Join(t.TempDir(), "absent.json"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c, Default()) {
+		t.Errorf("missing file: %+v, want the defaults %+v", c, Default())
+	}
+	if c.ExpireAfter().Seconds() != 120 || c.Concurrency() != 256 || c.BindPort != 19898 || c.SoftCapBytes() != 0 ||
+		c.Broadcast.Chains != 1 || c.Broadcast.DB.Port != 6379 || !*c.Cache.Tmpfs || c.HugeOption() != "within_size" {
+		t.Errorf("defaults: %+v", c)
+	}
+}
+
+// TestSeedFile loads OSS Connector's own example files unchanged.
+func TestSeedFile(t *testing.T) {
+	p := write(t, `{
+		"logLevel": 1,
+		"logPath": "/var/log/oss-connector/connector.log",
+		"auditPath": "/var/log/oss-connector/audit.log",
+		"expireTimeSec": 300,
+		"prefetch": {"vcpus": 16, "workers": 24, "maxCacheAdviseGB": 100},
+		"broadcast": {"enableBroadcast": true, "tenant": "team-a",
+			"db": {"host": "r-bp1.redis.rds.aliyuncs.com", "port": 6380, "username": "u", "password": "p"}},
+		"bindPort": 19999
+	}`)
+	c, err := Load(p, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ExpireTimeSec != 300 || c.Concurrency() != 16*24 || c.SoftCapBytes() != 100e9 || !c.Broadcast.EnableBroadcast ||
+		c.Broadcast.Tenant != "team-a" || c.Broadcast.DB.Host != "r-bp1.redis.rds.aliyuncs.com" || c.Broadcast.DB.Port != 6380 || c.BindPort != 19999 {
+		t.Errorf("seed file: %+v", c)
+	}
+}
+
+func TestEnvironmentWins(t *testing.T) {
+	p := write(t, `{"prefetch": {"maxCacheAdviseGB": 100}}`)
+	env := func(k string) string {
+		if k == EnvMaxCacheAdviseGB {
+			return "40"
+		}
+		return ""
+	}
+	c, err := Load(p, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SoftCapBytes() != 40e9 {
+		t.Errorf("soft cap %d, want the environment's 40 GB", c.SoftCapBytes())
+	}
+	bad := func(k string) string {
+		if k == EnvMaxCacheAdviseGB {
+			return "lots"
+		}
+		return ""
+	}
+	if _, err := Load(p, bad); err == nil || !strings.Contains(err.Error(), EnvMaxCacheAdviseGB) {
+		t.Errorf("bad environment value: %v", err)
+	}
+}
+
+func TestRejects(t *testing.T) {
+	for _, tc := range []struct{ content, hint string }{
+		{`{"expireTimeSecs": 10}`, `unknown field "expireTimeSecs"`},
+		{`{"prefetch": {"vcpu": 4}}`, `unknown field "vcpu"`},
+		{`{"expireTimeSec": -1}`, "expireTimeSec must be positive"},
+		{`{"prefetch": {"workers": -2}}`, "prefetch.vcpus and prefetch.workers"},
+		{`{"bindPort": 70000}`, "bindPort must be a TCP port"},
+		{`{"cache": {"huge": "sometimes"}}`, "cache.huge"},
+		{`{"prefetch": {"maxCacheAdviseGB": -5}}`, "maxCacheAdviseGB"},
+		{`{"bindPort": "19898"}`, "cannot unmarshal"},
+		{`{`, "unexpected EOF"},
+	} {
+		if _, err := Load(write(t, tc.content), noEnv); err == nil || !strings.Contains(err.Error(), tc.hint) {
+			t.Errorf("%s: %v, want an error saying %q", tc.content, err, tc.hint)
+		}
+	}
+}
+
+func TestPasswordNeverPrinted(t *testing.T) {
+	c := Default()
+	c.Broadcast.DB.Password = "redis-pass-123"
+	c.Broadcast.DB.URL = "rediss://user:url-pass-456@redis:6380/0"
+	for _, s := range []string{fmt.Sprintf("%v", c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprint(c.Broadcast.DB)} {
+		if strings.Contains(s, "redis-pass-123") || strings.Contains(s, "url-pass-456") {
+			t.Errorf("password printed: %s", s)
+		}
+	}
+}
