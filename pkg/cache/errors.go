@@ -1,0 +1,45 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	// ErrNoSpace: the model does not fit in the cache's tmpfs or in the node's available memory,
+	// even after evicting every model nobody holds.
+	ErrNoSpace = errors.New("not enough room for the model")
+	// ErrStaging: the caller stopped waiting while the model is still being staged; the staging
+	// goes on and a later Acquire joins it. Returned as a *StagingError.
+	ErrStaging = errors.New("model still staging")
+	// ErrHolderConflict: the holder already holds another model.
+	ErrHolderConflict = errors.New("holder already holds another model")
+)
+
+// StagingError reports how far a staging got when its caller stopped waiting.
+type StagingError struct {
+	Model       string // oss:// path
+	Done, Total int64
+	From        string
+	Err         error // why the caller stopped waiting (its context's error)
+}
+
+func (e *StagingError) Error() string {
+	s := "staging " + e.Model
+	if e.Total > 0 {
+		s += fmt.Sprintf(" %d%% (%s/%s GB)", e.Done*100/e.Total, gb(e.Done), gb(e.Total))
+	}
+	if e.From != "" {
+		s += " from " + e.From
+	}
+	return s
+}
+
+// Is makes errors.Is(err, ErrStaging) true.
+func (e *StagingError) Is(target error) bool { return target == ErrStaging }
+
+// Unwrap returns the context error that ended the wait.
+func (e *StagingError) Unwrap() error { return e.Err }
+
+// gb formats bytes as decimal gigabytes with one decimal, as the seed's reports do.
+func gb(n int64) string { return fmt.Sprintf("%.1f", float64(n)/1e9) }

@@ -1,0 +1,637 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+)
+
+// Defaults of Config.
+const (
+	DefaultRoot          = "/var/lib/modelcast/cache"
+	DefaultExpireAfter   = 120 * time.Second // OSS Connector's expireTimeSec
+	DefaultMemoryReserve = 1 << 30
+)
+
+// Config of a Store. Zero values mean the defaults.
+type Config struct {
+	// Root is the cache directory.
+	Root string
+	// Tmpfs says whether and how the store mounts a tmpfs at Root.
+	Tmpfs TmpfsConfig
+	// ExpireAfter is how long a model nobody holds is kept.
+	ExpireAfter time.Duration
+	// SoftCap is the size in bytes the cache tries to stay under by evicting models nobody
+	// holds, least recently used first, before staging another (maxCacheAdviseGB); 0: none.
+	// It is soft: models in use are never evicted to honour it.
+	SoftCap int64
+	// MemoryReserve is the memory a new model must leave available on the node.
+	MemoryReserve int64
+
+	// Seams, for tests.
+	Clock     clock.WithTickerAndDelayedExecution // default: the real clock
+	MountInfo string                              // default: /proc/self/mountinfo
+	MemInfo   string                              // default: /proc/meminfo
+}
+
+// TmpfsConfig: the tmpfs at the cache root.
+type TmpfsConfig struct {
+	// Mount a tmpfs at Root unless one is there already (then it is adopted). When false, Root
+	// is used as it is.
+	Mount bool
+	// Size is the tmpfs size option: bytes with a k/m/g suffix, or a percentage of RAM ("80%").
+	Size string
+	// Huge is the tmpfs huge option, "within_size" by choice (docs/benchmarks.md).
+	Huge string
+}
+
+// Store is a node's model cache. Its methods are safe for concurrent use.
+type Store struct {
+	cfg                                      Config
+	clock                                    clock.WithTickerAndDelayedExecution
+	root, incoming, models, meta, trash, dbf string
+
+	ctx    context.Context // ends with Close; stagings and the janitor run under it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	wake   chan struct{} // tells the janitor a model may have become releasable
+
+	mu       sync.Mutex
+	entries  map[string]*entry   // committed models by key
+	stagings map[string]*staging // stagings in flight by key
+	holders  map[string]string   // holder → key
+	trashSeq int
+	closed   bool
+}
+
+type entry struct {
+	meta    Meta
+	holders map[string]struct{}
+}
+
+type staging struct {
+	model    Model
+	src      Source
+	started  time.Time
+	done     chan struct{} // closed when err (and the entry, on success) are set
+	err      error
+	fetching bool // past the room check (guarded by Store.mu): its bytes are counted
+	bytes    atomic.Int64
+	total    atomic.Int64
+	from     atomic.Pointer[string]
+}
+
+func (st *staging) report(p Progress) {
+	st.bytes.Store(p.Done)
+	st.total.Store(p.Total)
+	if cur := st.from.Load(); cur == nil || *cur != p.From {
+		from := p.From
+		st.from.Store(&from)
+	}
+}
+
+func (st *staging) progress() Progress {
+	p := Progress{Done: st.bytes.Load(), Total: st.total.Load()}
+	if p.Total == 0 {
+		p.Total = st.model.Manifest.Size()
+	}
+	if f := st.from.Load(); f != nil {
+		p.From = *f
+	}
+	return p
+}
+
+// New opens the store at cfg.Root: mounts or adopts its tmpfs, drops what a crash left
+// half-done, and reconciles the persisted references with the mount table, so every bind
+// mount made before a restart keeps its model.
+func New(cfg Config) (*Store, error) {
+	if cfg.Root == "" {
+		cfg.Root = DefaultRoot
+	}
+	if cfg.ExpireAfter <= 0 {
+		cfg.ExpireAfter = DefaultExpireAfter
+	}
+	if cfg.MemoryReserve <= 0 {
+		cfg.MemoryReserve = DefaultMemoryReserve
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.MountInfo == "" {
+		cfg.MountInfo = "/proc/self/mountinfo"
+	}
+	if cfg.MemInfo == "" {
+		cfg.MemInfo = "/proc/meminfo"
+	}
+	if err := os.MkdirAll(cfg.Root, 0o755); err != nil {
+		return nil, fmt.Errorf("cache root: %w", err)
+	}
+	root, err := absolute(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("cache root: %w", err)
+	}
+	table, err := readMountTable(cfg.MountInfo)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Tmpfs.Mount {
+		if err := ensureTmpfs(table, root, cfg.Tmpfs); err != nil {
+			return nil, err
+		}
+		if table, err = readMountTable(cfg.MountInfo); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Store{
+		cfg: cfg, clock: cfg.Clock, root: root,
+		incoming: filepath.Join(root, "incoming"), models: filepath.Join(root, "models"),
+		meta: filepath.Join(root, "meta"), trash: filepath.Join(root, "trash"),
+		dbf: filepath.Join(root, "state", "holders.json"),
+		ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1),
+		entries: map[string]*entry{}, stagings: map[string]*staging{}, holders: map[string]string{},
+	}
+	for _, d := range []string{s.incoming, s.models, s.meta, s.trash, filepath.Dir(s.dbf)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			cancel()
+			return nil, fmt.Errorf("cache: %w", err)
+		}
+	}
+	if err := s.recover(table); err != nil {
+		cancel()
+		return nil, err
+	}
+	s.wg.Add(1)
+	go s.janitor()
+	return s, nil
+}
+
+// recover rebuilds the index from disk and the mount table (New only: no lock needed yet).
+func (s *Store) recover(table *mountTable) error {
+	for _, d := range []string{s.incoming, s.trash} {
+		if err := emptyDir(d); err != nil {
+			return fmt.Errorf("cache: clean %s: %w", d, err)
+		}
+	}
+	binds, err := table.bindsOf(s.models)
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	mounted := map[string]bool{}
+	for _, key := range binds {
+		mounted[key] = true
+	}
+	dirs, err := os.ReadDir(s.models)
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	for _, d := range dirs {
+		key := d.Name()
+		var m Meta
+		if err := readJSON(s.metaPath(key), &m); err != nil || m.Key != key {
+			if mounted[key] {
+				// A pod still reads it: keep it, with what can be known.
+				m = Meta{Key: key, Size: dirSize(filepath.Join(s.models, key)), LastUsed: s.clock.Now()}
+				klog.InfoS("Kept a mounted model without metadata", "key", key)
+			} else {
+				klog.InfoS("Removing a model without metadata", "key", key, "err", err)
+				if err := os.RemoveAll(filepath.Join(s.models, key)); err != nil {
+					return fmt.Errorf("cache: %w", err)
+				}
+				continue
+			}
+		}
+		s.entries[key] = &entry{meta: m, holders: map[string]struct{}{}}
+	}
+	metas, err := os.ReadDir(s.meta)
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	for _, f := range metas {
+		if key, ok := strings.CutSuffix(f.Name(), ".json"); !ok || s.entries[key] == nil {
+			_ = os.Remove(filepath.Join(s.meta, f.Name()))
+		}
+	}
+
+	persisted := map[string]string{}
+	if err := readJSON(s.dbf, &persisted); err != nil {
+		klog.ErrorS(err, "Ignoring unreadable cache references; the mount table is the truth")
+	}
+	for holder, key := range persisted {
+		if binds[holder] != key || s.entries[key] == nil {
+			klog.InfoS("Dropped a reference whose mount is gone", "holder", holder, "key", key)
+			continue
+		}
+		s.addHolderLocked(s.entries[key], holder, key)
+	}
+	for holder, key := range binds {
+		if _, ok := s.holders[holder]; !ok && s.entries[key] != nil {
+			klog.InfoS("Adopted a mount of a cached model", "holder", holder, "key", key)
+			s.addHolderLocked(s.entries[key], holder, key)
+		}
+	}
+	if err := s.saveHoldersLocked(); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	klog.InfoS("Opened the model cache", "root", s.root, "models", len(s.entries), "holders", len(s.holders))
+	return nil
+}
+
+// Acquire returns the directory of model m, staged, verified and referenced by holder. Without
+// it on the node, the first Acquire starts a staging from src; concurrent Acquires of the same
+// model wait for that one staging. When ctx ends first, Acquire returns a *StagingError
+// (errors.Is ErrStaging) with the progress, and the staging goes on; a later Acquire joins it.
+// Acquire is idempotent per (holder, model).
+func (s *Store) Acquire(ctx context.Context, m Model, src Source, holder string) (string, error) {
+	key := m.Key()
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return "", errors.New("cache is closed")
+		}
+		if held, ok := s.holders[holder]; ok {
+			s.mu.Unlock()
+			if held != key {
+				return "", fmt.Errorf("%w: %s holds %s, not %s (%s)", ErrHolderConflict, holder, held, key, m)
+			}
+			return s.modelDir(key), nil
+		}
+		if e := s.entries[key]; e != nil {
+			s.addHolderLocked(e, holder, key)
+			e.meta.LastUsed = s.clock.Now()
+			err := s.saveHoldersLocked()
+			if err != nil {
+				s.removeHolderLocked(holder)
+			}
+			s.mu.Unlock()
+			if err != nil {
+				return "", fmt.Errorf("reference %s for %s: %w", m, holder, err)
+			}
+			return s.modelDir(key), nil
+		}
+		st := s.stagings[key]
+		if st == nil {
+			st = &staging{model: m, src: src, started: s.clock.Now(), done: make(chan struct{})}
+			s.stagings[key] = st
+			s.wg.Add(1)
+			go s.stage(key, st)
+		}
+		s.mu.Unlock()
+
+		select {
+		case <-st.done:
+			if st.err != nil {
+				return "", st.err
+			}
+			// Committed: loop to take the reference.
+		case <-ctx.Done():
+			p := st.progress()
+			return "", &StagingError{Model: m.String(), Done: p.Done, Total: p.Total, From: p.From, Err: ctx.Err()}
+		}
+	}
+}
+
+// Release drops holder's reference. A model nobody holds is removed ExpireAfter later.
+// Releasing an unknown holder is not an error.
+func (s *Store) Release(holder string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key, ok := s.holders[holder]
+	if !ok {
+		return nil
+	}
+	e := s.removeHolderLocked(holder)
+	if err := s.saveHoldersLocked(); err != nil {
+		s.addHolderLocked(e, holder, key)
+		return fmt.Errorf("release %s: %w", holder, err)
+	}
+	if e != nil && len(e.holders) == 0 {
+		e.meta.LastUsed = s.clock.Now()
+		if err := writeJSON(s.metaPath(key), e.meta); err != nil {
+			klog.ErrorS(err, "Could not record the model's last use", "key", key)
+		}
+		s.poke()
+	}
+	return nil
+}
+
+// Close stops stagings and expiry. Models, references and mounts stay for the next Store.
+func (s *Store) Close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+}
+
+// Has reports whether the model with this key is staged.
+func (s *Store) Has(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.entries[key] != nil
+}
+
+// Holds reports whether holder holds a model.
+func (s *Store) Holds(holder string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.holders[holder]
+	return ok
+}
+
+// Info returns the metadata of a staged model.
+func (s *Store) Info(key string) (Meta, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.entries[key]; e != nil {
+		return e.meta, true
+	}
+	return Meta{}, false
+}
+
+// Staging returns the progress of the model's staging, if one is in flight.
+func (s *Store) Staging(key string) (Progress, bool) {
+	s.mu.Lock()
+	st := s.stagings[key]
+	s.mu.Unlock()
+	if st == nil {
+		return Progress{}, false
+	}
+	return st.progress(), true
+}
+
+// ModelStatus is one staged model as the store sees it.
+type ModelStatus struct {
+	Meta
+	Holders int
+}
+
+// Models lists the staged models, most recently used first.
+func (s *Store) Models() []ModelStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ModelStatus, 0, len(s.entries))
+	for _, e := range s.entries {
+		out = append(out, ModelStatus{Meta: e.meta, Holders: len(e.holders)})
+	}
+	slices.SortFunc(out, func(a, b ModelStatus) int { return b.LastUsed.Compare(a.LastUsed) })
+	return out
+}
+
+// Root is the cache's directory.
+func (s *Store) Root() string { return s.root }
+
+func (s *Store) modelDir(key string) string { return filepath.Join(s.models, key) }
+func (s *Store) metaPath(key string) string { return filepath.Join(s.meta, key+".json") }
+
+func (s *Store) addHolderLocked(e *entry, holder, key string) {
+	e.holders[holder] = struct{}{}
+	s.holders[holder] = key
+}
+
+func (s *Store) removeHolderLocked(holder string) *entry {
+	key := s.holders[holder]
+	delete(s.holders, holder)
+	e := s.entries[key]
+	if e != nil {
+		delete(e.holders, holder)
+	}
+	return e
+}
+
+func (s *Store) saveHoldersLocked() error { return writeJSON(s.dbf, s.holders) }
+
+// poke wakes the janitor without blocking.
+func (s *Store) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// janitor removes models nobody has held for ExpireAfter. It sleeps until the next one is due
+// or a release pokes it. Decisions use the clock's time when they are made, so an injected
+// clock drives it entirely.
+func (s *Store) janitor() {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		now := s.clock.Now()
+		var trash []string
+		next := time.Duration(-1)
+		for _, e := range s.entries {
+			if len(e.holders) > 0 {
+				continue
+			}
+			due := e.meta.LastUsed.Add(s.cfg.ExpireAfter).Sub(now)
+			if due <= 0 {
+				dir, err := s.evictLocked(e, "expired")
+				if err != nil {
+					klog.ErrorS(err, "Could not release an expired model", "key", e.meta.Key)
+					continue
+				}
+				trash = append(trash, dir)
+			} else if next < 0 || due < next {
+				next = due
+			}
+		}
+		s.mu.Unlock()
+		for _, dir := range trash {
+			s.removeTrash(dir)
+		}
+		var timer <-chan time.Time
+		if next >= 0 {
+			timer = s.clock.After(next)
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-timer:
+		case <-s.wake:
+		}
+	}
+}
+
+// evictLocked takes an unreferenced model out of the index and moves its files to the trash
+// (one rename: no reader can find a half-deleted model); the caller removes them unlocked.
+func (s *Store) evictLocked(e *entry, why string) (string, error) {
+	key := e.meta.Key
+	s.trashSeq++
+	trash := filepath.Join(s.trash, fmt.Sprintf("%s-%d", key, s.trashSeq))
+	if err := os.Rename(s.modelDir(key), trash); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	delete(s.entries, key)
+	_ = os.Remove(s.metaPath(key))
+	klog.V(2).InfoS("Released model", "model", e.meta.URI, "key", key, "bytes", e.meta.Size, "reason", why)
+	return trash, nil
+}
+
+func (s *Store) removeTrash(dir string) {
+	if err := os.RemoveAll(dir); err != nil {
+		klog.ErrorS(err, "Could not remove a released model", "dir", dir)
+	}
+}
+
+// stage runs one staging: room, fetch, commit. It owns st until it closes st.done.
+func (s *Store) stage(key string, st *staging) {
+	defer s.wg.Done()
+	var meta Meta
+	err := s.makeRoom(st)
+	if err == nil {
+		meta, err = s.fetch(key, st)
+	}
+	s.mu.Lock()
+	delete(s.stagings, key)
+	if err == nil {
+		// Held by nobody until the waiters take their references; it expires if none comes back.
+		s.entries[key] = &entry{meta: meta, holders: map[string]struct{}{}}
+		s.poke()
+	}
+	st.err = err
+	close(st.done)
+	s.mu.Unlock()
+	if err != nil {
+		klog.ErrorS(err, "Staging failed", "model", st.model.String(), "key", key)
+	}
+}
+
+// makeRoom evicts models nobody holds, least recently used first, until st's model fits
+// under the soft cap, in the tmpfs and in available memory. Eviction stops at the models in
+// use: past the soft cap the staging goes on; past the hard limits it fails, before writing.
+func (s *Store) makeRoom(st *staging) error {
+	need := st.model.Manifest.Size()
+	for {
+		s.mu.Lock()
+		room, err := measureRoom(s.root, s.cfg.MemInfo)
+		if err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		var inflight, inflightTotal int64
+		for _, o := range s.stagings {
+			if o != st && o.fetching {
+				inflight += max(0, o.model.Manifest.Size()-o.bytes.Load())
+				inflightTotal += o.model.Manifest.Size()
+			}
+		}
+		var committed, inUse int64
+		for _, e := range s.entries {
+			committed += e.meta.Size
+			if len(e.holders) > 0 {
+				inUse += e.meta.Size
+			}
+		}
+		free := room.FSFree - inflight
+		mem := room.MemAvailable - inflight - s.cfg.MemoryReserve
+		fits := need <= free && need <= mem
+		underCap := s.cfg.SoftCap <= 0 || committed+inflightTotal+need <= s.cfg.SoftCap
+		if fits && underCap {
+			st.fetching = true
+			s.mu.Unlock()
+			return nil
+		}
+		victim := s.lruVictimLocked()
+		if victim == nil {
+			if fits {
+				klog.InfoS("Staging past the soft cap: every cached model is in use", "model", st.model.String(),
+					"bytes", need, "cachedBytes", committed+inflightTotal, "softCap", s.cfg.SoftCap)
+				st.fetching = true
+				s.mu.Unlock()
+				return nil
+			}
+			s.mu.Unlock()
+			return fmt.Errorf("%w: %s needs %s GB; the cache tmpfs has %s GB free of %s GB and the node %s GB of memory available (keeping %s GB in reserve), after evicting every model not in use; %s GB of cached models are in use",
+				ErrNoSpace, st.model, gb(need), gb(max(0, free)), gb(room.FSTotal), gb(max(0, room.MemAvailable-inflight)), gb(s.cfg.MemoryReserve), gb(inUse))
+		}
+		trash, err := s.evictLocked(victim, "room for "+st.model.String())
+		s.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("evict %s: %w", victim.meta.URI, err)
+		}
+		s.removeTrash(trash)
+	}
+}
+
+func (s *Store) lruVictimLocked() *entry {
+	var victim *entry
+	for _, e := range s.entries {
+		if len(e.holders) == 0 && (victim == nil || e.meta.LastUsed.Before(victim.meta.LastUsed)) {
+			victim = e
+		}
+	}
+	return victim
+}
+
+// fetch stages the model into incoming/<key>/ and commits it to models/<key>/.
+func (s *Store) fetch(key string, st *staging) (Meta, error) {
+	dir := filepath.Join(s.incoming, key)
+	if err := os.RemoveAll(dir); err != nil {
+		return Meta{}, err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return Meta{}, err
+	}
+	start := s.clock.Now()
+	klog.V(2).InfoS("Staging model", "model", st.model.String(), "key", key, "bytes", st.model.Manifest.Size())
+	if err := st.src.Fetch(s.ctx, st.model, dir, st.report); err != nil {
+		_ = os.RemoveAll(dir)
+		return Meta{}, fmt.Errorf("stage %s: %w", st.model, err)
+	}
+	now := s.clock.Now()
+	meta := Meta{
+		Key: key, URI: st.model.String(), Endpoint: st.model.Endpoint, Fingerprint: st.model.Manifest.Fingerprint(),
+		Size: st.model.Manifest.Size(), Objects: len(st.model.Manifest.Objects), From: st.progress().From,
+		StagedAt: now, StageSeconds: now.Sub(start).Seconds(), LastUsed: now,
+	}
+	if err := writeJSON(s.metaPath(key), meta); err != nil {
+		_ = os.RemoveAll(dir)
+		return Meta{}, fmt.Errorf("stage %s: %w", st.model, err)
+	}
+	_ = os.RemoveAll(s.modelDir(key)) // nothing there unless a crash left it
+	if err := os.Rename(dir, s.modelDir(key)); err != nil {
+		_ = os.RemoveAll(dir)
+		_ = os.Remove(s.metaPath(key))
+		return Meta{}, fmt.Errorf("commit %s: %w", st.model, err)
+	}
+	klog.V(2).InfoS("Staged model", "model", meta.URI, "key", key, "bytes", meta.Size, "seconds", meta.StageSeconds, "from", meta.From)
+	return meta, nil
+}
+
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if info, err := d.Info(); err == nil {
+				n += info.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
