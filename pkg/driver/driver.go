@@ -1,0 +1,278 @@
+// Package driver is modelcast's CSI surface: the Identity, Node and Controller services,
+// volume attribute and secret parsing, bind mounts, pod Events, and the one place where
+// errors become gRPC codes.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/modelcast/modelcast/internal/version"
+	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/pkg/ossclient"
+)
+
+// Modes of the plugin.
+const (
+	ModeNode       = "node"
+	ModeController = "controller"
+	ModeAll        = "all" // both services in one process (tests, single-node setups)
+)
+
+// DefaultDriverName is the CSI driver's name (the CSIDriver object's name).
+const DefaultDriverName = "oss.csi.modelcast.io"
+
+// Options wire a Driver. Everything external is injected here.
+type Options struct {
+	Mode       string
+	Endpoint   string // unix:///csi/csi.sock
+	DriverName string
+	NodeID     string
+	Config     config.Config
+	// Getenv reads the OSS_* defaults (endpoint, region, credentials); default os.Getenv.
+	Getenv func(string) string
+	// KubeClient posts pod Events; nil: no Events.
+	KubeClient kubernetes.Interface
+	// Mounter for pods' bind mounts; default: mount(2).
+	Mounter Mounter
+	Clock   clock.WithTickerAndDelayedExecution
+	// ManifestTTL: how long a listed manifest is reused for the same path and credentials.
+	ManifestTTL time.Duration
+	// PublishWait bounds one NodePublishVolume without a deadline; PublishMargin is how long
+	// before a deadline it answers with the staging's progress.
+	PublishWait, PublishMargin time.Duration
+	// ProgressEvery is the cadence of progress Events while staging.
+	ProgressEvery time.Duration
+}
+
+func (o *Options) defaults() {
+	if o.DriverName == "" {
+		o.DriverName = DefaultDriverName
+	}
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
+	if o.Mounter == nil {
+		o.Mounter = kernelMounter{}
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+	if o.ManifestTTL == 0 {
+		o.ManifestTTL = 30 * time.Second
+	}
+	if o.PublishWait == 0 {
+		o.PublishWait = 90 * time.Second
+	}
+	if o.PublishMargin == 0 {
+		o.PublishMargin = 5 * time.Second
+	}
+	if o.ProgressEvery == 0 {
+		o.ProgressEvery = 30 * time.Second
+	}
+}
+
+// Validate checks the options a caller sets.
+func (o *Options) Validate() error {
+	var errs []error
+	switch o.Mode {
+	case ModeNode, ModeAll:
+		if o.NodeID == "" {
+			errs = append(errs, errors.New("node ID is required in node mode (--node-id or NODE_NAME)"))
+		}
+	case ModeController:
+	default:
+		errs = append(errs, fmt.Errorf("mode %q: want %s, %s or %s", o.Mode, ModeNode, ModeController, ModeAll))
+	}
+	if _, _, err := parseEndpoint(o.Endpoint); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Driver is a configured plugin: its gRPC services and, on a node, the model cache.
+type Driver struct {
+	opts   Options
+	server *grpc.Server
+	store  *cache.Store
+	events *kubeEvents
+}
+
+// New builds the services. On a node it opens the cache (mounting or adopting its tmpfs and
+// reconciling references with the mount table) before anything is served.
+func New(opts Options) (*Driver, error) {
+	opts.defaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	d := &Driver{opts: opts}
+	cfg := opts.Config
+	base := ossclient.EnvConfig(opts.Getenv)
+	res := newResolver(base, ossclient.DownloadOptions{Concurrency: cfg.Concurrency()}, opts.ManifestTTL, opts.Clock)
+
+	var events Events = noEvents{}
+	if opts.KubeClient != nil {
+		d.events = newKubeEvents(opts.KubeClient, opts.NodeID)
+		events = d.events
+	}
+	d.server = grpc.NewServer(grpc.UnaryInterceptor(logCalls))
+	ident := &identityServer{name: opts.DriverName, version: version.Get(), ready: func() bool { return true }}
+	csi.RegisterIdentityServer(d.server, ident)
+
+	if opts.Mode == ModeNode || opts.Mode == ModeAll {
+		store, err := cache.New(cache.Config{
+			Root:          cfg.Cache.Root,
+			Tmpfs:         cache.TmpfsConfig{Mount: *cfg.Cache.Tmpfs, Size: cfg.Cache.TmpfsSize, Huge: cfg.HugeOption()},
+			ExpireAfter:   cfg.ExpireAfter(),
+			SoftCap:       cfg.SoftCapBytes(),
+			MemoryReserve: int64(cfg.Cache.MemoryReserveGB * (1 << 30)),
+			Clock:         opts.Clock,
+		})
+		if err != nil {
+			return nil, err
+		}
+		d.store = store
+		csi.RegisterNodeServer(d.server, &nodeServer{
+			nodeID: opts.NodeID, store: store, mounter: opts.Mounter, res: res, events: events,
+			clock: opts.Clock, locks: newKeyLock(),
+			maxWait: opts.PublishWait, margin: opts.PublishMargin, progressEvery: opts.ProgressEvery,
+		})
+	}
+	if opts.Mode == ModeController || opts.Mode == ModeAll {
+		ident.controller = true
+		csi.RegisterControllerServer(d.server, &controllerServer{res: res, requests: map[string]string{}})
+	}
+	return d, nil
+}
+
+// Store is the node's model cache (nil in controller mode).
+func (d *Driver) Store() *cache.Store { return d.store }
+
+// Serve listens on the endpoint and serves until ctx ends, then stops gracefully. Pods' mounts
+// and the cache stay as they are: a restarted plugin adopts them.
+func (d *Driver) Serve(ctx context.Context) error {
+	ln, err := listen(d.opts.Endpoint)
+	if err != nil {
+		return err
+	}
+	klog.InfoS("Serving CSI", "endpoint", d.opts.Endpoint, "mode", d.opts.Mode, "driver", d.opts.DriverName, "version", version.Get(), "nodeID", d.opts.NodeID)
+	served := make(chan error, 1)
+	go func() { served <- d.server.Serve(ln) }()
+	select {
+	case err = <-served:
+	case <-ctx.Done():
+		klog.InfoS("Stopping; pods' mounts and the cache stay")
+		stopped := make(chan struct{})
+		go func() { d.server.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			d.server.Stop()
+		}
+		err = <-served
+	}
+	d.Close()
+	if errors.Is(err, grpc.ErrServerStopped) {
+		err = nil
+	}
+	return err
+}
+
+// Close releases what New acquired, without touching mounts.
+func (d *Driver) Close() {
+	if d.store != nil {
+		d.store.Close()
+	}
+	if d.events != nil {
+		d.events.Shutdown()
+	}
+}
+
+// Run builds a driver and serves until ctx ends.
+func Run(ctx context.Context, opts Options) error {
+	d, err := New(opts)
+	if err != nil {
+		return err
+	}
+	return d.Serve(ctx)
+}
+
+func parseEndpoint(ep string) (network, address string, err error) {
+	u, err := url.Parse(ep)
+	if err != nil || (u.Scheme != "unix" && u.Scheme != "tcp") {
+		return "", "", fmt.Errorf("endpoint %q: want unix:///path/csi.sock or tcp://host:port", ep)
+	}
+	if u.Scheme == "unix" {
+		p := u.Path
+		if p == "" {
+			p = u.Opaque
+		}
+		if p == "" {
+			return "", "", fmt.Errorf("endpoint %q has no socket path", ep)
+		}
+		return "unix", p, nil
+	}
+	return "tcp", u.Host, nil
+}
+
+func listen(ep string) (net.Listener, error) {
+	network, addr, err := parseEndpoint(ep)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		if err := os.MkdirAll(filepath.Dir(addr), 0o750); err != nil {
+			return nil, err
+		}
+		if err := os.Remove(addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale socket %s: %w", addr, err)
+		}
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", ep, err)
+	}
+	if network == "unix" {
+		if err := os.Chmod(addr, 0o660); err != nil {
+			_ = ln.Close()
+			return nil, err
+		}
+	}
+	return ln, nil
+}
+
+// logCalls logs every call: method, duration and code (V(4); errors always; Probe only at
+// V(6)), and the request with secrets stripped at V(5).
+func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	level := klog.Level(4)
+	if info.FullMethod == csi.Identity_Probe_FullMethodName {
+		level = 6
+	}
+	if klog.V(5).Enabled() {
+		klog.V(5).InfoS("Request", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req))
+	}
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	code := status.Code(err)
+	if err != nil {
+		klog.ErrorS(err, "Call failed", "method", info.FullMethod, "code", code.String(), "duration", time.Since(start))
+	} else {
+		klog.V(level).InfoS("Call", "method", info.FullMethod, "code", code.String(), "duration", time.Since(start))
+	}
+	return resp, err
+}

@@ -1,0 +1,143 @@
+package driver
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/ossclient"
+)
+
+// resolver turns a volume (attributes and secrets) into a model: the OSS client for its
+// endpoint and credentials, and the manifest that pins the version to stage.
+type resolver struct {
+	base     ossclient.Config // the node's defaults (OSS_* environment)
+	download ossclient.DownloadOptions
+	clock    clock.PassiveClock
+	ttl      time.Duration
+
+	mu        sync.Mutex
+	clients   map[string]*ossclient.Client
+	manifests map[string]manifestEntry
+	flight    singleflight.Group
+}
+
+type manifestEntry struct {
+	m  *ossclient.Manifest
+	at time.Time
+}
+
+// maxClients bounds the clients kept (one per endpoint and credentials).
+const maxClients = 256
+
+func newResolver(base ossclient.Config, download ossclient.DownloadOptions, ttl time.Duration, clk clock.PassiveClock) *resolver {
+	return &resolver{base: base, download: download, ttl: ttl, clock: clk, clients: map[string]*ossclient.Client{}, manifests: map[string]manifestEntry{}}
+}
+
+// config merges the volume's endpoint, region and secret credentials over the node's
+// defaults. Credentials come whole from one place: the volume's secret, else the node's
+// environment, else none (anonymous).
+func (r *resolver) config(spec VolumeSpec, secrets map[string]string) (ossclient.Config, error) {
+	cfg := r.base
+	if spec.Endpoint != "" {
+		cfg.Endpoint = spec.Endpoint
+		if spec.Region == "" {
+			cfg.Region = "" // the node's region belongs to the node's endpoint; derive anew
+		}
+	}
+	if spec.Region != "" {
+		cfg.Region = spec.Region
+	}
+	creds, ok, err := credentialsFrom(secrets)
+	if err != nil {
+		return cfg, err
+	}
+	if ok {
+		cfg.Credentials = creds
+	}
+	return cfg, nil
+}
+
+// client returns a client for cfg, shared by every volume with the same endpoint and
+// credentials (so connections are reused across publishes).
+func (r *resolver) client(cfg ossclient.Config) (*ossclient.Client, string, error) {
+	key := configKey(cfg)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.clients[key]; c != nil {
+		return c, key, nil
+	}
+	c, err := ossclient.New(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(r.clients) >= maxClients {
+		clear(r.clients)
+	}
+	r.clients[key] = c
+	return c, key, nil
+}
+
+// configKey identifies a configuration, secrets included, without keeping them in clear.
+func configKey(c ossclient.Config) string {
+	h := sha256.New()
+	for _, s := range []string{c.Endpoint, c.Region, c.SignatureVersion, fmt.Sprint(c.UsePathStyle),
+		c.Credentials.AccessKeyID, c.Credentials.AccessKeySecret, c.Credentials.SecurityToken} {
+		fmt.Fprintf(h, "%d:%s", len(s), s)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// model resolves the volume's model with the volume's credentials. Manifests are kept for
+// the resolver's TTL per (endpoint, credentials, path): a burst of pods on a node asks OSS
+// once, and a credential that cannot list the model never gets a manifest listed with
+// another. When OSS is unavailable, a manifest these credentials listed before is used.
+func (r *resolver) model(ctx context.Context, spec VolumeSpec, secrets map[string]string) (cache.Model, cache.Source, error) {
+	cfg, err := r.config(spec, secrets)
+	if err != nil {
+		return cache.Model{}, nil, err
+	}
+	c, key, err := r.client(cfg)
+	if err != nil {
+		return cache.Model{}, nil, err
+	}
+	mkey := key + "\x00" + spec.URI.String()
+	r.mu.Lock()
+	cached, ok := r.manifests[mkey]
+	r.mu.Unlock()
+	now := r.clock.Now()
+	if ok && now.Sub(cached.at) < r.ttl {
+		return cache.Model{Endpoint: c.Endpoint(), Manifest: cached.m}, r.source(c), nil
+	}
+	v, err, _ := r.flight.Do(mkey, func() (any, error) {
+		m, err := c.Manifest(ctx, spec.URI)
+		if err != nil {
+			return nil, err
+		}
+		r.mu.Lock()
+		r.manifests[mkey] = manifestEntry{m: m, at: now}
+		r.mu.Unlock()
+		return m, nil
+	})
+	if err != nil {
+		if ok && errors.Is(err, ossclient.ErrUnavailable) {
+			klog.FromContext(ctx).Info("OSS unavailable; using the manifest listed before", "model", spec.URI.String(), "listedAt", cached.at, "err", err)
+			return cache.Model{Endpoint: c.Endpoint(), Manifest: cached.m}, r.source(c), nil
+		}
+		return cache.Model{}, nil, err
+	}
+	return cache.Model{Endpoint: c.Endpoint(), Manifest: v.(*ossclient.Manifest)}, r.source(c), nil
+}
+
+func (r *resolver) source(c *ossclient.Client) cache.Source {
+	return cache.OSSSource{Client: c, Options: r.download}
+}
