@@ -18,8 +18,10 @@ import (
 const usage = `usage: csi-plugin <command> [flags]
 
 commands:
-  fetch     download a model from OSS into a directory, verified (csi-plugin fetch -h)
-  version   print the version
+  node        serve the CSI node service: stage models into the node's tmpfs cache, bind-mount them into pods
+  controller  serve the CSI controller service: turn StorageClass parameters into volumes
+  fetch       download a model from OSS into a directory, verified (csi-plugin fetch -h)
+  version     print the version
 `
 
 func main() {
@@ -31,6 +33,8 @@ func main() {
 	defer stop()
 	var err error
 	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "node", "controller":
+		err = runServe(ctx, cmd, args)
 	case "fetch":
 		err = runFetch(ctx, args)
 	case "version", "--version", "-version":
