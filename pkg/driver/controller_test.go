@@ -28,7 +28,7 @@ func TestCreateVolume(t *testing.T) {
 	for _, b := range files {
 		size += int64(len(b))
 	}
-	p := startPlugin(t, srv, "")
+	p := startPlugin(t, inProcess{srv}, "")
 	params := map[string]string{"ossPath": "oss://models/qwen", "region": region, "tenant": "team-a"}
 
 	res, err := p.controller.CreateVolume(t.Context(), createReq("pvc-1", params, 1))
@@ -87,7 +87,7 @@ func TestCreateVolume(t *testing.T) {
 func TestCreateVolumeRejects(t *testing.T) {
 	srv := emu(t)
 	genModel(t, srv, "qwen/", 1<<20)
-	p := startPlugin(t, srv, "")
+	p := startPlugin(t, inProcess{srv}, "")
 	ok := map[string]string{"ossPath": "oss://models/qwen/"}
 	writer := readOnlyCap()
 	writer.AccessMode.Mode = csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
@@ -125,7 +125,7 @@ func TestCreateVolumeRejects(t *testing.T) {
 
 func TestValidateVolumeCapabilities(t *testing.T) {
 	srv := emu(t)
-	p := startPlugin(t, srv, "")
+	p := startPlugin(t, inProcess{srv}, "")
 	id := "modelcast-0123456789abcdef0123456789abcdef"
 	res, err := p.controller.ValidateVolumeCapabilities(t.Context(), &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id, VolumeCapabilities: []*csi.VolumeCapability{readOnlyCap()}})
 	if err != nil || res.GetConfirmed() == nil {

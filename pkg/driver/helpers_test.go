@@ -35,7 +35,7 @@ func emu(t *testing.T) *ossemu.Server {
 	return srv
 }
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: real tmpfs and bind mounts")
@@ -44,7 +44,7 @@ func requireRoot(t *testing.T) {
 
 // plugin is a running driver reached over its unix socket.
 type plugin struct {
-	t          *testing.T
+	t          testing.TB
 	d          *driver.Driver
 	node       csi.NodeClient
 	controller csi.ControllerClient
@@ -55,9 +55,20 @@ type plugin struct {
 
 type pluginOpt func(*driver.Options)
 
+// endpointer is an emulator in process or as a process.
+type endpointer interface{ endpoint() string }
+
+type inProcess struct{ *ossemu.Server }
+
+func (s inProcess) endpoint() string { return s.Endpoint() }
+
+type asProcess struct{ *ossemu.Process }
+
+func (p asProcess) endpoint() string { return p.Endpoint }
+
 // startPlugin runs a driver with both services, its cache on a tmpfs under dir (a fresh
 // directory when dir is ""), until the test ends or stop is called.
-func startPlugin(t *testing.T, srv *ossemu.Server, dir string, opts ...pluginOpt) *plugin {
+func startPlugin(t testing.TB, srv endpointer, dir string, opts ...pluginOpt) *plugin {
 	t.Helper()
 	requireRoot(t)
 	if dir == "" {
@@ -67,7 +78,7 @@ func startPlugin(t *testing.T, srv *ossemu.Server, dir string, opts ...pluginOpt
 	cfg.Cache.Root = filepath.Join(dir, "cache")
 	cfg.Cache.TmpfsSize = "2g"
 	cfg.Prefetch.VCPUs, cfg.Prefetch.Workers = 4, 4
-	env := map[string]string{"OSS_ENDPOINT": srv.Endpoint(), "OSS_REGION": region}
+	env := map[string]string{"OSS_ENDPOINT": srv.endpoint(), "OSS_REGION": region}
 	sock := filepath.Join(t.TempDir(), "csi.sock")
 	o := driver.Options{
 		Mode: driver.ModeAll, Endpoint: "unix://" + sock, NodeID: "node-1", Config: cfg,
@@ -125,7 +136,7 @@ func withKube(c kubernetes.Interface) pluginOpt {
 func withOptions(f func(*driver.Options)) pluginOpt { return f }
 
 // unmountAll lazily unmounts every mount under dir, deepest first (test cleanup).
-func unmountAll(t *testing.T, dir string) {
+func unmountAll(t testing.TB, dir string) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return
@@ -179,7 +190,7 @@ func publishReq(path, target string) *csi.NodePublishVolumeRequest {
 
 // target returns a target path under a fresh pods directory, as kubelet lays it out (the
 // parent exists, the target does not).
-func target(t *testing.T, name string) string {
+func target(t testing.TB, name string) string {
 	root := t.TempDir()
 	t.Cleanup(func() { unmountAll(t, root) }) // before the directory's removal
 	dir := filepath.Join(root, "pods", name, "volumes", "kubernetes.io~csi", "model")
@@ -187,4 +198,8 @@ func target(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return filepath.Join(dir, "mount")
+}
+
+func mountTmpfs(dir string, size int64, huge string) error {
+	return unix.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,huge=%s", size, huge))
 }

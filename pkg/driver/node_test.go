@@ -62,7 +62,7 @@ func checkMounted(t *testing.T, target string, files map[string][]byte) {
 func TestTwoPodsShareOneStaging(t *testing.T) {
 	srv := emu(t)
 	files := genModel(t, srv, "qwen/", 48<<20)
-	p := startPlugin(t, srv, "")
+	p := startPlugin(t, inProcess{srv}, "")
 	srv.ResetStats()
 	targets := []string{target(t, "pod-a"), target(t, "pod-b")}
 	var wg sync.WaitGroup
@@ -113,7 +113,7 @@ func TestTwoPodsShareOneStaging(t *testing.T) {
 func TestPublishOutlastsKubeletDeadline(t *testing.T) {
 	srv := emu(t)
 	files := genModel(t, srv, "big/", 32<<20)
-	p := startPlugin(t, srv, "", withOptions(func(o *driver.Options) { o.PublishMargin = 500 * time.Millisecond }))
+	p := startPlugin(t, inProcess{srv}, "", withOptions(func(o *driver.Options) { o.PublishMargin = 500 * time.Millisecond }))
 	srv.ResetStats()
 	srv.SetEgressRate(16 << 20) // about two seconds for the model
 	tg := target(t, "pod-a")
@@ -147,7 +147,7 @@ func TestRestartKeepsPublishedVolume(t *testing.T) {
 	srv := emu(t)
 	files := genModel(t, srv, "qwen/", 8<<20)
 	dir := t.TempDir()
-	p := startPlugin(t, srv, dir)
+	p := startPlugin(t, inProcess{srv}, dir)
 	tg := target(t, "pod-a")
 	if _, err := p.node.NodePublishVolume(t.Context(), publishReq("oss://models/qwen/", tg)); err != nil {
 		t.Fatal(err)
@@ -156,7 +156,7 @@ func TestRestartKeepsPublishedVolume(t *testing.T) {
 	checkMounted(t, tg, files)
 
 	srv.ResetStats()
-	p2 := startPlugin(t, srv, dir)
+	p2 := startPlugin(t, inProcess{srv}, dir)
 	checkMounted(t, tg, files)
 	if !p2.d.Store().Holds(tg) {
 		t.Fatal("the restarted plugin lost the pod's reference")
@@ -182,7 +182,7 @@ func TestPodEvents(t *testing.T) {
 	srv := emu(t)
 	genModel(t, srv, "qwen/", 24<<20)
 	kube := fake.NewSimpleClientset(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "vllm-0", Namespace: "serving", UID: "uid-1"}})
-	p := startPlugin(t, srv, "", withKube(kube), withOptions(func(o *driver.Options) { o.ProgressEvery = 100 * time.Millisecond }))
+	p := startPlugin(t, inProcess{srv}, "", withKube(kube), withOptions(func(o *driver.Options) { o.ProgressEvery = 100 * time.Millisecond }))
 	srv.SetEgressRate(24 << 20) // a second: time for progress Events
 	req := publishReq("oss://models/qwen/", target(t, "pod-a"))
 	req.VolumeContext["csi.storage.k8s.io/pod.name"] = "vllm-0"
@@ -230,7 +230,7 @@ func TestPublishBadInput(t *testing.T) {
 	genModel(t, srv, "qwen/", 1<<20)
 	srv.PutObject("models", "evil/ok.bin", []byte("fine"))
 	srv.PutObject("models", "evil/../../etc/cron.d/x", []byte("evil"))
-	p := startPlugin(t, srv, "")
+	p := startPlugin(t, inProcess{srv}, "")
 	writer := readOnlyCap()
 	writer.AccessMode.Mode = csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
 	block := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}, AccessMode: readOnlyCap().AccessMode}
@@ -296,7 +296,7 @@ func TestPublishBadInput(t *testing.T) {
 func TestEphemeralInlineVolume(t *testing.T) {
 	srv := emu(t)
 	files := genModel(t, srv, "qwen/", 1<<20)
-	p := startPlugin(t, srv, "")
+	p := startPlugin(t, inProcess{srv}, "")
 	tg := target(t, "pod-a")
 	req := publishReq("oss://models/qwen/", tg)
 	req.VolumeId = "csi-0123456789abcdef"

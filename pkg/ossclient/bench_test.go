@@ -5,13 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -129,39 +126,17 @@ func newBenchEnv() (*benchEnv, error) {
 	return e, nil
 }
 
-// startEmulator builds and starts bin/ossemu serving a generated model of size bytes from
+// startEmulator runs the emulator as a process serving a generated model of size bytes from
 // files under src (src/models/bench/…), and returns its endpoint.
 func (e *benchEnv) startEmulator(src string, size int64) (string, error) {
-	tmp, err := os.MkdirTemp("", "modelcast-bench-emu-")
+	p, err := ossemu.StartProcess(context.Background(), "--region", testRegion,
+		"--access-key-id", testAK, "--access-key-secret", testSecret,
+		"--generate", "models/bench/="+strconv.FormatInt(size, 10), "--generate-dir", src)
 	if err != nil {
 		return "", err
 	}
-	e.cleanup = append(e.cleanup, func() { _ = os.RemoveAll(tmp) })
-	bin := filepath.Join(tmp, "ossemu")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/modelcast/modelcast/test/ossemu/cmd/ossemu").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build ossemu: %w: %s", err, out)
-	}
-	addr := filepath.Join(tmp, "addr")
-	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--addr-file", addr, "--region", testRegion,
-		"--access-key-id", testAK, "--access-key-secret", testSecret,
-		"--generate", "models/bench/="+strconv.FormatInt(size, 10), "--generate-dir", src)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	e.cleanup = append(e.cleanup, func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	})
-	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if b, err := os.ReadFile(addr); err == nil && len(b) > 0 {
-			return strings.TrimSpace(string(b)), nil
-		}
-		if cmd.ProcessState != nil {
-			break
-		}
-	}
-	return "", fmt.Errorf("ossemu did not start")
+	e.cleanup = append(e.cleanup, func() { _ = p.Stop() })
+	return p.Endpoint, nil
 }
 
 // tmpfs returns a directory on a tmpfs of its own (root) or under /dev/shm.
