@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -656,5 +658,147 @@ func equalFiles(t *testing.T, a, b string) {
 			}
 			return
 		}
+	}
+}
+
+// TestDownloadChunksAndResume: every chunk's CRC is reported as it completes, and a download
+// resumed at any point (chunk boundary, mid-chunk, object boundary, the end) fetches only the
+// missing bytes and still checks every object.
+func TestDownloadChunksAndResume(t *testing.T) {
+	srv := newEmu(t)
+	files := map[string][]byte{"a.bin": randBytes(t, 3<<20+100), "b.bin": randBytes(t, 5<<20), "c.json": []byte("{}")}
+	putModel(srv, "m/", files)
+	c := newClient(t, srv)
+	m, err := c.Manifest(t.Context(), mustURI(t, "oss://models/m/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := ossclient.NewLayout(m, 256<<10)
+	tab := crc64.MakeTable(crc64.ECMA)
+	want := make([]uint64, layout.Len())
+	for i := range want {
+		ch := layout.Chunk(i)
+		want[i] = crc64.Checksum(files[m.Path(ch.Object)][ch.Offset:ch.Offset+ch.Size], tab)
+	}
+
+	var mu sync.Mutex
+	got := make([]uint64, layout.Len())
+	seen := make([]int, layout.Len())
+	dir := t.TempDir()
+	err = c.Download(t.Context(), m, dir, ossclient.DownloadOptions{Layout: layout, PartSize: 1 << 20, Concurrency: 4,
+		Chunk: func(i int, crc uint64) { mu.Lock(); got[i] = crc; seen[i]++; mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if seen[i] != 1 || got[i] != want[i] {
+			t.Fatalf("chunk %d reported %d times with CRC %x, want once with %x", i, seen[i], got[i], want[i])
+		}
+	}
+	checkFiles(t, dir, files)
+
+	for _, tc := range []struct {
+		name    string
+		chunks  int
+		partial int64
+	}{
+		{"from the start", 0, 0},
+		{"mid-chunk", 5, 1000},
+		{"at the second object", 13, 0}, // a.bin is 13 chunks of 256 KiB (the last one 100 bytes)
+		{"in the last chunk", layout.Len() - 1, 1},
+		{"nothing left", layout.Len(), 0},
+	} {
+		for _, mode := range writeModes {
+			t.Run(tc.name+"/"+mode, func(t *testing.T) {
+				dir := targetDir(t, mode)
+				if err := ossclient.Preallocate(m, dir); err != nil {
+					t.Fatal(err)
+				}
+				// Copy in the bytes the resume point says are there.
+				present := int64(0)
+				if tc.chunks < layout.Len() {
+					present = layout.Chunk(tc.chunks).Start + tc.partial
+				} else {
+					present = m.Size()
+				}
+				var partialCRC uint64
+				for o := range m.Objects {
+					start := m.Offset(o)
+					n := min(max(present-start, 0), m.Objects[o].Size)
+					if n == 0 {
+						continue
+					}
+					f, err := os.OpenFile(filepath.Join(dir, m.Path(o)), os.O_WRONLY, 0)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, err := f.WriteAt(files[m.Path(o)][:n], 0); err != nil {
+						t.Fatal(err)
+					}
+					f.Close()
+				}
+				if tc.partial > 0 {
+					ch := layout.Chunk(tc.chunks)
+					partialCRC = crc64.Checksum(files[m.Path(ch.Object)][ch.Offset:ch.Offset+tc.partial], tab)
+				}
+				srv.ResetStats()
+				var reported []int
+				err := c.Download(t.Context(), m, dir, ossclient.DownloadOptions{
+					Layout: layout, PartSize: 1 << 20, Concurrency: 3,
+					Resume: &ossclient.Resume{Chunks: tc.chunks, CRCs: want[:tc.chunks], Partial: tc.partial, PartialCRC: partialCRC},
+					Chunk:  func(i int, _ uint64) { mu.Lock(); reported = append(reported, i); mu.Unlock() },
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkFiles(t, dir, files)
+				if served := srv.Stats().BytesServed; served != m.Size()-present {
+					t.Errorf("served %d bytes, want the %d missing", served, m.Size()-present)
+				}
+				if len(reported) != layout.Len()-tc.chunks {
+					t.Errorf("%d chunks reported, want %d", len(reported), layout.Len()-tc.chunks)
+				}
+			})
+		}
+	}
+
+	// CRCs that do not match the bytes fail the object's check.
+	bad := slices.Clone(want[:5])
+	bad[2] ^= 1
+	dir = t.TempDir()
+	if err := ossclient.Preallocate(m, dir); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Download(t.Context(), m, dir, ossclient.DownloadOptions{Layout: layout, Resume: &ossclient.Resume{Chunks: 5, CRCs: bad}})
+	if !errors.Is(err, ossclient.ErrIntegrity) || !strings.Contains(err.Error(), "a.bin") {
+		t.Errorf("resume with a wrong CRC: %v, want ErrIntegrity on a.bin", err)
+	}
+	if err := c.Download(t.Context(), m, t.TempDir(), ossclient.DownloadOptions{Layout: layout, Resume: &ossclient.Resume{Chunks: layout.Len() + 1}}); err == nil {
+		t.Errorf("a resume point past the model was accepted")
+	}
+}
+
+func TestCheck(t *testing.T) {
+	srv := newEmu(t)
+	putModel(srv, "m/", map[string][]byte{"a.bin": []byte("aaaa"), "b.bin": []byte("bb")})
+	c := newClient(t, srv)
+	m, err := c.Manifest(t.Context(), mustURI(t, "oss://models/m/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Check(t.Context(), m); err != nil {
+		t.Errorf("Check of a current manifest: %v", err)
+	}
+	anon := newClient(t, srv, func(c *ossclient.Config) { c.Credentials = ossclient.Credentials{} })
+	if err := anon.Check(t.Context(), m); !errors.Is(err, ossclient.ErrAccessDenied) {
+		t.Errorf("Check without credentials: %v, want ErrAccessDenied", err)
+	}
+	srv.PutObject("models", "m/a.bin", []byte("changed"))
+	if err := c.Check(t.Context(), m); !errors.Is(err, ossclient.ErrChanged) {
+		t.Errorf("Check after a change: %v, want ErrChanged", err)
+	}
+	srv.DeleteObject("models", "m/a.bin")
+	if err := c.Check(t.Context(), m); !errors.Is(err, ossclient.ErrNotFound) {
+		t.Errorf("Check after a delete: %v, want ErrNotFound", err)
 	}
 }

@@ -38,27 +38,49 @@ type DownloadOptions struct {
 	// Concurrency is the number of ranged GETs in flight (OSS Connector's prefetch.vcpus ×
 	// prefetch.workers). Capped at MaxConcurrency and at the number of parts.
 	Concurrency int
-	// PartSize is the length of one ranged GET.
+	// PartSize is the length of one ranged GET, rounded up to whole chunks.
 	PartSize int64
+	// Layout cuts the model into chunks (default: NewLayout(m, DefaultChunkSize)).
+	Layout *Layout
 	// Progress, if set, is called after every write. Calls are serialized, values never
 	// decrease, and it must return quickly (it runs on the download's hot path).
 	Progress func(Progress)
+	// Chunk, if set, is called when chunk i is written, with its CRC-64 — before the object's
+	// CRC-64 is checked. Calls come from many workers at once, in any order.
+	Chunk func(i int, crc uint64)
+	// Resume, if set, says which bytes the files under dir already hold (verified by the
+	// caller): only the rest is fetched, and the objects it completes are checked with the
+	// CRCs given for the bytes already there.
+	Resume *Resume
 }
 
-// part is one ranged GET: bytes [off, off+size) of object obj.
+// Resume describes the bytes already present at the start of a model's byte stream: chunks
+// [0, Chunks) whole, with CRCs[i] the CRC-64 of chunk i, and Partial bytes of chunk Chunks
+// whose CRC-64 is PartialCRC.
+type Resume struct {
+	Chunks     int
+	CRCs       []uint64
+	Partial    int64
+	PartialCRC uint64
+}
+
+// part is one ranged GET: chunks [first, end) of one object, starting skip bytes into chunk
+// first (a resumed download's first part).
 type part struct {
-	obj  int
-	off  int64
-	size int64
+	obj        int
+	first, end int
+	off, size  int64 // object bytes [off, off+size)
+	skip       int64
+	initCRC    uint64 // CRC of the skipped bytes of chunk first
 }
 
-// Download writes every object of m under dir (which must exist; the files are created or
-// truncated), fetching parts in parallel with resumable ranged GETs. Each request carries
-// If-Match with the manifest's ETag, so a model changed in OSS mid-download fails with
-// ErrChanged instead of mixing versions; each object's CRC-64 is computed in-line, part by
-// part, combined, and checked against the manifest (ErrIntegrity). When Download returns nil
-// every byte under dir has been verified. On error, files under dir are incomplete: the
-// caller discards them.
+// Download writes every object of m under dir (which must exist; files are created, or
+// reused without truncation), fetching parts in parallel with resumable ranged GETs. Each
+// request carries If-Match with the manifest's ETag, so a model changed in OSS mid-download
+// fails with ErrChanged instead of mixing versions; every chunk's CRC-64 is computed in-line
+// and the chunks' CRCs are combined and checked against each object's CRC-64 from OSS
+// (ErrIntegrity). When Download returns nil every byte under dir has been verified. On error,
+// files under dir are incomplete: the caller discards them or resumes.
 func (c *Client) Download(ctx context.Context, m *Manifest, dir string, opts DownloadOptions) error {
 	start := time.Now()
 	d, err := c.newDownload(m, dir, opts)
@@ -71,7 +93,7 @@ func (c *Client) Download(ctx context.Context, m *Manifest, dir string, opts Dow
 	if err != nil {
 		return err
 	}
-	klog.FromContext(ctx).V(2).Info("Downloaded model", "model", m.URI().String(), "bytes", m.Size(),
+	klog.FromContext(ctx).V(2).Info("Downloaded model", "model", m.URI().String(), "bytes", m.Size()-d.resumed,
 		"seconds", time.Since(start).Seconds(), "requests", d.requests.Load(), "retries", d.retries.Load())
 	return nil
 }
@@ -79,45 +101,77 @@ func (c *Client) Download(ctx context.Context, m *Manifest, dir string, opts Dow
 type download struct {
 	c        *Client
 	m        *Manifest
+	layout   *Layout
 	root     *os.Root
 	parts    []part
-	first    []int // first part of each object; first[len(objects)] = len(parts)
-	partCRC  []uint64
+	chunkCRC []uint64       // per chunk, set when the chunk is complete
 	left     []atomic.Int32 // parts of each object not yet complete
 	alloc    watermark      // model bytes [0, alloc) are preallocated
 	files    *fileTable
 	track    *tracker
+	onChunk  func(int, uint64)
 	workers  int
+	resumed  int64        // bytes present before the download
 	next     atomic.Int64 // next part to hand out: parts go out in model order
 	requests atomic.Int64
 	retries  atomic.Int64
 }
 
 func (c *Client) newDownload(m *Manifest, dir string, opts DownloadOptions) (*download, error) {
-	partSize := opts.PartSize
-	if partSize <= 0 {
+	layout := opts.Layout
+	if layout == nil {
+		layout = NewLayout(m, DefaultChunkSize)
+	} else if layout.m != m && layout.m.Fingerprint() != m.Fingerprint() {
+		return nil, fmt.Errorf("download %s: the layout is of another model", m.URI())
+	}
+	cs := layout.ChunkSize()
+	partSize := max(opts.PartSize, 0)
+	if partSize == 0 {
 		partSize = DefaultPartSize
 	}
-	partSize = max(partSize, minPartSize)
+	chunksPerPart := int(max(1, (max(partSize, minPartSize)+cs-1)/cs))
 	workers := opts.Concurrency
 	if workers <= 0 {
 		workers = DefaultConcurrency
 	}
 	workers = min(workers, MaxConcurrency)
 
-	d := &download{c: c, m: m, first: make([]int, len(m.Objects)+1), left: make([]atomic.Int32, len(m.Objects))}
+	d := &download{c: c, m: m, layout: layout, left: make([]atomic.Int32, len(m.Objects)), onChunk: opts.Chunk,
+		chunkCRC: make([]uint64, layout.Len())}
+	startChunk, skip, skipCRC := 0, int64(0), uint64(0)
+	if r := opts.Resume; r != nil {
+		if r.Chunks < 0 || r.Chunks > layout.Len() || len(r.CRCs) < r.Chunks || r.Partial < 0 ||
+			(r.Chunks == layout.Len() && r.Partial > 0) || (r.Chunks < layout.Len() && r.Partial >= layout.Chunk(r.Chunks).Size) {
+			return nil, fmt.Errorf("download %s: resume point (%d chunks + %d bytes) is outside the model's %d chunks", m.URI(), r.Chunks, r.Partial, layout.Len())
+		}
+		copy(d.chunkCRC, r.CRCs[:r.Chunks])
+		startChunk, skip, skipCRC = r.Chunks, r.Partial, r.PartialCRC
+		if startChunk < layout.Len() {
+			d.resumed = layout.Chunk(startChunk).Start + skip
+		} else {
+			d.resumed = m.Size()
+		}
+	}
 	for i, o := range m.Objects {
 		if o.Size == 0 && o.CRC64 != 0 {
 			return nil, &Error{Op: "get", Target: m.URI().Object(o.Key), Kind: ErrIntegrity, Err: fmt.Errorf("manifest gives an empty object CRC-64 %d", o.CRC64)}
 		}
-		d.first[i] = len(d.parts)
-		for off := int64(0); off < o.Size; off += partSize {
-			d.parts = append(d.parts, part{obj: i, off: off, size: min(partSize, o.Size-off)})
+		first, end := layout.ObjectChunks(i)
+		first = max(first, startChunk)
+		n := 0
+		for c := first; c < end; c += chunksPerPart {
+			p := part{obj: i, first: c, end: min(c+chunksPerPart, end)}
+			p.off = layout.Chunk(c).Offset
+			last := layout.Chunk(p.end - 1)
+			p.size = last.Offset + last.Size - p.off
+			if c == startChunk && skip > 0 {
+				p.skip, p.initCRC = skip, skipCRC
+			}
+			d.parts = append(d.parts, p)
+			n++
 		}
-		d.left[i].Store(int32(len(d.parts) - d.first[i]))
+		d.left[i].Store(int32(n))
 	}
-	d.first[len(m.Objects)] = len(d.parts)
-	d.partCRC = make([]uint64, len(d.parts))
 	d.workers = max(1, min(workers, len(d.parts)))
 	root, err := os.OpenRoot(dir)
 	if err != nil {
@@ -125,7 +179,7 @@ func (c *Client) newDownload(m *Manifest, dir string, opts DownloadOptions) (*do
 	}
 	d.root = root
 	d.files = &fileTable{root: root, m: m, mmap: hugeTmpfs(dir), open: make(map[int]*objectFile)}
-	d.track = newTracker(m, d.parts, opts.Progress)
+	d.track = newTracker(m, d.parts, d.resumed, opts.Progress)
 	return d, nil
 }
 
@@ -161,8 +215,22 @@ func (d *download) preallocate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("download %s: %w", d.m.URI(), err)
 		}
-		if o.Size == 0 {
-			d.track.objectVerified(i)
+	}
+	return nil
+}
+
+// Preallocate creates every file of m under dir (and its directories) with its size
+// reserved, keeping what files already exist hold. A relay receiving a model from a peer
+// prepares its files so; Download with Resume continues in them.
+func Preallocate(m *Manifest, dir string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	for i, o := range m.Objects {
+		if err := allocate(root, m.Path(i), o.Size, func(int64) error { return nil }); err != nil {
+			return fmt.Errorf("preallocate %s: %w", m.URI(), err)
 		}
 	}
 	return nil
@@ -170,15 +238,19 @@ func (d *download) preallocate(ctx context.Context) error {
 
 // allocate creates the file at rel (and its directories) and reserves size bytes for it,
 // allocChunk at a time, reporting each step to progress (which may stop it with an error).
+// An existing file keeps its bytes (fallocate never overwrites); a longer one is cut to size.
 func allocate(root *os.Root, rel string, size int64, progress func(done int64) error) error {
 	if dir := path.Dir(rel); dir != "." {
 		if err := root.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
 	}
-	f, err := root.OpenFile(rel, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	f, err := root.OpenFile(rel, os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
+	}
+	if st, serr := f.Stat(); serr == nil && st.Size() > size {
+		err = f.Truncate(size)
 	}
 	for off := int64(0); off < size && err == nil; {
 		n := min(allocChunk, size-off)
@@ -193,7 +265,7 @@ func allocate(root *os.Root, rel string, size int64, progress func(done int64) e
 		off += n
 		err = progress(off)
 	}
-	if size == 0 {
+	if size == 0 && err == nil {
 		err = progress(0)
 	}
 	return errors.Join(err, f.Close())
@@ -241,7 +313,7 @@ func (w *watermark) wait(ctx context.Context, to int64) error {
 }
 
 // fetchPart downloads part i, resuming after transient failures at the first byte it does not
-// have yet, and records its CRC.
+// have yet, and records its chunks' CRCs.
 func (d *download) fetchPart(ctx context.Context, i int, buf []byte) error {
 	p := d.parts[i]
 	o := &d.m.Objects[p.obj]
@@ -252,11 +324,10 @@ func (d *download) fetchPart(ctx context.Context, i int, buf []byte) error {
 	if err != nil {
 		return fmt.Errorf("download %s: %w", d.m.URI(), err)
 	}
-	var done int64
-	var crc uint64
+	st := rangeState{chunk: p.first, inChunk: p.skip, crc: p.initCRC, done: p.skip}
 	for failures := 0; ; {
-		n, c, err := d.getRange(ctx, i, p.off+done, p.size-done, f, crc, buf)
-		done, crc = done+n, c
+		before := st.done
+		err := d.getRange(ctx, i, f, &st, buf)
 		if err == nil {
 			break
 		}
@@ -264,14 +335,14 @@ func (d *download) fetchPart(ctx context.Context, i int, buf []byte) error {
 		if !retryable(ctx, err) {
 			return opError(ctx, "get", target, err)
 		}
-		if n > 0 {
+		if st.done > before {
 			failures = 0
 		}
 		if failures++; failures > d.c.cfg.Retry.MaxFailures {
 			return opError(ctx, "get", target, err)
 		}
 		d.retries.Add(1)
-		klog.FromContext(ctx).V(2).Info("Retrying part", "object", target, "offset", p.off+done, "attempt", failures+1, "err", errSummary(err))
+		klog.FromContext(ctx).V(2).Info("Retrying part", "object", target, "offset", p.off+st.done, "attempt", failures+1, "err", errSummary(err))
 		t := time.NewTimer(d.c.cfg.Retry.delay(failures))
 		select {
 		case <-t.C:
@@ -280,7 +351,6 @@ func (d *download) fetchPart(ctx context.Context, i int, buf []byte) error {
 			return opError(ctx, "get", target, ctx.Err())
 		}
 	}
-	d.partCRC[i] = crc
 	d.track.partComplete(i)
 	if d.left[p.obj].Add(-1) == 0 {
 		return d.verifyObject(p.obj)
@@ -288,15 +358,25 @@ func (d *download) fetchPart(ctx context.Context, i int, buf []byte) error {
 	return nil
 }
 
+// rangeState is how far a part got: done bytes of the part, inside chunk at inChunk bytes
+// with the running CRC of that chunk's bytes so far.
+type rangeState struct {
+	chunk   int
+	inChunk int64
+	crc     uint64
+	done    int64
+}
+
 // noRetry: parts retry themselves, resuming where the body broke off; a request-level retry in
 // the SDK would only multiply attempts.
 func noRetry(o *oss.Options) { o.Retryer = retry.NopRetryer{} }
 
-// getRange requests bytes [off, off+n) of part i's object and streams them into dst (the
-// object's file), extending crc. It returns how many bytes it wrote (and folded into crc) even
-// when it fails.
-func (d *download) getRange(ctx context.Context, i int, off, n int64, dst *objectFile, crc uint64, buf []byte) (int64, uint64, error) {
-	o := &d.m.Objects[d.parts[i].obj]
+// getRange requests the rest of part i (from st.done) and streams it into dst, advancing st
+// chunk by chunk; st stays accurate when it fails midway.
+func (d *download) getRange(ctx context.Context, i int, dst *objectFile, st *rangeState, buf []byte) error {
+	p := d.parts[i]
+	o := &d.m.Objects[p.obj]
+	off, n := p.off+st.done, p.size-st.done
 	end := off + n - 1
 	d.requests.Add(1)
 	res, err := d.c.sdk.GetObject(ctx, &oss.GetObjectRequest{
@@ -307,35 +387,44 @@ func (d *download) getRange(ctx context.Context, i int, off, n int64, dst *objec
 		IfMatch:       oss.Ptr(o.ETag),
 	}, noRetry)
 	if err != nil {
-		return 0, crc, err
+		return err
 	}
 	defer res.Body.Close()
 	if err := checkRange(res, o, off, end); err != nil {
-		return 0, crc, err
+		return err
 	}
 	dst.prepare(off, n)
-	var written int64
-	for written < n {
-		p := dst.buffer(off+written, min(int64(len(buf)), n-written), buf)
-		k, rerr := io.ReadFull(res.Body, p)
+	for st.done < p.size {
+		c := d.layout.Chunk(st.chunk)
+		at := c.Offset + st.inChunk
+		b := dst.buffer(at, min(int64(len(buf)), c.Size-st.inChunk), buf)
+		k, rerr := io.ReadFull(res.Body, b)
 		if k > 0 {
-			crc = crcUpdate(crc, p[:k])
-			if werr := dst.commit(p[:k], off+written); werr != nil {
-				return written, crc, fmt.Errorf("write %s: %w", d.m.Path(d.parts[i].obj), werr)
+			st.crc = crcUpdate(st.crc, b[:k])
+			if werr := dst.commit(b[:k], at); werr != nil {
+				return fmt.Errorf("write %s: %w", d.m.Path(p.obj), werr)
 			}
-			written += int64(k)
+			st.inChunk += int64(k)
+			st.done += int64(k)
 			d.track.wrote(i, int64(k))
+			if st.inChunk == c.Size {
+				d.chunkCRC[st.chunk] = st.crc
+				if d.onChunk != nil {
+					d.onChunk(st.chunk, st.crc)
+				}
+				st.chunk, st.inChunk, st.crc = st.chunk+1, 0, 0
+			}
 		}
 		if rerr != nil {
 			if rerr == io.EOF {
 				rerr = errShortBody
 			}
-			return written, crc, rerr
+			return rerr
 		}
 	}
 	// Read to EOF so the connection goes back to the pool for the next part.
 	_, _ = res.Body.Read(buf[:1])
-	return written, crc, nil
+	return nil
 }
 
 // checkRange makes sure the answer is the requested range of the manifest's version, even
@@ -363,19 +452,13 @@ func checkRange(res *oss.GetObjectResult, o *Object, off, end int64) error {
 	return nil
 }
 
-// verifyObject combines the CRCs of object o's parts and compares with the manifest.
+// verifyObject combines the CRCs of object o's chunks and compares with the manifest.
 func (d *download) verifyObject(o int) error {
-	obj := &d.m.Objects[o]
-	var crc uint64
-	for i := d.first[o]; i < d.first[o+1]; i++ {
-		crc = crcCombine(crc, d.partCRC[i], d.parts[i].size)
-	}
 	if err := d.files.close(o); err != nil {
 		return fmt.Errorf("download %s: close %s: %w", d.m.URI(), d.m.Path(o), err)
 	}
-	if crc != obj.CRC64 {
-		return &Error{Op: "get", Target: d.m.URI().Object(obj.Key), Kind: ErrIntegrity,
-			Err: fmt.Errorf("CRC-64 of the %d bytes received is %d, OSS has %d", obj.Size, crc, obj.CRC64)}
+	if err := d.layout.VerifyObject(o, func(i int) uint64 { return d.chunkCRC[i] }); err != nil {
+		return err
 	}
 	d.track.objectVerified(o)
 	return nil

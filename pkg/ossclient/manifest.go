@@ -227,3 +227,22 @@ func (c *Client) Manifest(ctx context.Context, u URI) (*Manifest, error) {
 	logger.V(2).Info("Listed model", "model", u.String(), "objects", len(m.Objects), "bytes", m.Size(), "fingerprint", m.Fingerprint())
 	return m, nil
 }
+
+// Check makes sure these credentials can read m as pinned: one HEAD of its first object, with
+// If-Match on the manifest's ETag. A manifest published by another node is used only after it
+// passes (ErrAccessDenied, or ErrChanged/ErrNotFound when OSS moved on).
+func (c *Client) Check(ctx context.Context, m *Manifest) error {
+	if len(m.Objects) == 0 {
+		return &Error{Op: "head", Target: m.URI().String(), Kind: ErrNotFound, Err: fmt.Errorf("the manifest lists no objects")}
+	}
+	o := m.Objects[0]
+	res, err := c.sdk.HeadObject(ctx, &oss.HeadObjectRequest{Bucket: oss.Ptr(m.Bucket), Key: oss.Ptr(o.Key), IfMatch: oss.Ptr(o.ETag)})
+	if err != nil {
+		return opError(ctx, "head", m.URI().Object(o.Key), err)
+	}
+	if etag := oss.ToString(res.ETag); etag != o.ETag || res.ContentLength != o.Size {
+		return &Error{Op: "head", Target: m.URI().Object(o.Key), Kind: ErrChanged,
+			Err: fmt.Errorf("OSS has ETag %s and %d bytes, the manifest %s and %d", etag, res.ContentLength, o.ETag, o.Size)}
+	}
+	return nil
+}

@@ -32,15 +32,20 @@ type tracker struct {
 	report   func(Progress)
 }
 
-func newTracker(m *Manifest, parts []part, report func(Progress)) *tracker {
+// newTracker starts with the resumed bytes already present (and the objects they hold
+// whole counted as verified by the caller).
+func newTracker(m *Manifest, parts []part, resumed int64, report func(Progress)) *tracker {
 	t := &tracker{
-		p:        Progress{Total: m.Size()},
+		p:        Progress{Total: m.Size(), Done: resumed},
 		written:  make([]int64, len(parts)),
 		complete: make([]bool, len(parts)),
 		verified: make([]bool, len(m.Objects)),
 		parts:    parts,
 		m:        m,
 		report:   report,
+	}
+	for o := range m.Objects {
+		t.verified[o] = m.Offset(o)+m.Objects[o].Size <= resumed && m.Objects[o].Size > 0
 	}
 	t.advance()
 	return t
@@ -84,7 +89,7 @@ func (t *tracker) advance() {
 	}
 	if t.next < len(t.parts) {
 		p := t.parts[t.next]
-		t.p.Contiguous = t.m.Offset(p.obj) + p.off + t.written[t.next]
+		t.p.Contiguous = t.m.Offset(p.obj) + p.off + p.skip + t.written[t.next]
 	} else {
 		t.p.Contiguous = t.p.Total
 	}
