@@ -15,6 +15,8 @@ import (
 
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
+
+	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
 // Defaults of Config.
@@ -38,6 +40,9 @@ type Config struct {
 	SoftCap int64
 	// MemoryReserve is the memory a new model must leave available on the node.
 	MemoryReserve int64
+	// OnRelease, if set, is told (off the store's lock) of every model removed from the cache,
+	// expired or evicted: a broadcast node stops serving it and leaves its chain.
+	OnRelease func(key string)
 
 	// Seams, for tests.
 	Clock     clock.WithTickerAndDelayedExecution // default: the real clock
@@ -76,8 +81,9 @@ type Store struct {
 }
 
 type entry struct {
-	meta    Meta
-	holders map[string]struct{}
+	meta     Meta
+	holders  map[string]struct{}
+	manifest *ossclient.Manifest // nil for models recovered from disk
 }
 
 type staging struct {
@@ -372,6 +378,35 @@ func (s *Store) Staging(key string) (Progress, bool) {
 	return st.progress(), true
 }
 
+// Manifest returns the manifest of a model staged by this store (not of one recovered from
+// disk after a restart).
+func (s *Store) Manifest(key string) (*ossclient.Manifest, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.entries[key]; e != nil && e.manifest != nil {
+		return e.manifest, true
+	}
+	return nil, false
+}
+
+// StagingStatus is a staging in flight.
+type StagingStatus struct {
+	Key      string
+	Model    string
+	Progress Progress
+}
+
+// StagingModels lists the stagings in flight.
+func (s *Store) StagingModels() []StagingStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]StagingStatus, 0, len(s.stagings))
+	for key, st := range s.stagings {
+		out = append(out, StagingStatus{Key: key, Model: st.model.String(), Progress: st.progress()})
+	}
+	return out
+}
+
 // ModelStatus is one staged model as the store sees it.
 type ModelStatus struct {
 	Meta
@@ -429,7 +464,7 @@ func (s *Store) janitor() {
 	for {
 		s.mu.Lock()
 		now := s.clock.Now()
-		var trash []string
+		var trash, released []string
 		next := time.Duration(-1)
 		for _, e := range s.entries {
 			if len(e.holders) > 0 {
@@ -442,7 +477,7 @@ func (s *Store) janitor() {
 					klog.ErrorS(err, "Could not release an expired model", "key", e.meta.Key)
 					continue
 				}
-				trash = append(trash, dir)
+				trash, released = append(trash, dir), append(released, e.meta.Key)
 			} else if next < 0 || due < next {
 				next = due
 			}
@@ -450,6 +485,9 @@ func (s *Store) janitor() {
 		s.mu.Unlock()
 		for _, dir := range trash {
 			s.removeTrash(dir)
+		}
+		for _, key := range released {
+			s.released(key)
 		}
 		var timer <-chan time.Time
 		if next >= 0 {
@@ -479,6 +517,12 @@ func (s *Store) evictLocked(e *entry, why string) (string, error) {
 	return trash, nil
 }
 
+func (s *Store) released(key string) {
+	if s.cfg.OnRelease != nil {
+		s.cfg.OnRelease(key)
+	}
+}
+
 func (s *Store) removeTrash(dir string) {
 	if err := os.RemoveAll(dir); err != nil {
 		klog.ErrorS(err, "Could not remove a released model", "dir", dir)
@@ -497,7 +541,7 @@ func (s *Store) stage(key string, st *staging) {
 	delete(s.stagings, key)
 	if err == nil {
 		// Held by nobody until the waiters take their references; it expires if none comes back.
-		s.entries[key] = &entry{meta: meta, holders: map[string]struct{}{}}
+		s.entries[key] = &entry{meta: meta, holders: map[string]struct{}{}, manifest: st.model.Manifest}
 		s.poke()
 	}
 	st.err = err
@@ -562,6 +606,7 @@ func (s *Store) makeRoom(st *staging) error {
 			return fmt.Errorf("evict %s: %w", victim.meta.URI, err)
 		}
 		s.removeTrash(trash)
+		s.released(victim.meta.Key)
 	}
 }
 

@@ -453,3 +453,30 @@ func TestRecoverCleansLeftovers(t *testing.T) {
 		t.Errorf("after recovery: %+v", s2.Models())
 	}
 }
+
+func TestOnRelease(t *testing.T) {
+	e := newEnv(t, 0)
+	var mu sync.Mutex
+	var released []string
+	e.cfg.OnRelease = func(key string) { mu.Lock(); released = append(released, key); mu.Unlock() }
+	e.cfg.SoftCap = 1500
+	s := e.open(t)
+	a, b := testModel(t, "a/", sizedFiles(1000)), testModel(t, "b/", sizedFiles(1000))
+	if _, err := s.Acquire(t.Context(), a, newMemSource(sizedFiles(1000)), "/pods/a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release("/pods/a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Acquire(t.Context(), b, newMemSource(sizedFiles(1000)), "/pods/b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release("/pods/b"); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Step(time.Hour)
+	eventually(t, "both releases reported", func() bool { mu.Lock(); defer mu.Unlock(); return len(released) == 2 })
+	if released[0] != a.Key() || released[1] != b.Key() {
+		t.Errorf("released %v, want a (evicted for b) then b (expired)", released)
+	}
+}
