@@ -7,6 +7,7 @@ set -euo pipefail
 deps=(
 	"mount:mount"
 	"ip:iproute2"
+	"redis-server:redis-server"
 )
 [ "$#" -gt 0 ] && deps=("$@")
 
