@@ -1,0 +1,376 @@
+package chain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/ossclient"
+)
+
+// errReleased: the model was released while a stream was serving or waiting for it.
+var errReleased = errors.New("model released")
+
+// local is a model this node stages or holds, shared by the code that fills it (from OSS or a
+// peer) and the data plane that serves it onward.
+type local struct {
+	tenant, key string
+	layout      *ossclient.Layout
+	dir         string
+	files       []*os.File // per object: read-write handle (nil for empty objects)
+
+	fromOSS, fromPeers atomic.Int64 // bytes received, by source
+
+	mu          sync.Mutex
+	crcs        []uint64 // per chunk, valid where have is set
+	have        []bool
+	ready       int // chunks [0, ready) are verified: they can be served
+	partial     partial
+	objVerified []bool
+	complete    bool
+	closed      bool
+	from        string        // where bytes come from now, for people
+	changed     chan struct{} // closed (and replaced) when ready grows or the model closes
+	rateAt      time.Time     // the last rate sample
+	rateBytes   int64
+	rate        float64
+	sums        map[int]uint64 // CRC-64s the OSS reader published, as read from Redis
+	sumsRead    time.Time
+}
+
+// partial is the start of chunk `chunk` (= ready) received from a peer: bytes of it, with
+// their running CRC, kept so that another peer or OSS can continue where it broke off.
+type partial struct {
+	chunk int
+	bytes int64
+	crc   uint64
+}
+
+// openLocal prepares dir's files for the model (creating them, keeping what they hold) and
+// opens them.
+func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local, error) {
+	m := layout.Manifest()
+	if err := ossclient.Preallocate(m, dir); err != nil {
+		return nil, err
+	}
+	l := &local{
+		tenant: tenant, key: key, layout: layout, dir: dir, sums: map[int]uint64{},
+		files: make([]*os.File, len(m.Objects)), crcs: make([]uint64, layout.Len()), have: make([]bool, layout.Len()),
+		objVerified: make([]bool, len(m.Objects)), changed: make(chan struct{}),
+	}
+	for i, o := range m.Objects {
+		if o.Size == 0 {
+			l.objVerified[i] = true
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(dir, filepath.FromSlash(m.Path(i))), os.O_RDWR, 0)
+		if err != nil {
+			l.closeFiles()
+			return nil, err
+		}
+		l.files[i] = f
+	}
+	l.complete = layout.Len() == 0
+	return l, nil
+}
+
+func (l *local) closeFiles() {
+	for _, f := range l.files {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+}
+
+// notifyLocked wakes everyone waiting for the model to change.
+func (l *local) notifyLocked() {
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// chunkDone records chunk i as verified with its CRC. When that completes an object, the
+// object's CRC-64 is checked against OSS's: a failure is returned (and the chunk is kept
+// out).
+func (l *local) chunkDone(i int, crc uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.have[i] {
+		return nil
+	}
+	l.crcs[i], l.have[i] = crc, true
+	o := l.layout.Chunk(i).Object
+	if first, end := l.layout.ObjectChunks(o); !l.objVerified[o] && l.allLocked(first, end) {
+		if err := l.layout.VerifyObject(o, func(j int) uint64 { return l.crcs[j] }); err != nil {
+			l.have[i] = false
+			return err
+		}
+		l.objVerified[o] = true
+	}
+	advanced := false
+	for l.ready < len(l.have) && l.have[l.ready] {
+		l.ready++
+		advanced = true
+	}
+	if l.partial.chunk < l.ready {
+		l.partial = partial{chunk: l.ready}
+	}
+	if l.ready == len(l.have) {
+		l.complete = true
+	}
+	if advanced {
+		l.notifyLocked()
+	}
+	return nil
+}
+
+func (l *local) allLocked(first, end int) bool {
+	for j := first; j < end; j++ {
+		if !l.have[j] {
+			return false
+		}
+	}
+	return true
+}
+
+// setPartial records the bytes of chunk ready received so far.
+func (l *local) setPartial(p partial) {
+	l.mu.Lock()
+	if p.chunk == l.ready {
+		l.partial = p
+	}
+	l.mu.Unlock()
+}
+
+// position is where this node's stream continues: the first chunk it lacks and the bytes of
+// it already there, with their CRC.
+func (l *local) position() partial {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.partial.chunk != l.ready {
+		return partial{chunk: l.ready}
+	}
+	return l.partial
+}
+
+// resume describes the contiguous bytes present, for a download from OSS that continues them.
+func (l *local) resume() *ossclient.Resume {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := &ossclient.Resume{Chunks: l.ready, CRCs: append([]uint64(nil), l.crcs[:l.ready]...)}
+	if l.partial.chunk == l.ready && l.ready < len(l.have) {
+		r.Partial, r.PartialCRC = l.partial.bytes, l.partial.crc
+	}
+	return r
+}
+
+// contiguousBytes is how much of the model's byte stream is verified from its start.
+func (l *local) contiguousBytes() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ready == len(l.have) {
+		return l.layout.Manifest().Size()
+	}
+	return l.layout.Chunk(l.ready).Start
+}
+
+func (l *local) isComplete() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.complete
+}
+
+// progress is what the node publishes about the model.
+func (l *local) progress() NodeProgress {
+	bytes := l.contiguousBytes()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if dt := now.Sub(l.rateAt).Seconds(); dt >= 0.5 {
+		if !l.rateAt.IsZero() {
+			l.rate = float64(bytes-l.rateBytes) / dt
+		}
+		l.rateAt, l.rateBytes = now, bytes
+	}
+	return NodeProgress{Bytes: bytes, Complete: l.complete, From: l.from, Rate: l.rate}
+}
+
+// reportEvery reports the staging's progress to the cache until stopped (and once more then).
+func (l *local) reportEvery(d time.Duration, report func(cache.Progress)) (stop func()) {
+	send := func() {
+		report(cache.Progress{Done: l.fromOSS.Load() + l.fromPeers.Load(), Total: l.layout.Manifest().Size(), From: l.source()})
+	}
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			send()
+			select {
+			case <-done:
+				send()
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+func (l *local) publishedSum(i int) (uint64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	crc, ok := l.sums[i]
+	return crc, ok
+}
+
+// mayFetchSums rate-limits reads of the published sums to one every 200 ms.
+func (l *local) mayFetchSums() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if time.Since(l.sumsRead) < 200*time.Millisecond {
+		return false
+	}
+	l.sumsRead = time.Now()
+	return true
+}
+
+func (l *local) storeSums(first int, sums []uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for j, crc := range sums {
+		if crc != 0 {
+			l.sums[first+j] = crc
+		}
+	}
+}
+
+func dirOf(l *local) string { return l.dir }
+
+func sortInts(s []int) { slices.Sort(s) }
+
+func (l *local) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
+func (l *local) setFrom(from string) {
+	l.mu.Lock()
+	l.from = from
+	l.mu.Unlock()
+}
+
+func (l *local) source() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.from
+}
+
+// await waits until chunk i is verified (true), or the model is released (errReleased).
+func (l *local) await(ctx context.Context, i int) error {
+	for {
+		l.mu.Lock()
+		ready, closed, ch := l.ready, l.closed, l.changed
+		l.mu.Unlock()
+		switch {
+		case i < ready:
+			return nil
+		case closed:
+			return errReleased
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// crc returns chunk i's CRC (valid once await(i) returned).
+func (l *local) crc(i int) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.crcs[i]
+}
+
+// reader opens object o anew, so a stream reads with an offset of its own (and sendfile): the
+// handle is reopened through /proc, which keeps working after the cache renames or removes
+// the file.
+func (l *local) reader(o int) (*os.File, error) {
+	f := l.files[o]
+	if f == nil {
+		return nil, fmt.Errorf("object %d is empty", o)
+	}
+	return os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+}
+
+// close releases the model: waiting streams end, files close (open readers keep theirs).
+func (l *local) close() {
+	l.mu.Lock()
+	if !l.closed {
+		l.closed = true
+		l.notifyLocked()
+	}
+	l.mu.Unlock()
+	l.closeFiles()
+}
+
+// registry holds the models this node can serve, by tenant and key.
+type registry struct {
+	mu     sync.Mutex
+	models map[string]*local
+}
+
+func regKey(tenant, key string) string { return tenant + "/" + key }
+
+func (r *registry) get(tenant, key string) *local {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.models[regKey(tenant, key)]
+}
+
+func (r *registry) add(l *local) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.models[regKey(l.tenant, l.key)] = l
+}
+
+// remove drops the model if it is still l.
+func (r *registry) remove(l *local) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.models[regKey(l.tenant, l.key)] == l {
+		delete(r.models, regKey(l.tenant, l.key))
+	}
+}
+
+// byKey returns every tenant's entry for a cache key.
+func (r *registry) byKey(key string) []*local {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*local
+	for _, l := range r.models {
+		if l.key == key {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func (r *registry) all() []*local {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*local, 0, len(r.models))
+	for _, l := range r.models {
+		out = append(out, l)
+	}
+	return out
+}

@@ -1,0 +1,430 @@
+package chain
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"k8s.io/klog/v2"
+
+	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/ossclient"
+)
+
+// Config of a Node. Zero values mean the defaults.
+type Config struct {
+	// NodeID names this node in chains (the Kubernetes node name).
+	NodeID string
+	// Addr is the peer address other nodes use (node IP and bind port); Listen is where the
+	// data plane listens (default: Addr). With port 0 the kernel picks one and Addr gets it.
+	Addr, Listen string
+	// Tenant is the default tenant (broadcast.tenant); volumes may name another.
+	Tenant string
+	// Chains is the number of independent chains per model (broadcast.chains).
+	Chains int
+	// ChunkSize is the unit of checksums, relaying and resumption.
+	ChunkSize int64
+	// HeadConcurrency and HeadPartSize shape a chain head's download from OSS: its parallel
+	// ranged GETs, and so the bytes it holds in flight beyond what it relays — what a
+	// successor fetches again if the head dies.
+	HeadConcurrency int
+	HeadPartSize    int64
+	// Heartbeat is how often membership and progress are renewed; NodeTTL how long a silent
+	// node stays alive in Redis.
+	Heartbeat, NodeTTL time.Duration
+	// StallTimeout: a stream with nothing for this long, from a peer that has bytes, is replaced.
+	StallTimeout time.Duration
+	// ManifestTTL: how long a published manifest pins a model's version for new nodes.
+	ManifestTTL time.Duration
+	// CorruptChunk is a test hook: send this chunk with one byte flipped, once (-1: off).
+	CorruptChunk int
+}
+
+func (c *Config) defaults() {
+	if c.Tenant == "" {
+		c.Tenant = "default"
+	}
+	if c.Chains <= 0 {
+		c.Chains = 1
+	}
+	if c.ChunkSize <= 0 {
+		c.ChunkSize = ossclient.DefaultChunkSize
+	}
+	if c.HeadConcurrency <= 0 {
+		c.HeadConcurrency = 16
+	}
+	if c.HeadPartSize <= 0 {
+		c.HeadPartSize = c.ChunkSize
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 2 * time.Second
+	}
+	if c.NodeTTL <= 0 {
+		c.NodeTTL = 3 * c.Heartbeat
+	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = 10 * time.Second
+	}
+	if c.ManifestTTL <= 0 {
+		c.ManifestTTL = 10 * time.Minute
+	}
+}
+
+// RedisConfig says how to reach Redis or Tair.
+type RedisConfig struct {
+	// Addr is host:port. URL (redis:// or rediss://user:password@host:port/db) may be given
+	// instead; its parts win.
+	Addr, URL          string
+	Username, Password string
+	TLS                bool
+	CACert             []byte // PEM; the system's roots when empty
+}
+
+// NewRedisClient builds a client for rc. It connects lazily and reconnects by itself (a Redis
+// outage must not need a restart); errors are for an unusable configuration only. Ping tells
+// whether Redis answers.
+func NewRedisClient(rc RedisConfig) (*redis.Client, error) {
+	// Fail fast: a Redis that does not answer must not hold a mount up (it falls back to OSS).
+	opts := &redis.Options{Addr: rc.Addr, Username: rc.Username, Password: rc.Password, MaxRetries: 1,
+		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second,
+		DialerRetries: 1, DialerRetryTimeout: 50 * time.Millisecond}
+	if rc.URL != "" {
+		u, err := redis.ParseURL(rc.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redis URL: %w", redactURLError(err, rc.URL))
+		}
+		u.MaxRetries, u.DialTimeout, u.ReadTimeout, u.WriteTimeout = opts.MaxRetries, opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout
+		u.DialerRetries, u.DialerRetryTimeout = opts.DialerRetries, opts.DialerRetryTimeout
+		opts = u
+	}
+	if opts.Addr == "" {
+		return nil, errors.New("redis: no address (broadcast.db.host or broadcast.db.url)")
+	}
+	if rc.TLS && opts.TLSConfig == nil {
+		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if opts.TLSConfig != nil && len(rc.CACert) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(rc.CACert) {
+			return nil, errors.New("redis CA certificate: no PEM certificate found")
+		}
+		opts.TLSConfig.RootCAs = pool
+	}
+	return redis.NewClient(opts), nil
+}
+
+// Ping checks that Redis answers with the client's credentials. The error names the address
+// and the user, never the password.
+func Ping(ctx context.Context, client *redis.Client) error {
+	if err := client.Ping(ctx).Err(); err != nil {
+		opts := client.Options()
+		who := ""
+		if opts.Username != "" {
+			who = " as user " + strconv.Quote(opts.Username)
+		}
+		return fmt.Errorf("redis %s%s: %w", opts.Addr, who, err)
+	}
+	return nil
+}
+
+func redactURLError(err error, url string) error {
+	return errors.New(stringsReplaceSecret(err.Error(), url))
+}
+
+// Node is this node's part in model broadcasting: the data plane server, the heartbeat, and
+// the models it stages or holds.
+type Node struct {
+	cfg    Config
+	coord  *Coordinator // nil: no Redis; every fetch goes to OSS directly
+	reg    registry
+	srv    *server
+	http   *http.Server
+	client *http.Client
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	tokens   map[string]string // tenant → token (client side)
+	failures map[string]failures
+
+	directBytes sync.Map // model key → bytes fetched from OSS without the chain
+}
+
+type failures struct {
+	count int
+	last  time.Time
+}
+
+// NewNode starts the data plane listening and the heartbeat. rdb may be nil (broadcast off or
+// no Redis): the node then only ever fetches from OSS.
+func NewNode(cfg Config, rdb redis.UniversalClient) (*Node, error) {
+	cfg.defaults()
+	if cfg.NodeID == "" {
+		return nil, errors.New("chain: node ID is required")
+	}
+	if err := ValidTenant(cfg.Tenant); err != nil {
+		return nil, fmt.Errorf("chain: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &Node{
+		cfg: cfg, reg: registry{models: map[string]*local{}}, ctx: ctx, cancel: cancel,
+		tokens: map[string]string{}, failures: map[string]failures{},
+		client: &http.Client{Transport: &http.Transport{
+			DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+			ResponseHeaderTimeout: 10 * time.Second,
+			MaxIdleConnsPerHost:   4,
+			DisableCompression:    true,
+		}},
+	}
+	if rdb != nil {
+		n.coord = NewCoordinator(rdb)
+	}
+	n.srv = &server{node: n, tokens: map[string]string{}, refreshed: map[string]time.Time{}}
+	if rdb == nil {
+		return n, nil
+	}
+	listen := cfg.Listen
+	if listen == "" {
+		listen = cfg.Addr
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("chain: listen on %s: %w", listen, err)
+	}
+	if host, port, err := net.SplitHostPort(cfg.Addr); err == nil && port == "0" {
+		_, real, _ := net.SplitHostPort(ln.Addr().String())
+		n.cfg.Addr = net.JoinHostPort(host, real)
+	}
+	n.http = &http.Server{Handler: n.srv, ReadHeaderTimeout: 10 * time.Second}
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			klog.ErrorS(err, "Peer data plane stopped")
+		}
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.heartbeat()
+	}()
+	klog.InfoS("Broadcast node started", "node", cfg.NodeID, "peerAddr", n.cfg.Addr, "tenant", cfg.Tenant, "chains", cfg.Chains)
+	return n, nil
+}
+
+// Addr is the peer address other nodes reach this one at.
+func (n *Node) Addr() string { return n.cfg.Addr }
+
+// Enabled reports whether the node coordinates through Redis.
+func (n *Node) Enabled() bool { return n.coord != nil }
+
+// Close leaves every chain, stops the heartbeat and the data plane. Models stay in the cache.
+func (n *Node) Close() {
+	n.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	for _, l := range n.reg.all() {
+		n.drop(ctx, l)
+	}
+	if n.coord != nil {
+		for _, t := range n.tenants() {
+			_ = n.coord.Deregister(ctx, t, n.cfg.NodeID)
+		}
+	}
+	if n.http != nil {
+		_ = n.http.Shutdown(ctx)
+		_ = n.http.Close()
+	}
+	n.wg.Wait()
+}
+
+// Release is the cache's hook for a model it released (expired, evicted): the node stops
+// serving it and leaves its chains, so successors re-link.
+func (n *Node) Release(key string) {
+	ctx, cancel := context.WithTimeout(n.ctx, 3*time.Second)
+	defer cancel()
+	for _, l := range n.reg.byKey(key) {
+		n.drop(ctx, l)
+	}
+}
+
+func (n *Node) drop(ctx context.Context, l *local) {
+	n.reg.remove(l)
+	l.close()
+	if n.coord != nil {
+		if err := n.coord.Leave(ctx, l.tenant, l.key, n.cfg.NodeID); err != nil {
+			klog.V(2).InfoS("Could not leave a chain", "model", l.key, "err", err)
+		}
+	}
+}
+
+// tenants are the tenants this node takes part in.
+func (n *Node) tenants() []string {
+	seen := map[string]bool{n.cfg.Tenant: true}
+	out := []string{n.cfg.Tenant}
+	for _, l := range n.reg.all() {
+		if !seen[l.tenant] {
+			seen[l.tenant] = true
+			out = append(out, l.tenant)
+		}
+	}
+	return out
+}
+
+// heartbeat renews the node's address and, for every model it stages or holds, its place in
+// the chain and its progress. After Redis lost its data (a restart), this puts it all back.
+func (n *Node) heartbeat() {
+	t := time.NewTicker(n.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.Heartbeat)
+		for _, tenant := range n.tenants() {
+			if err := n.coord.Register(ctx, tenant, n.cfg.NodeID, n.cfg.Addr, n.cfg.NodeTTL); err != nil {
+				klog.V(2).InfoS("Heartbeat failed", "tenant", tenant, "err", err)
+			}
+		}
+		for _, l := range n.reg.all() {
+			if _, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.progress()); err != nil {
+				klog.V(2).InfoS("Could not renew a chain", "model", l.key, "err", err)
+			}
+		}
+		cancel()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// token returns the tenant's peer secret (from Redis, cached; refresh reads it again).
+func (n *Node) token(ctx context.Context, tenant string, refresh bool) (string, error) {
+	n.mu.Lock()
+	tok := n.tokens[tenant]
+	n.mu.Unlock()
+	if tok != "" && !refresh {
+		return tok, nil
+	}
+	if n.coord == nil {
+		return "", errors.New("no coordinator")
+	}
+	tok, err := n.coord.Token(ctx, tenant)
+	if err != nil {
+		return "", fmt.Errorf("tenant token: %w", err)
+	}
+	n.mu.Lock()
+	n.tokens[tenant] = tok
+	n.mu.Unlock()
+	n.srv.mu.Lock()
+	n.srv.tokens[tenant] = tok
+	n.srv.mu.Unlock()
+	return tok, nil
+}
+
+// PathID identifies a model's location (not its version): the manifest key.
+func PathID(endpoint string, u ossclient.URI) string {
+	h := sha256.New()
+	for _, s := range []string{endpoint, u.Bucket, u.Prefix} {
+		fmt.Fprintf(h, "%d:%s", len(s), s)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+// ResolveManifest returns the manifest every node of the tenant stages: the one published in
+// Redis, or — for the first node to need the model — the one it lists from OSS and publishes.
+// A published manifest is used only after client's own credentials could read its first
+// object (HEAD with If-Match): the tenant shares bytes, not permissions. A published manifest
+// whose objects changed in OSS is replaced. Without Redis it lists OSS.
+func (n *Node) ResolveManifest(ctx context.Context, tenant string, client *ossclient.Client, u ossclient.URI) (*ossclient.Manifest, error) {
+	if n.coord == nil {
+		return client.Manifest(ctx, u)
+	}
+	id := PathID(client.Endpoint(), u)
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	data, err := n.coord.Manifest(rctx, tenant, id)
+	cancel()
+	if err != nil {
+		klog.V(2).InfoS("Redis unavailable for the manifest; listing OSS", "model", u.String(), "err", err)
+		return client.Manifest(ctx, u)
+	}
+	replace := false
+	if data != nil {
+		m, err := ossclient.DecodeManifest(data)
+		if err == nil && m.URI() == u {
+			switch err := client.Check(ctx, m); {
+			case err == nil:
+				return m, nil
+			case errors.Is(err, ossclient.ErrChanged), errors.Is(err, ossclient.ErrNotFound):
+				replace = true // stale: list again and publish the new version
+			default:
+				return nil, err
+			}
+		} else {
+			klog.InfoS("Ignoring an unusable published manifest", "model", u.String(), "err", err)
+			replace = true
+		}
+	}
+	m, err := client.Manifest(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	enc, err := m.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	won, err := n.coord.PublishManifest(pctx, tenant, id, enc, n.cfg.ManifestTTL, replace)
+	if err != nil {
+		klog.V(2).InfoS("Could not publish the manifest", "model", u.String(), "err", err)
+		return m, nil
+	}
+	if published, err := ossclient.DecodeManifest(won); err == nil && published.URI() == u {
+		return published, nil // another node was first: stage its version
+	}
+	return m, nil
+}
+
+// Source returns the cache Source for volumes of tenant: the chain, falling back to oss.
+func (n *Node) Source(oss cache.OSSSource, tenant string) cache.Source {
+	if tenant == "" {
+		tenant = n.cfg.Tenant
+	}
+	return &source{n: n, oss: oss, tenant: tenant}
+}
+
+// Transfer is what a model's staging received, by source.
+type Transfer struct {
+	FromOSS, FromPeers int64
+}
+
+// Transfer returns the bytes received for a model (any tenant), and whether the node has it.
+func (n *Node) Transfer(key string) (Transfer, bool) {
+	var t Transfer
+	ls := n.reg.byKey(key)
+	for _, l := range ls {
+		t.FromOSS += l.fromOSS.Load()
+		t.FromPeers += l.fromPeers.Load()
+	}
+	found := len(ls) > 0
+	if v, ok := n.directBytes.Load(key); ok {
+		t.FromOSS += v.(int64)
+		found = true
+	}
+	return t, found
+}
+
+// ServedBytes counts the model bytes this node sent to peers.
+func (n *Node) ServedBytes() int64 { return n.srv.served.Load() }

@@ -1,0 +1,313 @@
+package chain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/ossclient"
+)
+
+// source is the cache Source of one tenant's volumes.
+type source struct {
+	n      *Node
+	oss    cache.OSSSource
+	tenant string
+}
+
+// Describe says where the bytes come from, for the pod's first Event.
+func (s *source) Describe() string {
+	if s.n.coord == nil {
+		return "OSS"
+	}
+	return "the " + s.tenant + " broadcast chain"
+}
+
+// Fetch stages m into dir through the model's chain: from the nearest live predecessor, or
+// from OSS for the head (or with Redis out of reach). It serves what it has to successors
+// from the start.
+func (s *source) Fetch(ctx context.Context, m cache.Model, dir string, report func(cache.Progress)) error {
+	n := s.n
+	if n.coord == nil {
+		return n.direct(ctx, s.oss, m, dir, report)
+	}
+	key := m.Key()
+	l, err := openLocal(s.tenant, key, ossclient.NewLayout(m.Manifest, n.cfg.ChunkSize), dir)
+	if err != nil {
+		return err
+	}
+	jctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	_, err = n.token(jctx, s.tenant, false)
+	var pos int
+	if err == nil {
+		pos, err = n.coord.Join(jctx, s.tenant, key, n.cfg.NodeID, l.progress())
+	}
+	cancel()
+	if err != nil {
+		l.close()
+		klog.InfoS("Broadcast coordination unavailable; fetching from OSS directly", "model", m.String(), "err", err)
+		return n.direct(ctx, s.oss, m, dir, report)
+	}
+	n.reg.add(l)
+	stop := l.reportEvery(100*time.Millisecond, report)
+	err = n.relay(ctx, l, s.oss, pos)
+	stop()
+	if err != nil {
+		n.drop(context.WithoutCancel(ctx), l)
+		return err
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+	defer cancel()
+	if err := n.coord.SetProgress(pctx, s.tenant, key, n.cfg.NodeID, l.progress()); err != nil {
+		klog.V(2).InfoS("Could not publish the model's completion", "model", m.String(), "err", err)
+	}
+	t, _ := n.Transfer(key)
+	klog.V(2).InfoS("Staged model through the chain", "model", m.String(), "position", pos, "fromOSS", t.FromOSS, "fromPeers", t.FromPeers)
+	return nil
+}
+
+// direct fetches the model from OSS without the chain, counting its bytes.
+func (n *Node) direct(ctx context.Context, oss cache.OSSSource, m cache.Model, dir string, report func(cache.Progress)) error {
+	key := m.Key()
+	return oss.Fetch(ctx, m, dir, func(p cache.Progress) {
+		n.directBytes.Store(key, p.Done)
+		report(p)
+	})
+}
+
+// relay fills l from predecessors or OSS until it is complete.
+func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource, pos int) error {
+	for !l.isComplete() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if l.isClosed() {
+			return errReleased
+		}
+		pred, _, err := n.predecessor(ctx, l, &pos)
+		if err != nil {
+			klog.V(2).InfoS("Cannot read the chain; continuing from OSS", "model", l.key, "err", err)
+		}
+		if pred == nil {
+			if err := n.head(ctx, l, oss); err != nil {
+				return err
+			}
+			continue
+		}
+		l.setFrom(fmt.Sprintf("peer %s (position %d)", pred.Node, pos))
+		err = n.pull(ctx, l, *pred)
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, ossclient.ErrIntegrity) {
+			return err // an object failed OSS's CRC-64: this version cannot be staged
+		}
+		n.failed(l, pred.Node)
+		klog.V(2).InfoS("Re-linking", "model", l.key, "from", pred.Node, "err", err)
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// suspectAfter failures of one peer (within suspectFor) make the relay skip it for suspectFor.
+const (
+	suspectAfter = 2
+	suspectFor   = 30 * time.Second
+)
+
+func failureKey(l *local, peer string) string { return l.tenant + "/" + l.key + "/" + peer }
+
+func (n *Node) failed(l *local, peer string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k := failureKey(l, peer)
+	f := n.failures[k]
+	if time.Since(f.last) > suspectFor {
+		f.count = 0
+	}
+	f.count++
+	f.last = time.Now()
+	n.failures[k] = f
+}
+
+func (n *Node) suspected(l *local, peer string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	f := n.failures[failureKey(l, peer)]
+	return f.count >= suspectAfter && time.Since(f.last) < suspectFor
+}
+
+// predecessor finds the nearest live, unsuspected node before this one in its chain (one of
+// Config.Chains per model: positions are dealt round-robin). nil means this node is the head.
+// A node missing from the chain (Redis restarted) joins again.
+func (n *Node) predecessor(ctx context.Context, l *local, pos *int) (*Member, []Member, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	members, err := n.coord.Members(ctx, l.tenant, l.key)
+	if err != nil {
+		return nil, nil, err
+	}
+	found := false
+	for _, m := range members {
+		if m.Node == n.cfg.NodeID {
+			*pos, found = m.Position, true
+		}
+	}
+	if !found {
+		if *pos, err = n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.progress()); err != nil {
+			return nil, nil, err
+		}
+		if members, err = n.coord.Members(ctx, l.tenant, l.key); err != nil {
+			return nil, nil, err
+		}
+	}
+	k := n.cfg.Chains
+	var best *Member
+	for i := range members {
+		m := &members[i]
+		if m.Node == n.cfg.NodeID || m.Position >= *pos || (m.Position-1)%k != (*pos-1)%k || !m.Alive() || n.suspected(l, m.Node) {
+			continue
+		}
+		if best == nil || m.Position > best.Position {
+			best = m
+		}
+	}
+	return best, members, nil
+}
+
+// head fetches the rest of the model from OSS, from this node's position, publishing every
+// chunk's CRC-64 as it comes.
+func (n *Node) head(ctx context.Context, l *local, oss cache.OSSSource) error {
+	l.setFrom("OSS")
+	pub := &sumPublisher{n: n, l: l}
+	stop := pub.run()
+	defer stop()
+	opts := oss.Options
+	opts.Layout = l.layout
+	opts.Concurrency = n.cfg.HeadConcurrency
+	opts.PartSize = n.cfg.HeadPartSize
+	opts.Resume = l.resume()
+	present := l.contiguousBytes() + opts.Resume.Partial
+	before := l.fromOSS.Load()
+	opts.Progress = func(p ossclient.Progress) { l.fromOSS.Store(before + p.Done - present) }
+	opts.Chunk = func(i int, crc uint64) {
+		if err := l.chunkDone(i, crc); err != nil {
+			klog.ErrorS(err, "A chunk from OSS failed its object's check", "model", l.key, "chunk", i)
+		}
+		pub.add(i, crc)
+	}
+	klog.V(2).InfoS("Fetching from OSS as the chain's head", "model", l.key, "fromChunk", opts.Resume.Chunks, "partial", opts.Resume.Partial)
+	return oss.Client.Download(ctx, l.layout.Manifest(), dirOf(l), opts)
+}
+
+// sumPublisher batches the CRC-64s of chunks read from OSS into Redis.
+type sumPublisher struct {
+	n       *Node
+	l       *local
+	mu      sync.Mutex
+	pending map[int]uint64
+}
+
+func (p *sumPublisher) add(i int, crc uint64) {
+	p.mu.Lock()
+	if p.pending == nil {
+		p.pending = map[int]uint64{}
+	}
+	p.pending[i] = crc
+	p.mu.Unlock()
+}
+
+// run flushes every 100 ms until stopped (and once more then).
+func (p *sumPublisher) run() (stop func()) {
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				p.flush()
+				return
+			case <-t.C:
+				p.flush()
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+func (p *sumPublisher) flush() {
+	p.mu.Lock()
+	pending := p.pending
+	p.pending = nil
+	p.mu.Unlock()
+	if len(pending) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(p.n.ctx, 2*time.Second)
+	defer cancel()
+	// Runs of consecutive chunks go in one SETRANGE each.
+	idx := make([]int, 0, len(pending))
+	for i := range pending {
+		idx = append(idx, i)
+	}
+	sortInts(idx)
+	for start := 0; start < len(idx); {
+		end := start + 1
+		for end < len(idx) && idx[end] == idx[end-1]+1 {
+			end++
+		}
+		crcs := make([]uint64, end-start)
+		for j := range crcs {
+			crcs[j] = pending[idx[start+j]]
+		}
+		if err := p.n.coord.PublishSums(ctx, p.l.tenant, p.l.key, idx[start], crcs); err != nil {
+			klog.V(2).InfoS("Could not publish chunk checksums", "model", p.l.key, "err", err)
+			return
+		}
+		start = end
+	}
+}
+
+// publishedSum returns the CRC-64 the OSS reader published for chunk i, if Redis has it.
+func (n *Node) publishedSum(ctx context.Context, l *local, i int) (uint64, bool) {
+	if crc, ok := l.publishedSum(i); ok {
+		return crc, true
+	}
+	if !l.mayFetchSums() {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	const batch = 256
+	sums, err := n.coord.Sums(ctx, l.tenant, l.key, i, min(batch, l.layout.Len()-i))
+	if err != nil {
+		return 0, false
+	}
+	l.storeSums(i, sums)
+	return l.publishedSum(i)
+}
+
+func stringsReplaceSecret(msg, raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			return strings.ReplaceAll(msg, p, "****")
+		}
+	}
+	return msg
+}
