@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
 	"k8s.io/klog/v2"
 
 	"github.com/modelcast/modelcast/internal/version"
@@ -20,6 +21,7 @@ const usage = `usage: csi-plugin <command> [flags]
 commands:
   node        serve the CSI node service: stage models into the node's tmpfs cache, bind-mount them into pods
   controller  serve the CSI controller service: turn StorageClass parameters into volumes
+  agent       stage a model through the cache and the broadcast chain, without CSI, and serve peers (csi-plugin agent -h)
   fetch       download a model from OSS into a directory, verified (csi-plugin fetch -h)
   version     print the version
 `
@@ -31,10 +33,15 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// go-redis logs its connection pool's troubles itself; they belong in klog, at V(4): the
+	// chain reports what matters (Redis unreachable, falling back to OSS) once, at V(0)-V(2).
+	redis.SetLogger(redisLogger{})
 	var err error
 	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
 	case "node", "controller":
 		err = runServe(ctx, cmd, args)
+	case "agent":
+		err = runAgent(ctx, args)
 	case "fetch":
 		err = runFetch(ctx, args)
 	case "version", "--version", "-version":
@@ -50,6 +57,12 @@ func main() {
 		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
 	}
 	klog.Flush()
+}
+
+type redisLogger struct{}
+
+func (redisLogger) Printf(_ context.Context, format string, v ...any) {
+	klog.V(4).InfoS("redis: " + fmt.Sprintf(format, v...))
 }
 
 // newFlagSet returns a flag set for a subcommand with klog's flags (-v, …) registered.

@@ -21,6 +21,7 @@ func runServe(ctx context.Context, mode string, args []string) error {
 	fs.StringVar(&opts.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint")
 	fs.StringVar(&opts.DriverName, "driver-name", driver.DefaultDriverName, "CSI driver name (the CSIDriver object's)")
 	fs.StringVar(&opts.NodeID, "node-id", os.Getenv("NODE_NAME"), "this node's ID (default: $NODE_NAME)")
+	fs.StringVar(&opts.NodeIP, "node-ip", os.Getenv("NODE_IP"), "this node's address for broadcast peers (default: $NODE_IP)")
 	configPath := fs.String("config", config.DefaultPath, "configuration file (OSS Connector's keys; see README)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for posting pod Events (default: in-cluster, when running in a pod)")
 	_ = fs.Parse(args)

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/modelcast/modelcast/internal/version"
 	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/chain"
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
@@ -48,9 +50,15 @@ type Options struct {
 	Getenv func(string) string
 	// KubeClient posts pod Events; nil: no Events.
 	KubeClient kubernetes.Interface
+	// NodeIP is this node's address for peers (the broadcast data plane listens on
+	// bindPort); default: all interfaces, advertised as the host name's address.
+	NodeIP string
 	// Mounter for pods' bind mounts; default: mount(2).
 	Mounter Mounter
-	Clock   clock.WithTickerAndDelayedExecution
+	// CorruptChunk is a test hook of the broadcast data plane: send this chunk with one byte
+	// flipped, once. nil: off.
+	CorruptChunk *int
+	Clock        clock.WithTickerAndDelayedExecution
 	// ManifestTTL: how long a listed manifest is reused for the same path and credentials.
 	ManifestTTL time.Duration
 	// PublishWait bounds one NodePublishVolume without a deadline; PublishMargin is how long
@@ -110,6 +118,8 @@ type Driver struct {
 	opts   Options
 	server *grpc.Server
 	store  *cache.Store
+	chain  *chain.Node
+	res    *resolver
 	events *kubeEvents
 }
 
@@ -124,6 +134,7 @@ func New(opts Options) (*Driver, error) {
 	cfg := opts.Config
 	base := ossclient.EnvConfig(opts.Getenv)
 	res := newResolver(base, ossclient.DownloadOptions{Concurrency: cfg.Concurrency()}, opts.ManifestTTL, opts.Clock)
+	d.res = res
 
 	var events Events = noEvents{}
 	if opts.KubeClient != nil {
@@ -135,6 +146,12 @@ func New(opts Options) (*Driver, error) {
 	csi.RegisterIdentityServer(d.server, ident)
 
 	if opts.Mode == ModeNode || opts.Mode == ModeAll {
+		node, err := newChainNode(opts)
+		if err != nil {
+			return nil, err
+		}
+		d.chain = node
+		res.chain, res.broadcast, res.tenant = node, cfg.Broadcast.EnableBroadcast, cfg.Broadcast.Tenant
 		store, err := cache.New(cache.Config{
 			Root:          cfg.Cache.Root,
 			Tmpfs:         cache.TmpfsConfig{Mount: *cfg.Cache.Tmpfs, Size: cfg.Cache.TmpfsSize, Huge: cfg.HugeOption()},
@@ -142,8 +159,10 @@ func New(opts Options) (*Driver, error) {
 			SoftCap:       cfg.SoftCapBytes(),
 			MemoryReserve: int64(cfg.Cache.MemoryReserveGB * (1 << 30)),
 			Clock:         opts.Clock,
+			OnRelease:     node.Release,
 		})
 		if err != nil {
+			node.Close()
 			return nil, err
 		}
 		d.store = store
@@ -162,6 +181,76 @@ func New(opts Options) (*Driver, error) {
 
 // Store is the node's model cache (nil in controller mode).
 func (d *Driver) Store() *cache.Store { return d.store }
+
+// Stage makes the model of a volume (attributes and secrets as NodePublishVolume takes them)
+// ready on this node for holder, without mounting it, and returns its directory and cache key.
+// It is the node agent's path (the demo and the benchmarks run the node code without CSI).
+func (d *Driver) Stage(ctx context.Context, attrs, secrets map[string]string, holder string) (dir, key string, err error) {
+	if d.store == nil {
+		return "", "", errors.New("not a node")
+	}
+	spec, err := parseVolume(attrs)
+	if err != nil {
+		return "", "", err
+	}
+	model, src, err := d.res.model(ctx, spec, secrets)
+	if err != nil {
+		return "", "", err
+	}
+	dir, err = d.store.Acquire(ctx, model, src, holder)
+	return dir, model.Key(), err
+}
+
+// Chain is the node's part in model broadcasting (nil in controller mode).
+func (d *Driver) Chain() *chain.Node { return d.chain }
+
+// newChainNode starts the node's broadcast part. Without broadcast, or without Redis
+// configured, it is a node that fetches from OSS directly; an unreachable Redis only logs (the
+// client reconnects by itself, and fetches fall back to OSS meanwhile).
+func newChainNode(opts Options) (*chain.Node, error) {
+	b := opts.Config.Broadcast
+	cc := chain.Config{NodeID: opts.NodeID, Tenant: b.Tenant, Chains: b.Chains, HeadConcurrency: b.HeadConcurrency,
+		Addr: net.JoinHostPort(opts.NodeIP, strconv.Itoa(opts.Config.BindPort)), CorruptChunk: -1}
+	if opts.CorruptChunk != nil {
+		cc.CorruptChunk = *opts.CorruptChunk
+	}
+	if opts.NodeIP == "" {
+		cc.Addr, cc.Listen = net.JoinHostPort(hostIP(), strconv.Itoa(opts.Config.BindPort)), ":"+strconv.Itoa(opts.Config.BindPort)
+	}
+	if !b.EnableBroadcast {
+		return chain.NewNode(cc, nil)
+	}
+	if b.DB.Host == "" && b.DB.URL == "" {
+		klog.InfoS("Broadcast is enabled but no Redis is configured (broadcast.db.host): fetching from OSS directly")
+		return chain.NewNode(cc, nil)
+	}
+	rdb, err := chain.NewRedisClient(chain.RedisConfig{
+		Addr: net.JoinHostPort(b.DB.Host, strconv.Itoa(b.DB.Port)), URL: b.DB.URL,
+		Username: b.DB.Username, Password: b.DB.Password, TLS: b.DB.TLS,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := chain.Ping(ctx, rdb); err != nil {
+		klog.ErrorS(err, "Redis does not answer; models come from OSS directly until it does")
+	}
+	return chain.NewNode(cc, rdb)
+}
+
+// hostIP is the first non-loopback address of this host (the peer address without NodeIP).
+func hostIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+				return ipn.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}
 
 // Serve listens on the endpoint and serves until ctx ends, then stops gracefully. Pods' mounts
 // and the cache stay as they are: a restarted plugin adopts them.
@@ -197,6 +286,9 @@ func (d *Driver) Serve(ctx context.Context) error {
 func (d *Driver) Close() {
 	if d.store != nil {
 		d.store.Close()
+	}
+	if d.chain != nil {
+		d.chain.Close()
 	}
 	if d.events != nil {
 		d.events.Shutdown()

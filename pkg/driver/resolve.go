@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/chain"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
@@ -24,6 +25,11 @@ type resolver struct {
 	download ossclient.DownloadOptions
 	clock    clock.PassiveClock
 	ttl      time.Duration
+	// chain, when set, pins manifests and supplies bytes through model broadcasting for
+	// volumes that use it (broadcast: the node's default; tenant: the default tenant).
+	chain     *chain.Node
+	broadcast bool
+	tenant    string
 
 	mu        sync.Mutex
 	clients   map[string]*ossclient.Client
@@ -110,16 +116,28 @@ func (r *resolver) model(ctx context.Context, spec VolumeSpec, secrets map[strin
 	if err != nil {
 		return cache.Model{}, nil, err
 	}
-	mkey := key + "\x00" + spec.URI.String()
+	tenant, useChain, err := r.broadcastFor(spec)
+	if err != nil {
+		return cache.Model{}, nil, err
+	}
+	list := func(ctx context.Context) (*ossclient.Manifest, error) { return c.Manifest(ctx, spec.URI) }
+	src := cache.Source(cache.OSSSource{Client: c, Options: r.download})
+	if useChain {
+		list = func(ctx context.Context) (*ossclient.Manifest, error) {
+			return r.chain.ResolveManifest(ctx, tenant, c, spec.URI)
+		}
+		src = r.chain.Source(cache.OSSSource{Client: c, Options: r.download}, tenant)
+	}
+	mkey := key + "\x00" + tenant + "\x00" + spec.URI.String()
 	r.mu.Lock()
 	cached, ok := r.manifests[mkey]
 	r.mu.Unlock()
 	now := r.clock.Now()
 	if ok && now.Sub(cached.at) < r.ttl {
-		return cache.Model{Endpoint: c.Endpoint(), Manifest: cached.m}, r.source(c), nil
+		return cache.Model{Endpoint: c.Endpoint(), Manifest: cached.m}, src, nil
 	}
 	v, err, _ := r.flight.Do(mkey, func() (any, error) {
-		m, err := c.Manifest(ctx, spec.URI)
+		m, err := list(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -131,13 +149,28 @@ func (r *resolver) model(ctx context.Context, spec VolumeSpec, secrets map[strin
 	if err != nil {
 		if ok && errors.Is(err, ossclient.ErrUnavailable) {
 			klog.FromContext(ctx).Info("OSS unavailable; using the manifest listed before", "model", spec.URI.String(), "listedAt", cached.at, "err", err)
-			return cache.Model{Endpoint: c.Endpoint(), Manifest: cached.m}, r.source(c), nil
+			return cache.Model{Endpoint: c.Endpoint(), Manifest: cached.m}, src, nil
 		}
 		return cache.Model{}, nil, err
 	}
-	return cache.Model{Endpoint: c.Endpoint(), Manifest: v.(*ossclient.Manifest)}, r.source(c), nil
+	return cache.Model{Endpoint: c.Endpoint(), Manifest: v.(*ossclient.Manifest)}, src, nil
 }
 
-func (r *resolver) source(c *ossclient.Client) cache.Source {
-	return cache.OSSSource{Client: c, Options: r.download}
+// broadcastFor says whether the volume's model goes through the chain, and for which tenant.
+func (r *resolver) broadcastFor(spec VolumeSpec) (string, bool, error) {
+	tenant := spec.Tenant
+	if tenant == "" {
+		tenant = r.tenant
+	}
+	if tenant == "" {
+		tenant = "default"
+	}
+	if err := chain.ValidTenant(tenant); err != nil {
+		return "", false, fmt.Errorf("%w: volume attribute %s: %w", errInvalid, AttrTenant, err)
+	}
+	on := r.broadcast
+	if spec.Broadcast != nil {
+		on = *spec.Broadcast
+	}
+	return tenant, on && r.chain != nil && r.chain.Enabled(), nil
 }

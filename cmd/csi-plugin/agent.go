@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/modelcast/modelcast/internal/crc64ecma"
+	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/pkg/driver"
+	"github.com/modelcast/modelcast/pkg/ossclient"
+)
+
+const agentUsage = `usage: csi-plugin agent [flags] oss://bucket/prefix/
+
+Runs this node's model code without CSI: the tmpfs cache, the broadcast chain and its data
+plane. It stages the model (from OSS or peers, as the chain decides), prints one JSON line per
+event on stdout (start, progress, ready or error), and then keeps serving the model to peers
+until SIGTERM/SIGINT, when it leaves the chain. The demo and the benchmarks run one agent per
+node. Credentials and endpoint as for fetch (OSS_* variables).
+
+flags:
+`
+
+// agentEvent is one line of the agent's output.
+type agentEvent struct {
+	Event     string  `json:"event"`
+	Node      string  `json:"node"`
+	Model     string  `json:"model,omitempty"`
+	Done      int64   `json:"done,omitempty"`
+	Total     int64   `json:"total,omitempty"`
+	From      string  `json:"from,omitempty"`
+	Rate      float64 `json:"rate,omitempty"` // bytes per second since the last line
+	Seconds   float64 `json:"seconds,omitempty"`
+	FromOSS   int64   `json:"fromOSS"`
+	FromPeers int64   `json:"fromPeers"`
+	Served    int64   `json:"served"`
+	Verified  bool    `json:"verified,omitempty"` // every file re-read and its CRC-64 matched the manifest
+	Dir       string  `json:"dir,omitempty"`
+	Addr      string  `json:"addr,omitempty"` // the peer data plane's address
+	Error     string  `json:"error,omitempty"`
+}
+
+func runAgent(ctx context.Context, args []string) error {
+	fs := newFlagSet("agent")
+	opts := driver.Options{Mode: driver.ModeNode, Endpoint: "unix:///dev/null"}
+	fs.StringVar(&opts.NodeID, "node-id", os.Getenv("NODE_NAME"), "this node's ID (default: $NODE_NAME)")
+	fs.StringVar(&opts.NodeIP, "node-ip", os.Getenv("NODE_IP"), "this node's address for peers (default: $NODE_IP)")
+	configPath := fs.String("config", config.DefaultPath, "configuration file")
+	tenant := fs.String("tenant", "", "broadcast tenant (default: broadcast.tenant)")
+	interval := fs.Duration("interval", 500*time.Millisecond, "time between progress lines")
+	verify := fs.Bool("verify", false, "when ready, read every file again and check its CRC-64 against the manifest")
+	exit := fs.Bool("exit", false, "exit once ready instead of serving peers until a signal")
+	corrupt := fs.Int("test-corrupt-chunk", -1, "test hook: send this chunk to a peer with one byte flipped, once")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), agentUsage)
+		fs.PrintDefaults()
+	}
+	_ = fs.Parse(args)
+	if fs.NArg() != 1 {
+		fs.Usage()
+		os.Exit(2)
+	}
+	cfg, err := config.Load(*configPath, os.Getenv)
+	if err != nil {
+		return err
+	}
+	opts.Config = cfg
+	if *corrupt >= 0 {
+		opts.CorruptChunk = corrupt
+	}
+	d, err := driver.New(opts)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
+	out := json.NewEncoder(os.Stdout)
+	var outMu sync.Mutex
+	emit := func(e agentEvent) {
+		e.Node = opts.NodeID
+		e.Served = d.Chain().ServedBytes()
+		outMu.Lock()
+		defer outMu.Unlock()
+		_ = out.Encode(e)
+	}
+	attrs := map[string]string{driver.AttrOSSPath: fs.Arg(0)}
+	if *tenant != "" {
+		attrs[driver.AttrTenant] = *tenant
+	}
+	start := time.Now()
+	emit(agentEvent{Event: "start", Model: fs.Arg(0), Addr: d.Chain().Addr()})
+
+	type result struct {
+		dir, key string
+		err      error
+	}
+	res := make(chan result, 1)
+	key := make(chan string, 1)
+	go func() {
+		dir, k, err := d.Stage(ctx, attrs, nil, "agent:"+opts.NodeID)
+		res <- result{dir, k, err}
+	}()
+	var r result
+	t := time.NewTicker(*interval)
+	defer t.Stop()
+	var lastDone int64
+	lastAt := start
+wait:
+	for {
+		select {
+		case r = <-res:
+			break wait
+		case <-ctx.Done():
+			return ctx.Err()
+		case now := <-t.C:
+			for _, m := range d.Store().StagingModels() {
+				p := m.Progress
+				tr, _ := d.Chain().Transfer(m.Key)
+				rate := float64(p.Done-lastDone) / now.Sub(lastAt).Seconds()
+				lastDone, lastAt = p.Done, now
+				emit(agentEvent{Event: "progress", Done: p.Done, Total: p.Total, From: p.From, Rate: rate, FromOSS: tr.FromOSS, FromPeers: tr.FromPeers})
+			}
+		}
+	}
+	close(key)
+	if r.err != nil {
+		emit(agentEvent{Event: "error", Error: r.err.Error()})
+		return r.err
+	}
+	secs := time.Since(start).Seconds()
+	tr, _ := d.Chain().Transfer(r.key)
+	ready := agentEvent{Event: "ready", Seconds: secs, FromOSS: tr.FromOSS, FromPeers: tr.FromPeers, Dir: r.dir}
+	if meta, ok := d.Store().Info(r.key); ok {
+		ready.Total, ready.From = meta.Size, meta.From
+	}
+	if *verify {
+		if err := verifyDir(ctx, d, r.key, r.dir); err != nil {
+			emit(agentEvent{Event: "error", Error: err.Error()})
+			return err
+		}
+		ready.Verified = true
+	}
+	emit(ready)
+	if *exit {
+		return nil
+	}
+	<-ctx.Done()
+	emit(agentEvent{Event: "stop", FromOSS: tr.FromOSS, FromPeers: tr.FromPeers})
+	return nil
+}
+
+// verifyDir reads every file of the staged model again and checks its CRC-64 against the
+// manifest OSS gave: an end-to-end check independent of the staging's own.
+func verifyDir(ctx context.Context, d *driver.Driver, key, dir string) error {
+	m, ok := d.Store().Manifest(key)
+	if !ok {
+		return fmt.Errorf("no manifest recorded for %s", key)
+	}
+	buf := make([]byte, 4<<20)
+	for i, o := range m.Objects {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(m.Path(i))))
+		if err != nil {
+			return err
+		}
+		var crc uint64
+		n, err := io.CopyBuffer(writerFunc(func(p []byte) (int, error) { crc = crc64ecma.Update(crc, p); return len(p), nil }), f, buf)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		if n != o.Size || crc != o.CRC64 {
+			return fmt.Errorf("%s: %d bytes with CRC-64 %s, the manifest says %d with %d: %w", m.Path(i), n, strconv.FormatUint(crc, 10), o.Size, o.CRC64, ossclient.ErrIntegrity)
+		}
+	}
+	return nil
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (w writerFunc) Write(p []byte) (int, error) { return w(p) }
