@@ -12,7 +12,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/csi-plugin and bin/ossemu
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/csi-plugin ./test/ossemu/cmd/ossemu
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/csi-plugin ./test/ossemu/cmd/ossemu ./test/redisd
 
 test: ## every test CI runs (real emulator over HTTP, real tmpfs and mounts as root), with -race
 	bash hack/ensure-deps.sh
