@@ -21,6 +21,15 @@ import (
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
+// Defaults of Config. A chunk is what one hop holds before forwarding it (store and forward):
+// at 400 Mbit/s a 256 KiB chunk adds 5 ms per hop. A head fetches 2 MiB parts (chunks arrive
+// and are relayed as the parts stream in), 8 at a time: at most 16 MiB in flight beyond what it
+// relays, which is what a successor fetches again if the head dies.
+const (
+	DefaultChunkSize    int64 = 256 << 10
+	DefaultHeadPartSize int64 = 2 << 20
+)
+
 // Config of a Node. Zero values mean the defaults.
 type Config struct {
 	// NodeID names this node in chains (the Kubernetes node name).
@@ -58,13 +67,13 @@ func (c *Config) defaults() {
 		c.Chains = 1
 	}
 	if c.ChunkSize <= 0 {
-		c.ChunkSize = ossclient.DefaultChunkSize
+		c.ChunkSize = DefaultChunkSize
 	}
 	if c.HeadConcurrency <= 0 {
-		c.HeadConcurrency = 16
+		c.HeadConcurrency = 8
 	}
 	if c.HeadPartSize <= 0 {
-		c.HeadPartSize = c.ChunkSize
+		c.HeadPartSize = DefaultHeadPartSize
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 2 * time.Second

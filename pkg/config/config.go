@@ -54,7 +54,7 @@ type Broadcast struct {
 	Tenant          string `json:"tenant"`
 	// Chains: independent chains per model (default 1).
 	Chains int `json:"chains"`
-	// HeadConcurrency: parallel ranged GETs of a chain's head (1 MiB each; default 16). It
+	// HeadConcurrency: parallel ranged GETs of a chain's head (2 MiB each; default 8). It
 	// bounds what a successor fetches again from OSS if the head dies.
 	HeadConcurrency int `json:"headConcurrency"`
 	DB              DB  `json:"db"`
@@ -105,7 +105,7 @@ func (c *Config) fill() {
 		c.Broadcast.Chains = 1
 	}
 	if c.Broadcast.HeadConcurrency == 0 {
-		c.Broadcast.HeadConcurrency = 16
+		c.Broadcast.HeadConcurrency = 8
 	}
 	if c.Broadcast.DB.Port == 0 {
 		c.Broadcast.DB.Port = 6379

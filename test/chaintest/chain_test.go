@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/modelcast/modelcast/pkg/chain"
 	"github.com/modelcast/modelcast/test/redistest"
 )
 
@@ -80,7 +81,7 @@ func TestKillMiddleNode(t *testing.T) {
 
 // TestKillHead: the head is SIGKILLed at about half the model; the next node becomes the head
 // and resumes from OSS at its own offset. OSS serves at most the model plus, for the takeover,
-// what the dead head had in flight (headConcurrency chunks) and one chunk.
+// what the dead head had in flight (headConcurrency parts of 2 MiB) and one part more.
 func TestKillHead(t *testing.T) {
 	w := newWorld(t, 32*mib, redistest.Options{})
 	w.emu.SetEgressRate(8 * mib)
@@ -96,8 +97,8 @@ func TestKillHead(t *testing.T) {
 		}
 		t.Logf("%s ready in %.2f s: %d from OSS, %d from peers", a.name, e.Seconds, e.FromOSS, e.FromPeers)
 	}
-	chunk := int64(mib)
-	bound := w.size + int64(w.headCon)*chunk + chunk
+	part := int64(chain.DefaultHeadPartSize)
+	bound := w.size + int64(w.headCon)*part + part
 	served := w.emu.Stats().BytesServed
 	t.Logf("OSS served %d bytes for a %d-byte model (%.3fx; bound %d)", served, w.size, float64(served)/float64(w.size), bound)
 	if served > bound {
