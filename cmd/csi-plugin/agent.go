@@ -135,10 +135,14 @@ wait:
 		return r.err
 	}
 	secs := time.Since(start).Seconds()
-	tr, _ := d.Chain().Transfer(r.key)
+	tr, chained := d.Chain().Transfer(r.key)
 	ready := agentEvent{Event: "ready", Seconds: secs, FromOSS: tr.FromOSS, FromPeers: tr.FromPeers, Dir: r.dir}
 	if meta, ok := d.Store().Info(r.key); ok {
 		ready.Total, ready.From = meta.Size, meta.From
+		if !chained { // broadcast off for this volume: the plain OSS download
+			ready.FromOSS = meta.Size
+			tr.FromOSS = meta.Size
+		}
 	}
 	if *verify {
 		if err := verifyDir(ctx, d, r.key, r.dir); err != nil {
