@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo deve
 LDFLAGS := -X github.com/modelcast/modelcast/internal/version.version=$(VERSION)
 BIN := bin
 
-.PHONY: help build test verify update bench demo clean
+.PHONY: help build test verify update bench bench-quick demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,8 +29,13 @@ update: ## apply gofmt and go mod tidy (what verify checks)
 	gofmt -w $$(git ls-files '*.go' --cached --others --exclude-standard)
 	$(GO) mod tidy
 
-bench: ## benchmarks (root: uses tmpfs); figures in docs/benchmarks.md
+bench: ## benchmarks (root: tmpfs, network namespaces); writes docs/benchmarks.md, about 15 minutes
+	bash hack/ensure-deps.sh
 	bash hack/bench.sh
+
+bench-quick: ## four shaped hosts broadcast a 256 MiB model: correctness and byte counts (part of make test)
+	bash hack/ensure-deps.sh
+	$(GO) test -count=1 -run TestBenchQuick -v ./test/netbench/
 
 demo: ## the emulator serves a generated model; csi-plugin fetch downloads and verifies it
 	bash hack/demo.sh

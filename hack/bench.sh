@@ -15,6 +15,9 @@ echo "==> part size sweep (pkg/ossclient)"
 go test -run '^$' -bench 'DownloadPartSize' -benchtime 3x -timeout 60m ./pkg/ossclient/ 2>&1 | grep -v '^I[0-9]' | tee "$out/partsize.txt"
 parts=$(awk '/^BenchmarkDownloadPartSize\// {split($1, a, "="); sub(/MiB.*/, "", a[2]); printf "| %s MiB | %s |\n", a[2], $(NF-1)}' "$out/partsize.txt")
 
+echo "==> broadcast benchmark (test/netbench): about 8 minutes"
+go run ./test/netbench/cmd/netbench --out "$out"
+
 echo "==> publish benchmarks (pkg/driver)"
 go test -run '^$' -bench 'Publish' -benchtime 1x -timeout 60m ./pkg/driver/ 2>&1 | grep -v '^[IE][0-9]' | tee "$out/publish.txt"
 hit() { awk -v sub_="$1" -v name="$2" '$1 ~ sub_ {for (i = 4; i < NF; i++) if ($(i+1) == name) print $i}' "$out/publish.txt"; }
@@ -124,4 +127,5 @@ The cache mounts its tmpfs with \`huge=within_size\` by this figure: huge pages 
 about twice as fast here (one page fault and one page-cache entry per 2 MiB instead of per 4 KiB),
 and readers that mmap the safetensors files get fewer TLB misses too.
 MD
+cat "$out/broadcast.md" >> docs/benchmarks.md
 echo "==> wrote docs/benchmarks.md"

@@ -1,0 +1,39 @@
+package netbench
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+// TestBenchQuick is make bench-quick: four hosts on shaped 1 Gbit/s links broadcast a 256 MiB
+// model. It checks correctness and byte counts, not timings: every node ends with the model,
+// each file's CRC-64 re-checked, and OSS served exactly one copy.
+func TestBenchQuick(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces and tc")
+	}
+	const size = 256 << 20
+	env, err := NewEnv(t.Context(), EnvConfig{Prefix: "mcq", Hosts: 4, LinkRate: "1gbit", OSSRate: "1gbit",
+		Models: map[string]int64{"quick/": size}, Log: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	start := time.Now()
+	res, err := env.Run(t.Context(), Scenario{Kind: Chain, N: 4, Model: "quick/", Size: size, Link: "1gbit"}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("4 nodes ready in %v..%v (median %v), OSS %.3fx, peers %d bytes, agents %.1f core-s for %d bytes forwarded; run %v",
+		res.Min(), res.Max(), res.Median(), res.OSSRatio(), res.PeerBytes, res.CPU, res.Forwarded, time.Since(start))
+	if len(res.Ready) != 4 {
+		t.Errorf("%d nodes ready, want 4", len(res.Ready))
+	}
+	if res.OSSBytes != size {
+		t.Errorf("OSS served %d bytes for a %d-byte model: want exactly one copy", res.OSSBytes, size)
+	}
+	if res.PeerBytes != 3*size {
+		t.Errorf("peers carried %d bytes, want three copies (%d)", res.PeerBytes, 3*size)
+	}
+}
