@@ -47,7 +47,7 @@ func (s *memSource) Fetch(ctx context.Context, m Model, dir string, report func(
 			return err
 		}
 		done += int64(len(data))
-		report(Progress{Done: done, Total: total, From: "memory"})
+		report(Progress{Done: done, Total: total, FromPeers: done, From: "memory"})
 		if s.gate != nil && done*2 >= total {
 			s.once.Do(func() { close(s.halfway) })
 			select {

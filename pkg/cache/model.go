@@ -31,7 +31,11 @@ func (m Model) String() string { return m.Manifest.URI().String() }
 // Progress of a staging, as a Source reports it.
 type Progress struct {
 	Done, Total int64
-	// From says where the bytes come from, for people: "OSS", "peer 10.0.0.7 (position 3 of 8)".
+	// FromOSS and FromPeers are the bytes received so far by source (a chain head that takes
+	// over may read a few bytes again, so they can add up to more than Done).
+	FromOSS, FromPeers int64
+	// From says where the bytes come from now, for people: "OSS (position 1 of 8, chain
+	// head)", "node gpu-7 (position 3 of 8)".
 	From string
 }
 
@@ -54,6 +58,8 @@ func (OSSSource) Describe() string { return "OSS" }
 // Fetch implements Source.
 func (s OSSSource) Fetch(ctx context.Context, m Model, dir string, report func(Progress)) error {
 	opts := s.Options
-	opts.Progress = func(p ossclient.Progress) { report(Progress{Done: p.Done, Total: p.Total, From: "OSS"}) }
+	opts.Progress = func(p ossclient.Progress) {
+		report(Progress{Done: p.Done, Total: p.Total, FromOSS: p.Done, From: "OSS"})
+	}
 	return s.Client.Download(ctx, m.Manifest, dir, opts)
 }

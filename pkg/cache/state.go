@@ -20,6 +20,8 @@ type Meta struct {
 	Size         int64     `json:"size"`
 	Objects      int       `json:"objects"`
 	From         string    `json:"from"` // where the bytes came from
+	FromOSS      int64     `json:"fromOSS,omitempty"`
+	FromPeers    int64     `json:"fromPeers,omitempty"`
 	StagedAt     time.Time `json:"stagedAt"`
 	StageSeconds float64   `json:"stageSeconds"`
 	// LastUsed is when the model was last acquired or released: the order of eviction.

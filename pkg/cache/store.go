@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -43,6 +44,8 @@ type Config struct {
 	// OnRelease, if set, is told (off the store's lock) of every model removed from the cache,
 	// expired or evicted: a broadcast node stops serving it and leaves its chain.
 	OnRelease func(key string)
+	// OnStaged, if set, is told (off the store's lock) of every staging that ended.
+	OnStaged func(StageResult)
 
 	// Seams, for tests.
 	Clock     clock.WithTickerAndDelayedExecution // default: the real clock
@@ -78,6 +81,8 @@ type Store struct {
 	holders  map[string]string   // holder → key
 	trashSeq int
 	closed   bool
+
+	count counters
 }
 
 type entry struct {
@@ -96,11 +101,16 @@ type staging struct {
 	bytes    atomic.Int64
 	total    atomic.Int64
 	from     atomic.Pointer[string]
+	// fromOSS and fromPeers are the highest counts reported; they feed the store's counters.
+	fromOSS, fromPeers atomic.Int64
+	count              *counters
 }
 
 func (st *staging) report(p Progress) {
 	st.bytes.Store(p.Done)
 	st.total.Store(p.Total)
+	raise(&st.fromOSS, p.FromOSS, &st.count.receivedOSS)
+	raise(&st.fromPeers, p.FromPeers, &st.count.receivedPeers)
 	if cur := st.from.Load(); cur == nil || *cur != p.From {
 		from := p.From
 		st.from.Store(&from)
@@ -108,7 +118,7 @@ func (st *staging) report(p Progress) {
 }
 
 func (st *staging) progress() Progress {
-	p := Progress{Done: st.bytes.Load(), Total: st.total.Load()}
+	p := Progress{Done: st.bytes.Load(), Total: st.total.Load(), FromOSS: st.fromOSS.Load(), FromPeers: st.fromPeers.Load()}
 	if p.Total == 0 {
 		p.Total = st.model.Manifest.Size()
 	}
@@ -289,7 +299,7 @@ func (s *Store) Acquire(ctx context.Context, m Model, src Source, holder string)
 		}
 		st := s.stagings[key]
 		if st == nil {
-			st = &staging{model: m, src: src, started: s.clock.Now(), done: make(chan struct{})}
+			st = &staging{model: m, src: src, started: s.clock.Now(), done: make(chan struct{}), count: &s.count}
 			s.stagings[key] = st
 			s.wg.Add(1)
 			go s.stage(key, st)
@@ -323,6 +333,7 @@ func (s *Store) Release(holder string) error {
 		s.addHolderLocked(e, holder, key)
 		return fmt.Errorf("release %s: %w", holder, err)
 	}
+	s.count.releases.Add(1)
 	if e != nil && len(e.holders) == 0 {
 		e.meta.LastUsed = s.clock.Now()
 		if err := writeJSON(s.metaPath(key), e.meta); err != nil {
@@ -428,6 +439,25 @@ func (s *Store) Models() []ModelStatus {
 // Root is the cache's directory.
 func (s *Store) Root() string { return s.root }
 
+// Check reports whether the store can serve: open, its directories in place, and its root
+// still a tmpfs when it mounted or adopted one (an unmounted cache would fill the node's disk).
+func (s *Store) Check() error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return errors.New("cache is closed")
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.models, &st); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	if s.cfg.Tmpfs.Mount && st.Type != unix.TMPFS_MAGIC {
+		return fmt.Errorf("cache root %s is no longer a tmpfs", s.root)
+	}
+	return nil
+}
+
 func (s *Store) modelDir(key string) string { return filepath.Join(s.models, key) }
 func (s *Store) metaPath(key string) string { return filepath.Join(s.meta, key+".json") }
 
@@ -472,7 +502,7 @@ func (s *Store) janitor() {
 			}
 			due := e.meta.LastUsed.Add(s.cfg.ExpireAfter).Sub(now)
 			if due <= 0 {
-				dir, err := s.evictLocked(e, "expired")
+				dir, err := s.evictLocked(e, reasonExpired, "")
 				if err != nil {
 					klog.ErrorS(err, "Could not release an expired model", "key", e.meta.Key)
 					continue
@@ -502,9 +532,16 @@ func (s *Store) janitor() {
 	}
 }
 
+// Why a model leaves the cache.
+const (
+	reasonExpired = "expired" // nobody held it for ExpireAfter
+	reasonEvicted = "evicted" // room for another model
+)
+
 // evictLocked takes an unreferenced model out of the index and moves its files to the trash
 // (one rename: no reader can find a half-deleted model); the caller removes them unlocked.
-func (s *Store) evictLocked(e *entry, why string) (string, error) {
+// forModel names the model it makes room for, if any.
+func (s *Store) evictLocked(e *entry, reason, forModel string) (string, error) {
 	key := e.meta.Key
 	s.trashSeq++
 	trash := filepath.Join(s.trash, fmt.Sprintf("%s-%d", key, s.trashSeq))
@@ -513,7 +550,12 @@ func (s *Store) evictLocked(e *entry, why string) (string, error) {
 	}
 	delete(s.entries, key)
 	_ = os.Remove(s.metaPath(key))
-	klog.V(2).InfoS("Released model", "model", e.meta.URI, "key", key, "bytes", e.meta.Size, "reason", why)
+	if reason == reasonExpired {
+		s.count.expired.Add(1)
+	} else {
+		s.count.evicted.Add(1)
+	}
+	klog.V(2).InfoS("Released model", "model", e.meta.URI, "key", key, "bytes", e.meta.Size, "reason", reason, "for", forModel)
 	return trash, nil
 }
 
@@ -537,6 +579,18 @@ func (s *Store) stage(key string, st *staging) {
 	if err == nil {
 		meta, err = s.fetch(key, st)
 	}
+	// Counted and reported before the waiters hear of it: whoever a staging returned to
+	// sees it in the figures.
+	if err != nil {
+		s.count.stageFailures.Add(1)
+		klog.ErrorS(err, "Staging failed", "model", st.model.String(), "key", key)
+	} else {
+		s.count.staged.Add(1)
+	}
+	if s.cfg.OnStaged != nil {
+		s.cfg.OnStaged(StageResult{Key: key, Model: st.model.String(), Size: st.model.Manifest.Size(),
+			Seconds: s.clock.Since(st.started).Seconds(), FromOSS: st.fromOSS.Load(), FromPeers: st.fromPeers.Load(), Err: err})
+	}
 	s.mu.Lock()
 	delete(s.stagings, key)
 	if err == nil {
@@ -547,9 +601,6 @@ func (s *Store) stage(key string, st *staging) {
 	st.err = err
 	close(st.done)
 	s.mu.Unlock()
-	if err != nil {
-		klog.ErrorS(err, "Staging failed", "model", st.model.String(), "key", key)
-	}
 }
 
 // makeRoom evicts models nobody holds, least recently used first, until st's model fits
@@ -600,7 +651,7 @@ func (s *Store) makeRoom(st *staging) error {
 			return fmt.Errorf("%w: %s needs %s GB; the cache tmpfs has %s GB free of %s GB and the node %s GB of memory available (keeping %s GB in reserve), after evicting every model not in use; %s GB of cached models are in use",
 				ErrNoSpace, st.model, gb(need), gb(max(0, free)), gb(room.FSTotal), gb(max(0, room.MemAvailable-inflight)), gb(s.cfg.MemoryReserve), gb(inUse))
 		}
-		trash, err := s.evictLocked(victim, "room for "+st.model.String())
+		trash, err := s.evictLocked(victim, reasonEvicted, st.model.String())
 		s.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("evict %s: %w", victim.meta.URI, err)
@@ -636,10 +687,11 @@ func (s *Store) fetch(key string, st *staging) (Meta, error) {
 		return Meta{}, fmt.Errorf("stage %s: %w", st.model, err)
 	}
 	now := s.clock.Now()
+	p := st.progress()
 	meta := Meta{
 		Key: key, URI: st.model.String(), Endpoint: st.model.Endpoint, Fingerprint: st.model.Manifest.Fingerprint(),
-		Size: st.model.Manifest.Size(), Objects: len(st.model.Manifest.Objects), From: st.progress().From,
-		StagedAt: now, StageSeconds: now.Sub(start).Seconds(), LastUsed: now,
+		Size: st.model.Manifest.Size(), Objects: len(st.model.Manifest.Objects), From: p.From,
+		FromOSS: p.FromOSS, FromPeers: p.FromPeers, StagedAt: now, StageSeconds: now.Sub(start).Seconds(), LastUsed: now,
 	}
 	if err := writeJSON(s.metaPath(key), meta); err != nil {
 		_ = os.RemoveAll(dir)
