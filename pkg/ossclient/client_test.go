@@ -298,7 +298,10 @@ func TestSignatures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv.ResetStats()
-			c := newClient(t, srv, tc.mutate)
+			var reported []string
+			c := newClient(t, srv, tc.mutate, func(c *ossclient.Config) {
+				c.OnRequestError = func(op, code string) { reported = append(reported, op+" "+code) }
+			})
 			m, err := c.Manifest(t.Context(), u)
 			if tc.ok {
 				if err != nil {
@@ -325,6 +328,9 @@ func TestSignatures(t *testing.T) {
 			// A refusal is final: no retry storm.
 			if n := srv.Stats().Requests[ossemu.OpList]; n != 1 {
 				t.Errorf("%d list requests for one refused manifest, want 1", n)
+			}
+			if len(reported) != 1 || reported[0] != "list "+se.Code || se.Code == "" {
+				t.Errorf("failed requests reported: %q, want one list with OSS's code %q", reported, se.Code)
 			}
 		})
 	}
@@ -380,23 +386,33 @@ func TestDownloadSurvivesTransientFaults(t *testing.T) {
 		fault ossemu.Fault
 		// refetched: the fault may make bytes be served twice (never for a resumed body).
 		extraRequests int64
+		code          string // ossclient.ErrorCode of each failed request
 	}{
-		{"503", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultStatus, Status: 503, Count: 5}, 5},
-		{"500", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultStatus, Status: 500, Count: 2}, 2},
-		{"truncated bodies", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultTruncate, After: 300 << 10, Count: 4}, 4},
-		{"connection resets", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultReset, Count: 3}, 3},
-		{"slow first byte beyond the read timeout", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultSlowFirstByte, Delay: 5 * time.Second, Count: 2}, 2},
+		{"503", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultStatus, Status: 503, Count: 5}, 5, "ServiceUnavailable"},
+		{"500", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultStatus, Status: 500, Count: 2}, 2, "InternalError"},
+		{"truncated bodies", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultTruncate, After: 300 << 10, Count: 4}, 4, "ShortBody"},
+		{"connection resets", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultReset, Count: 3}, 3, "ConnectionReset"},
+		{"slow first byte beyond the read timeout", ossemu.Fault{Op: ossemu.OpGet, Kind: ossemu.FaultSlowFirstByte, Delay: 5 * time.Second, Count: 2}, 2, "Timeout"},
 	} {
 		for _, mode := range writeModes {
-			t.Run(tc.name+"/"+mode, func(t *testing.T) { testTransientFault(t, mode, tc.fault, tc.extraRequests) })
+			t.Run(tc.name+"/"+mode, func(t *testing.T) { testTransientFault(t, mode, tc.fault, tc.extraRequests, tc.code) })
 		}
 	}
 }
 
-func testTransientFault(t *testing.T, mode string, fault ossemu.Fault, extraRequests int64) {
+func testTransientFault(t *testing.T, mode string, fault ossemu.Fault, extraRequests int64, code string) {
 	srv := newEmu(t)
 	files := model(t, srv, 3, 3<<20+12345)
-	c := newClient(t, srv, func(c *ossclient.Config) { c.ReadTimeout = 500 * time.Millisecond })
+	var mu sync.Mutex
+	failures := map[string]int64{}
+	c := newClient(t, srv, func(c *ossclient.Config) {
+		c.ReadTimeout = 500 * time.Millisecond
+		c.OnRequestError = func(op, code string) {
+			mu.Lock()
+			failures[op+" "+code]++
+			mu.Unlock()
+		}
+	})
 	m, err := c.Manifest(t.Context(), mustURI(t, "oss://models/m/"))
 	if err != nil {
 		t.Fatal(err)
@@ -419,6 +435,11 @@ func testTransientFault(t *testing.T, mode string, fault ossemu.Fault, extraRequ
 	// Resumed parts ask only for what they miss: OSS serves each byte once.
 	if st.BytesServed != m.Size() {
 		t.Errorf("served %d bytes for a %d-byte model", st.BytesServed, m.Size())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(failures) != 1 || failures["get "+code] != extraRequests {
+		t.Errorf("failed requests reported: %v, want %d × get %s", failures, extraRequests, code)
 	}
 }
 

@@ -45,6 +45,10 @@ type Config struct {
 	ReadTimeout time.Duration
 	// Retry bounds the retries of one ranged GET.
 	Retry RetryPolicy
+	// OnRequestError, if set, is told of every failed request as this package sees it (each
+	// ranged GET attempt; a list or HEAD after the SDK's own retries) with the error's code
+	// (ErrorCode). Requests abandoned because their context ended are not failures.
+	OnRequestError func(op, code string)
 }
 
 // RetryPolicy: a part is retried after transient failures (5xx, throttling, timeouts, resets,

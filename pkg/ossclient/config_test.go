@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +30,7 @@ func TestEnvConfig(t *testing.T) {
 			SecurityToken:   "sts-token-value",
 		},
 	}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("EnvConfig = %#v, want %#v", c, want)
 	}
 	if empty := EnvConfig(func(string) string { return "" }); !empty.Credentials.Anonymous() {

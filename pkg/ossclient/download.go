@@ -387,10 +387,12 @@ func (d *download) getRange(ctx context.Context, i int, dst *objectFile, st *ran
 		IfMatch:       oss.Ptr(o.ETag),
 	}, noRetry)
 	if err != nil {
+		d.c.observe(ctx, "get", err)
 		return err
 	}
 	defer res.Body.Close()
 	if err := checkRange(res, o, off, end); err != nil {
+		d.c.observe(ctx, "get", err)
 		return err
 	}
 	dst.prepare(off, n)
@@ -419,6 +421,7 @@ func (d *download) getRange(ctx context.Context, i int, dst *objectFile, st *ran
 			if rerr == io.EOF {
 				rerr = errShortBody
 			}
+			d.c.observe(ctx, "get", rerr)
 			return rerr
 		}
 	}

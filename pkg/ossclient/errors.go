@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strings"
 	"syscall"
 
@@ -183,6 +184,47 @@ func retryableTransport(err error) bool {
 		return true
 	}
 	return false
+}
+
+// ErrorCode names the cause of a failed request in a few bounded words, for metrics: the OSS
+// error code ("NoSuchKey", "SlowDown"), "HTTP<status>" for an answer without one, or the
+// transport's trouble ("Timeout", "ConnectionReset", "ConnectionRefused", "ShortBody",
+// "Network"); "Other" otherwise.
+func ErrorCode(err error) string {
+	var se *oss.ServiceError
+	if errors.As(err, &se) {
+		if codeRE.MatchString(se.Code) {
+			return se.Code
+		}
+		return fmt.Sprintf("HTTP%d", se.StatusCode)
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "Timeout"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		return "ConnectionReset"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "ConnectionRefused"
+	case errors.Is(err, errShortBody), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return "ShortBody"
+	case errors.As(err, &ne):
+		return "Network"
+	case errors.Is(err, ErrChanged):
+		return "Changed"
+	}
+	return "Other"
+}
+
+// codeRE: OSS error codes are short CamelCase words; anything else is not used as a label.
+var codeRE = regexp.MustCompile(`^[A-Za-z]{1,40}$`)
+
+// observe reports a failed request to Config.OnRequestError.
+func (c *Client) observe(ctx context.Context, op string, err error) {
+	if err == nil || ctx.Err() != nil || c.cfg.OnRequestError == nil {
+		return
+	}
+	c.cfg.OnRequestError(op, ErrorCode(err))
 }
 
 // errShortBody: a response ended before the bytes it announced.

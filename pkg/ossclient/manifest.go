@@ -178,6 +178,7 @@ func (c *Client) Manifest(ctx context.Context, u URI) (*Manifest, error) {
 	for p.HasNext() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
+			c.observe(ctx, "list", err)
 			return nil, opError(ctx, "list", u.String(), err)
 		}
 		for _, o := range page.Contents {
@@ -202,6 +203,7 @@ func (c *Client) Manifest(ctx context.Context, u URI) (*Manifest, error) {
 			o := &objects[i]
 			res, err := c.sdk.HeadObject(gctx, &oss.HeadObjectRequest{Bucket: oss.Ptr(u.Bucket), Key: oss.Ptr(o.Key)})
 			if err != nil {
+				c.observe(gctx, "head", err)
 				return opError(gctx, "head", u.Object(o.Key), err)
 			}
 			o.Size = res.ContentLength
@@ -238,6 +240,7 @@ func (c *Client) Check(ctx context.Context, m *Manifest) error {
 	o := m.Objects[0]
 	res, err := c.sdk.HeadObject(ctx, &oss.HeadObjectRequest{Bucket: oss.Ptr(m.Bucket), Key: oss.Ptr(o.Key), IfMatch: oss.Ptr(o.ETag)})
 	if err != nil {
+		c.observe(ctx, "head", err)
 		return opError(ctx, "head", m.URI().Object(o.Key), err)
 	}
 	if etag := oss.ToString(res.ETag); etag != o.ETag || res.ContentLength != o.Size {
