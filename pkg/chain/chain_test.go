@@ -193,7 +193,7 @@ func TestSeveralChains(t *testing.T) {
 // its chain part leaves) is replaced by its successor's predecessor's; no byte is lost.
 func TestReleasedPredecessor(t *testing.T) {
 	w := newWorld(t, 16<<20, 0)
-	w.emu.SetEgressRate(8 << 20)
+	w.emu.SetEgressRate(4 << 20) // four seconds: n1 is still receiving when n2 has some of it
 	n0, n1, n2 := w.node(t, "n0"), w.node(t, "n1"), w.node(t, "n2")
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -210,11 +210,18 @@ func TestReleasedPredecessor(t *testing.T) {
 		}()
 		time.Sleep(50 * time.Millisecond)
 	}
-	// n1 shuts down once n2 has some of the model from it.
+	// n1 shuts down once n2 has a few chunks from it (and n1 must not have finished: then
+	// there would be nothing to test).
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		ms := n2.store.StagingModels()
-		if len(ms) == 1 && ms[0].Progress.Done > 4<<20 {
+		select {
+		case r := <-out[1]:
+			t.Fatalf("n1 finished (%v) before n2 had 1 MiB from it: the machine is too slow for this test's timing", r.err)
+		case r := <-out[2]:
+			t.Fatalf("n2 finished (%v) before it was seen with 1 MiB: the machine is too slow for this test's timing", r.err)
+		default:
+		}
+		if ms := n2.store.StagingModels(); len(ms) == 1 && ms[0].Progress.Done >= 1<<20 {
 			n1.store.Close()
 			n1.chain.Close()
 			break
@@ -270,7 +277,7 @@ func TestStalledPeerReplaced(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr()})
 	defer rdb.Close()
 	coord := chain.NewCoordinator(rdb)
-	if _, err := coord.Join(ctx, "team", model.Key(), "fake", chain.NodeProgress{Bytes: w.size, Complete: true}); err != nil {
+	if _, err := coord.Join(ctx, "team", model.Key(), "fake", chain.ModelInfo{URI: model.String()}, chain.NodeProgress{Bytes: w.size, Complete: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := coord.Register(ctx, "team", "fake", strings.TrimPrefix(fake.URL, "http://"), time.Minute); err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -76,6 +77,7 @@ func (c *Coordinator) PublishManifest(ctx context.Context, tenant, pathID string
 }
 
 // joinScript gives a node its position in a model's chain: the one it had, or the next one.
+// It records the node's progress and the model's description, and renews the model's keys.
 var joinScript = redis.NewScript(`
 local pos = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not pos then
@@ -86,6 +88,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[2])
 return tonumber(pos)`)
 
 // leaveScript takes a node out of a model's chain.
@@ -94,11 +97,23 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 return 1`)
 
+// ModelInfo describes a model in Redis, for operators (csi-plugin status).
+type ModelInfo struct {
+	URI   string `json:"uri"`
+	Size  int64  `json:"size"`
+	Files int    `json:"files"`
+}
+
 // Join places the node in the model's chain (idempotent: a node keeps its position) and
-// records its progress; it also renews the chain's TTL, so heartbeats keep it alive.
-func (c *Coordinator) Join(ctx context.Context, tenant, key, node string, p NodeProgress) (int, error) {
-	pos, err := joinScript.Run(ctx, c.rdb, []string{chainKey(tenant, key), seqKey(tenant, key), progressKey(tenant, key)},
-		node, c.modelTTL.Milliseconds(), p.encode()).Int()
+// records its progress and the model's description; it also renews the chain's TTL, so
+// heartbeats keep it alive.
+func (c *Coordinator) Join(ctx context.Context, tenant, key, node string, info ModelInfo, p NodeProgress) (int, error) {
+	desc, err := json.Marshal(info)
+	if err != nil {
+		return 0, err
+	}
+	pos, err := joinScript.Run(ctx, c.rdb, []string{chainKey(tenant, key), seqKey(tenant, key), progressKey(tenant, key), infoKey(tenant, key)},
+		node, c.modelTTL.Milliseconds(), p.encode(), desc).Int()
 	if err != nil {
 		return 0, fmt.Errorf("join the chain of %s: %w", key, err)
 	}
@@ -227,5 +242,5 @@ func (c *Coordinator) Sums(ctx context.Context, tenant, key string, first, n int
 
 // Reset removes a model's chain state (after a failed verification, so retries start clean).
 func (c *Coordinator) Reset(ctx context.Context, tenant, key string) error {
-	return c.rdb.Del(ctx, chainKey(tenant, key), seqKey(tenant, key), progressKey(tenant, key), sumsKey(tenant, key)).Err()
+	return c.rdb.Del(ctx, chainKey(tenant, key), seqKey(tenant, key), progressKey(tenant, key), sumsKey(tenant, key), infoKey(tenant, key)).Err()
 }

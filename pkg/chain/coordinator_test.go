@@ -53,13 +53,14 @@ func TestCoordinator(t *testing.T) {
 	}
 
 	// Positions: in join order, stable for a node that joins again.
+	info := ModelInfo{URI: "oss://models/qwen/", Size: 99, Files: 3}
 	for i, n := range []string{"a", "b", "c"} {
-		pos, err := c.Join(ctx, "t1", "model", n, NodeProgress{Bytes: int64(i)})
+		pos, err := c.Join(ctx, "t1", "model", n, info, NodeProgress{Bytes: int64(i)})
 		if err != nil || pos != i+1 {
 			t.Fatalf("join %s: position %d, %v; want %d", n, pos, err, i+1)
 		}
 	}
-	if pos, _ := c.Join(ctx, "t1", "model", "b", NodeProgress{Bytes: 7, From: "peer a"}); pos != 2 {
+	if pos, _ := c.Join(ctx, "t1", "model", "b", info, NodeProgress{Bytes: 7, From: "peer a"}); pos != 2 {
 		t.Errorf("re-join of b: position %d, want 2", pos)
 	}
 	for _, n := range []string{"a", "c"} {
@@ -84,7 +85,7 @@ func TestCoordinator(t *testing.T) {
 	if len(ms) != 2 || ms[1].Node != "c" || !ms[1].Progress.Complete || ms[1].Progress.Bytes != 99 || ms[1].Progress.Rate != 5e8 {
 		t.Errorf("after leave: %+v", ms)
 	}
-	if pos, _ := c.Join(ctx, "t1", "model", "d", NodeProgress{}); pos != 4 {
+	if pos, _ := c.Join(ctx, "t1", "model", "d", info, NodeProgress{}); pos != 4 {
 		t.Errorf("a later joiner got position %d, want 4 (the tail)", pos)
 	}
 	// Keys expire unless renewed.

@@ -35,3 +35,4 @@ func chainKey(tenant, key string) string    { return modelKey(tenant, key, "chai
 func seqKey(tenant, key string) string      { return modelKey(tenant, key, "seq") }
 func progressKey(tenant, key string) string { return modelKey(tenant, key, "progress") }
 func sumsKey(tenant, key string) string     { return modelKey(tenant, key, "sums") }
+func infoKey(tenant, key string) string     { return modelKey(tenant, key, "info") }

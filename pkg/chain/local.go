@@ -22,6 +22,7 @@ var errReleased = errors.New("model released")
 // peer) and the data plane that serves it onward.
 type local struct {
 	tenant, key string
+	info        ModelInfo
 	layout      *ossclient.Layout
 	dir         string
 	files       []*os.File // per object: read-write handle (nil for empty objects)
@@ -36,7 +37,7 @@ type local struct {
 	objVerified []bool
 	complete    bool
 	closed      bool
-	from        string        // where bytes come from now, for people
+	from        origin        // where bytes come from now
 	changed     chan struct{} // closed (and replaced) when ready grows or the model closes
 	rateAt      time.Time     // the last rate sample
 	rateBytes   int64
@@ -62,6 +63,7 @@ func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local
 	}
 	l := &local{
 		tenant: tenant, key: key, layout: layout, dir: dir, sums: map[int]uint64{},
+		info:  ModelInfo{URI: m.URI().String(), Size: m.Size(), Files: len(m.Objects)},
 		files: make([]*os.File, len(m.Objects)), crcs: make([]uint64, layout.Len()), have: make([]bool, layout.Len()),
 		objVerified: make([]bool, len(m.Objects)), changed: make(chan struct{}),
 	}
@@ -198,13 +200,14 @@ func (l *local) progress() NodeProgress {
 		}
 		l.rateAt, l.rateBytes = now, bytes
 	}
-	return NodeProgress{Bytes: bytes, Complete: l.complete, From: l.from, Rate: l.rate}
+	return NodeProgress{Bytes: bytes, Complete: l.complete, From: l.from.name(), Rate: l.rate}
 }
 
 // reportEvery reports the staging's progress to the cache until stopped (and once more then).
 func (l *local) reportEvery(d time.Duration, report func(cache.Progress)) (stop func()) {
 	send := func() {
-		report(cache.Progress{Done: l.fromOSS.Load() + l.fromPeers.Load(), Total: l.layout.Manifest().Size(), From: l.source()})
+		oss, peers := l.fromOSS.Load(), l.fromPeers.Load()
+		report(cache.Progress{Done: oss + peers, Total: l.layout.Manifest().Size(), FromOSS: oss, FromPeers: peers, From: l.origin().String()})
 	}
 	done, finished := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -262,16 +265,44 @@ func (l *local) isClosed() bool {
 	return l.closed
 }
 
-func (l *local) setFrom(from string) {
+func (l *local) setOrigin(from origin) {
 	l.mu.Lock()
 	l.from = from
 	l.mu.Unlock()
 }
 
-func (l *local) source() string {
+func (l *local) origin() origin {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.from
+}
+
+// origin is where a node's bytes of a model come from — a peer, or OSS — and the node's place
+// in its chain then. The zero value is "not known yet".
+type origin struct {
+	peer         string // the predecessor; "" with oss or when not known
+	oss          bool
+	position, of int // 1-based rank in the chain, and the chain's length (0: unknown)
+}
+
+// name is what the node publishes in Redis: "OSS", the peer's name, or "".
+func (o origin) name() string {
+	if o.oss {
+		return "OSS"
+	}
+	return o.peer
+}
+
+// String is for people: "node gpu-7 (position 3 of 8)", "OSS (position 1 of 8)".
+func (o origin) String() string {
+	from := o.name()
+	if o.peer != "" {
+		from = "node " + o.peer
+	}
+	if o.position == 0 {
+		return from
+	}
+	return fmt.Sprintf("%s (position %d of %d)", from, o.position, o.of)
 }
 
 // await waits until chunk i is verified (true), or the model is released (errReleased).

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -169,6 +170,40 @@ type Node struct {
 	failures map[string]failures
 
 	directBytes sync.Map // model key → bytes fetched from OSS without the chain
+	stats       stats
+}
+
+// stats are the node's counters (Stats is their snapshot).
+type stats struct {
+	joins, relinks, takeovers, fallbacks, corrupt atomic.Int64
+}
+
+// Stats counts what a node did in model broadcasting since it started.
+type Stats struct {
+	// Joins: chains joined (one per model staged through a chain).
+	Joins int64
+	// Relinks: predecessors replaced after a stream failed, stalled or sent a bad chunk.
+	Relinks int64
+	// Takeovers: times the node became a chain's head midway, every node before it gone.
+	Takeovers int64
+	// Fallbacks: stagings that went straight to OSS because Redis was out of reach.
+	Fallbacks int64
+	// CorruptChunks: chunks from peers that failed their checksum (fetched again).
+	CorruptChunks int64
+	// AuthFailures: peer requests refused for a missing or wrong tenant token.
+	AuthFailures int64
+	// Served: model bytes sent to peers. Streams: streams being served now.
+	Served  int64
+	Streams int64
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats {
+	return Stats{
+		Joins: n.stats.joins.Load(), Relinks: n.stats.relinks.Load(), Takeovers: n.stats.takeovers.Load(),
+		Fallbacks: n.stats.fallbacks.Load(), CorruptChunks: n.stats.corrupt.Load(),
+		AuthFailures: n.srv.authFailed.Load(), Served: n.srv.served.Load(), Streams: n.srv.streams.Load(),
+	}
 }
 
 type failures struct {
@@ -305,7 +340,7 @@ func (n *Node) heartbeat() {
 			}
 		}
 		for _, l := range n.reg.all() {
-			if _, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.progress()); err != nil {
+			if _, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress()); err != nil {
 				klog.V(2).InfoS("Could not renew a chain", "model", l.key, "err", err)
 			}
 		}

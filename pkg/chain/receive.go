@@ -73,6 +73,9 @@ func (n *Node) pull(ctx context.Context, l *local, peer Member) error {
 			return fmt.Errorf("%s sent chunk %d at %d (%d bytes), expected chunk %d at %d", peer.Node, f.index, f.offset, f.size, pos.chunk, pos.bytes)
 		}
 		if err := n.receiveChunk(ctx, l, r, f, &pos, buf, peer); err != nil {
+			if errors.Is(err, errCorrupt) {
+				n.stats.corrupt.Add(1)
+			}
 			return pullErr(ctx, peer, err)
 		}
 	}

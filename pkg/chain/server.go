@@ -28,6 +28,7 @@ type server struct {
 	refreshed map[string]time.Time // when a tenant's token was last re-read on a mismatch
 
 	served      atomic.Int64 // bytes of chunks sent
+	streams     atomic.Int64 // streams being served
 	authFailed  atomic.Int64
 	corruptOnce sync.Once // test hook (Config.CorruptChunk)
 }
@@ -62,6 +63,8 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad chunk or offset", http.StatusBadRequest)
 		return
 	}
+	s.streams.Add(1)
+	defer s.streams.Add(-1)
 	if err := s.stream(r.Context(), w, l, chunk, offset); err != nil && !errors.Is(err, context.Canceled) {
 		klog.V(2).InfoS("Stream to a peer ended", "model", key, "peer", r.RemoteAddr, "chunk", chunk, "err", err)
 	}

@@ -3,7 +3,6 @@ package chain
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/url"
 	"strings"
 	"sync"
@@ -47,14 +46,16 @@ func (s *source) Fetch(ctx context.Context, m cache.Model, dir string, report fu
 	_, err = n.token(jctx, s.tenant, false)
 	var pos int
 	if err == nil {
-		pos, err = n.coord.Join(jctx, s.tenant, key, n.cfg.NodeID, l.progress())
+		pos, err = n.coord.Join(jctx, s.tenant, key, n.cfg.NodeID, l.info, l.progress())
 	}
 	cancel()
 	if err != nil {
 		l.close()
+		n.stats.fallbacks.Add(1)
 		klog.InfoS("Broadcast coordination unavailable; fetching from OSS directly", "model", m.String(), "err", err)
 		return n.direct(ctx, s.oss, m, dir, report)
 	}
+	n.stats.joins.Add(1)
 	n.reg.add(l)
 	stop := l.reportEvery(100*time.Millisecond, report)
 	err = n.relay(ctx, l, s.oss, pos)
@@ -91,17 +92,23 @@ func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource, pos int
 		if l.isClosed() {
 			return errReleased
 		}
-		pred, _, err := n.predecessor(ctx, l, &pos)
+		pred, members, err := n.predecessor(ctx, l, &pos)
 		if err != nil {
 			klog.V(2).InfoS("Cannot read the chain; continuing from OSS", "model", l.key, "err", err)
 		}
+		rank, of := n.rank(members, pos)
 		if pred == nil {
+			if l.contiguousBytes() > 0 {
+				n.stats.takeovers.Add(1)
+				klog.V(2).InfoS("Taking over as the chain's head", "model", l.key, "position", rank, "of", of)
+			}
+			n.setOrigin(ctx, l, origin{oss: true, position: rank, of: of})
 			if err := n.head(ctx, l, oss); err != nil {
 				return err
 			}
 			continue
 		}
-		l.setFrom(fmt.Sprintf("peer %s (position %d)", pred.Node, pos))
+		n.setOrigin(ctx, l, origin{peer: pred.Node, position: rank, of: of})
 		err = n.pull(ctx, l, *pred)
 		if err == nil {
 			continue
@@ -113,6 +120,7 @@ func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource, pos int
 			return err // an object failed OSS's CRC-64: this version cannot be staged
 		}
 		n.failed(l, pred.Node)
+		n.stats.relinks.Add(1)
 		klog.V(2).InfoS("Re-linking", "model", l.key, "from", pred.Node, "err", err)
 		select {
 		case <-time.After(200 * time.Millisecond):
@@ -168,7 +176,7 @@ func (n *Node) predecessor(ctx context.Context, l *local, pos *int) (*Member, []
 		}
 	}
 	if !found {
-		if *pos, err = n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.progress()); err != nil {
+		if *pos, err = n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress()); err != nil {
 			return nil, nil, err
 		}
 		if members, err = n.coord.Members(ctx, l.tenant, l.key); err != nil {
@@ -189,10 +197,43 @@ func (n *Node) predecessor(ctx context.Context, l *local, pos *int) (*Member, []
 	return best, members, nil
 }
 
+// setOrigin records where l's bytes come from now and publishes it at once (the heartbeat
+// would only in a while), so operators see a re-link as it happens.
+func (n *Node) setOrigin(ctx context.Context, l *local, o origin) {
+	if l.origin() == o {
+		return
+	}
+	l.setOrigin(o)
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := n.coord.SetProgress(ctx, l.tenant, l.key, n.cfg.NodeID, l.progress()); err != nil {
+		klog.V(2).InfoS("Could not publish the model's source", "model", l.key, "err", err)
+	}
+}
+
+// rank is the node's 1-based place in its chain (one of Chains: positions are dealt
+// round-robin) counting live nodes only, and the chain's length; 0, 0 without members.
+func (n *Node) rank(members []Member, pos int) (int, int) {
+	if len(members) == 0 {
+		return 0, 0
+	}
+	k := n.cfg.Chains
+	rank, of := 1, 1
+	for _, m := range members {
+		if m.Node == n.cfg.NodeID || !m.Alive() || (m.Position-1)%k != (pos-1)%k {
+			continue
+		}
+		of++
+		if m.Position < pos {
+			rank++
+		}
+	}
+	return rank, of
+}
+
 // head fetches the rest of the model from OSS, from this node's position, publishing every
 // chunk's CRC-64 as it comes.
 func (n *Node) head(ctx context.Context, l *local, oss cache.OSSSource) error {
-	l.setFrom("OSS")
 	pub := &sumPublisher{n: n, l: l}
 	stop := pub.run()
 	defer stop()
