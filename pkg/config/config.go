@@ -19,8 +19,15 @@ import (
 // DefaultPath is where the node plugin reads its configuration.
 const DefaultPath = "/etc/modelcast/config.json"
 
-// EnvMaxCacheAdviseGB overrides prefetch.maxCacheAdviseGB, as in OSS Connector.
-const EnvMaxCacheAdviseGB = "CONNECTOR_MAX_CACHE_ADVISE_GB"
+// Environment variables that override the file.
+const (
+	// EnvMaxCacheAdviseGB overrides prefetch.maxCacheAdviseGB, as in OSS Connector.
+	EnvMaxCacheAdviseGB = "CONNECTOR_MAX_CACHE_ADVISE_GB"
+	// EnvRedisUsername and EnvRedisPassword override broadcast.db.username and .password, so
+	// the password can come from a Kubernetes Secret instead of the file.
+	EnvRedisUsername = "MODELCAST_REDIS_USERNAME"
+	EnvRedisPassword = "MODELCAST_REDIS_PASSWORD"
+)
 
 // Config is the node plugin's configuration.
 type Config struct {
@@ -155,6 +162,12 @@ func Load(path string, getenv func(string) string) (Config, error) {
 			return c, fmt.Errorf("%s=%q: not a number of GB", EnvMaxCacheAdviseGB, v)
 		}
 		c.Prefetch.MaxCacheAdviseGB = gb
+	}
+	if v := getenv(EnvRedisUsername); v != "" {
+		c.Broadcast.DB.Username = v
+	}
+	if v := getenv(EnvRedisPassword); v != "" {
+		c.Broadcast.DB.Password = v
 	}
 	c.fill()
 	return c, c.validate()

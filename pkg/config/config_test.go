@@ -82,6 +82,19 @@ func TestEnvironmentWins(t *testing.T) {
 	}
 }
 
+func TestRedisCredentialsFromEnvironment(t *testing.T) {
+	p := write(t, `{"broadcast": {"db": {"host": "redis", "username": "file-user", "password": "file-pass"}}}`)
+	c, err := Load(p, noEnv)
+	if err != nil || c.Broadcast.DB.Username != "file-user" || c.Broadcast.DB.Password != "file-pass" {
+		t.Fatalf("from the file: %v, %v", c.Broadcast.DB, err)
+	}
+	env := map[string]string{EnvRedisUsername: "env-user", EnvRedisPassword: "env-pass"}
+	c, err = Load(p, func(k string) string { return env[k] })
+	if err != nil || c.Broadcast.DB.Username != "env-user" || c.Broadcast.DB.Password != "env-pass" || c.Broadcast.DB.Host != "redis" {
+		t.Errorf("the environment should win: %v, %v", c.Broadcast.DB, err)
+	}
+}
+
 func TestRejects(t *testing.T) {
 	for _, tc := range []struct{ content, hint string }{
 		{`{"expireTimeSecs": 10}`, `unknown field "expireTimeSecs"`},
