@@ -14,6 +14,7 @@ import (
 	"github.com/modelcast/modelcast/internal/crc64ecma"
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/driver"
+	"github.com/modelcast/modelcast/pkg/metrics"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
@@ -44,12 +45,13 @@ type agentEvent struct {
 	Verified  bool    `json:"verified,omitempty"` // every file re-read and its CRC-64 matched the manifest
 	Dir       string  `json:"dir,omitempty"`
 	Addr      string  `json:"addr,omitempty"` // the peer data plane's address
+	HTTP      string  `json:"http,omitempty"` // where /metrics, /healthz and /readyz answer
 	Error     string  `json:"error,omitempty"`
 }
 
 func runAgent(ctx context.Context, args []string) error {
 	fs := newFlagSet("agent")
-	opts := driver.Options{Mode: driver.ModeNode, Endpoint: "unix:///dev/null"}
+	opts := driver.Options{Mode: driver.ModeNode, Endpoint: driver.AgentEndpoint()}
 	fs.StringVar(&opts.NodeID, "node-id", os.Getenv("NODE_NAME"), "this node's ID (default: $NODE_NAME)")
 	fs.StringVar(&opts.NodeIP, "node-ip", os.Getenv("NODE_IP"), "this node's address for peers (default: $NODE_IP)")
 	configPath := fs.String("config", config.DefaultPath, "configuration file")
@@ -58,6 +60,7 @@ func runAgent(ctx context.Context, args []string) error {
 	verify := fs.Bool("verify", false, "when ready, read every file again and check its CRC-64 against the manifest")
 	exit := fs.Bool("exit", false, "exit once ready instead of serving peers until a signal")
 	corrupt := fs.Int("test-corrupt-chunk", -1, "test hook: send this chunk to a peer with one byte flipped, once")
+	httpEndpoint := fs.String("http-endpoint", "", "where to serve /metrics, /healthz and /readyz (host:port, port 0 for any; empty: off)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), agentUsage)
 		fs.PrintDefaults()
@@ -94,8 +97,16 @@ func runAgent(ctx context.Context, args []string) error {
 	if *tenant != "" {
 		attrs[driver.AttrTenant] = *tenant
 	}
+	var httpAddr string
+	if *httpEndpoint != "" {
+		var done <-chan struct{}
+		if httpAddr, done, err = metrics.Serve(ctx, *httpEndpoint, d.HTTPHandler()); err != nil {
+			return err
+		}
+		defer func() { <-done }() // after ctx ends: the server stops with it
+	}
 	start := time.Now()
-	emit(agentEvent{Event: "start", Model: fs.Arg(0), Addr: d.Chain().Addr()})
+	emit(agentEvent{Event: "start", Model: fs.Arg(0), Addr: d.Chain().Addr(), HTTP: httpAddr})
 
 	type result struct {
 		dir, key string
@@ -122,10 +133,9 @@ wait:
 		case now := <-t.C:
 			for _, m := range d.Store().StagingModels() {
 				p := m.Progress
-				tr, _ := d.Chain().Transfer(m.Key)
 				rate := float64(p.Done-lastDone) / now.Sub(lastAt).Seconds()
 				lastDone, lastAt = p.Done, now
-				emit(agentEvent{Event: "progress", Done: p.Done, Total: p.Total, From: p.From, Rate: rate, FromOSS: tr.FromOSS, FromPeers: tr.FromPeers})
+				emit(agentEvent{Event: "progress", Done: p.Done, Total: p.Total, From: p.From, Rate: rate, FromOSS: p.FromOSS, FromPeers: p.FromPeers})
 			}
 		}
 	}
@@ -135,14 +145,9 @@ wait:
 		return r.err
 	}
 	secs := time.Since(start).Seconds()
-	tr, chained := d.Chain().Transfer(r.key)
-	ready := agentEvent{Event: "ready", Seconds: secs, FromOSS: tr.FromOSS, FromPeers: tr.FromPeers, Dir: r.dir}
+	ready := agentEvent{Event: "ready", Seconds: secs, Dir: r.dir}
 	if meta, ok := d.Store().Info(r.key); ok {
-		ready.Total, ready.From = meta.Size, meta.From
-		if !chained { // broadcast off for this volume: the plain OSS download
-			ready.FromOSS = meta.Size
-			tr.FromOSS = meta.Size
-		}
+		ready.Total, ready.From, ready.FromOSS, ready.FromPeers = meta.Size, meta.From, meta.FromOSS, meta.FromPeers
 	}
 	if *verify {
 		if err := verifyDir(ctx, d, r.key, r.dir); err != nil {
@@ -156,7 +161,7 @@ wait:
 		return nil
 	}
 	<-ctx.Done()
-	emit(agentEvent{Event: "stop", FromOSS: tr.FromOSS, FromPeers: tr.FromPeers})
+	emit(agentEvent{Event: "stop", FromOSS: ready.FromOSS, FromPeers: ready.FromPeers})
 	return nil
 }
 

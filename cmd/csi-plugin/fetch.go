@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/modelcast/modelcast/internal/units"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
@@ -63,7 +64,7 @@ func runFetch(ctx context.Context, args []string) error {
 		return err
 	}
 	listed := time.Since(start)
-	fmt.Fprintf(os.Stdout, "modelcast fetch: %s -> %s: %d objects, %s (listed in %.2f s)\n", uri, dir, len(m.Objects), formatBytes(m.Size()), listed.Seconds())
+	fmt.Fprintf(os.Stdout, "modelcast fetch: %s -> %s: %d objects, %s (listed in %.2f s)\n", uri, dir, len(m.Objects), units.Bytes(m.Size()), listed.Seconds())
 
 	var done, verified atomic.Int64
 	bar := newProgressBar(os.Stderr, m.Size())
@@ -82,7 +83,7 @@ func runFetch(ctx context.Context, args []string) error {
 		return err
 	}
 	secs := time.Since(dlStart).Seconds()
-	fmt.Fprintf(os.Stdout, "  size      %s (%d bytes)\n", formatBytes(m.Size()), m.Size())
+	fmt.Fprintf(os.Stdout, "  size      %s (%d bytes)\n", units.Bytes(m.Size()), m.Size())
 	fmt.Fprintf(os.Stdout, "  time      %.2f s download, %.2f s total\n", secs, time.Since(start).Seconds())
 	fmt.Fprintf(os.Stdout, "  rate      %.2f GB/s\n", float64(m.Size())/secs/1e9)
 	fmt.Fprintf(os.Stdout, "  verified  CRC-64 of all %d objects matched OSS (fingerprint %.16s)\n", len(m.Objects), m.Fingerprint())
@@ -156,7 +157,7 @@ func (b *progressBar) draw(done, verified int64, elapsed time.Duration, last boo
 	rate := float64(done) / max(elapsed.Seconds(), 1e-3)
 	line := fmt.Sprintf("[%s%s] %5.1f%%  %s / %s  %.2f GB/s  verified %s",
 		strings.Repeat("#", filled), strings.Repeat(".", width-filled), frac*100,
-		formatBytes(done), formatBytes(b.total), rate/1e9, formatBytes(verified))
+		units.Bytes(done), units.Bytes(b.total), rate/1e9, units.Bytes(verified))
 	switch {
 	case b.tty && last:
 		fmt.Fprintf(b.w, "\r%s\n", line)
@@ -165,17 +166,4 @@ func (b *progressBar) draw(done, verified int64, elapsed time.Duration, last boo
 	default:
 		fmt.Fprintln(b.w, line)
 	}
-}
-
-// formatBytes prints a size in decimal units, as OSS Connector's reports do.
-func formatBytes(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%d B", n)
 }

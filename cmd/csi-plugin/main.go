@@ -23,6 +23,7 @@ commands:
   controller  serve the CSI controller service: turn StorageClass parameters into volumes
   agent       stage a model through the cache and the broadcast chain, without CSI, and serve peers (csi-plugin agent -h)
   fetch       download a model from OSS into a directory, verified (csi-plugin fetch -h)
+  status      show model broadcasting from Redis: chains, positions, sources, progress (csi-plugin status -h)
   version     print the version
 `
 
@@ -44,6 +45,8 @@ func main() {
 		err = runAgent(ctx, args)
 	case "fetch":
 		err = runFetch(ctx, args)
+	case "status":
+		err = runStatus(ctx, args)
 	case "version", "--version", "-version":
 		fmt.Fprintln(os.Stdout, version.Get())
 	case "help", "-h", "--help":

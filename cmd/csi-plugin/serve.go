@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -14,6 +15,9 @@ import (
 	"github.com/modelcast/modelcast/pkg/driver"
 )
 
+// DefaultHTTPPort serves metrics and health, beside the peer data plane's bindPort (19898).
+const DefaultHTTPPort = 19899
+
 // runServe runs the CSI services in the given mode until ctx ends.
 func runServe(ctx context.Context, mode string, args []string) error {
 	fs := newFlagSet(mode)
@@ -22,6 +26,7 @@ func runServe(ctx context.Context, mode string, args []string) error {
 	fs.StringVar(&opts.DriverName, "driver-name", driver.DefaultDriverName, "CSI driver name (the CSIDriver object's)")
 	fs.StringVar(&opts.NodeID, "node-id", os.Getenv("NODE_NAME"), "this node's ID (default: $NODE_NAME)")
 	fs.StringVar(&opts.NodeIP, "node-ip", os.Getenv("NODE_IP"), "this node's address for broadcast peers (default: $NODE_IP)")
+	fs.StringVar(&opts.HTTPEndpoint, "http-endpoint", ":"+strconv.Itoa(DefaultHTTPPort), "where to serve /metrics, /healthz and /readyz (host:port; empty: off)")
 	configPath := fs.String("config", config.DefaultPath, "configuration file (OSS Connector's keys; see README)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for posting pod Events (default: in-cluster, when running in a pod)")
 	_ = fs.Parse(args)

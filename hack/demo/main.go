@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/modelcast/modelcast/internal/units"
 	"github.com/modelcast/modelcast/test/ossemu"
 )
 
@@ -113,7 +114,7 @@ func run(ctx context.Context, n int, sizeFlag, rateFlag, redisAddr, bin string) 
 		return err
 	}
 	fmt.Printf("OSS emulator %s (egress %s/s), Redis %s, %d nodes on 127.0.0.10-%d, model oss://models/demo/Qwen-demo/ (%s)\n\n",
-		endpoint, rateFlag, redisAddr, n, 9+n, human(size))
+		endpoint, rateFlag, redisAddr, n, 9+n, units.Bytes(size))
 	emu.SetEgressRate(rate)
 	emu.ResetStats()
 
@@ -137,6 +138,19 @@ func run(ctx context.Context, n int, sizeFlag, rateFlag, redisAddr, bin string) 
 		return err
 	}
 	summary(nodes, size, emu.Stats().BytesServed)
+	return showStatus(ctx, bin, redisAddr, filepath.Join(work, "status-config.json"))
+}
+
+// showStatus prints what an operator sees: csi-plugin status against the demo's Redis.
+// The configuration file need not exist: --redis says where Redis is.
+func showStatus(ctx context.Context, bin, redisAddr, config string) error {
+	args := []string{"status", "--config", config, "--redis", redisAddr}
+	fmt.Printf("\n==> csi-plugin %s\n", strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "csi-plugin"), args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("csi-plugin status: %w", err)
+	}
 	return nil
 }
 
@@ -280,10 +294,10 @@ func line(name string, e event, done *event, size int64, start time.Time) string
 		return fmt.Sprintf("%-7s FAILED: %s", name, done.Error)
 	case done != nil:
 		return fmt.Sprintf("%-7s [%s] 100.0%%  %9s  ready in %.1f s  (from OSS %s, from peers %s)",
-			name, bar(1), human(size), done.Seconds, human(done.FromOSS), human(done.FromPeers))
+			name, bar(1), units.Bytes(size), done.Seconds, units.Bytes(done.FromOSS), units.Bytes(done.FromPeers))
 	case e.Event == "progress" && e.Total > 0:
 		f := float64(e.Done) / float64(e.Total)
-		return fmt.Sprintf("%-7s [%s] %5.1f%%  %9s  %7s/s  from %s", name, bar(f), f*100, human(e.Done), human(int64(e.Rate)), e.From)
+		return fmt.Sprintf("%-7s [%s] %5.1f%%  %9s  %7s/s  from %s", name, bar(f), f*100, units.Bytes(e.Done), units.Bytes(int64(e.Rate)), e.From)
 	}
 	return fmt.Sprintf("%-7s [%s]  starting (%.1f s)", name, bar(0), time.Since(start).Seconds())
 }
@@ -310,22 +324,10 @@ func summary(nodes []*node, size, ossServed int64) {
 		if !d.Verified {
 			check, ok = "not verified", false
 		}
-		fmt.Printf("%-8s %10.2f %11s %11s %11s  %s\n", nd.name, d.Seconds, human(d.FromOSS), human(d.FromPeers), human(d.Served), check)
+		fmt.Printf("%-8s %10.2f %11s %11s %11s  %s\n", nd.name, d.Seconds, units.Bytes(d.FromOSS), units.Bytes(d.FromPeers), units.Bytes(d.Served), check)
 	}
-	fmt.Printf("\nOSS served %s for %d nodes: %.2f × the model.\n", human(ossServed), len(nodes), float64(ossServed)/float64(size))
+	fmt.Printf("\nOSS served %s for %d nodes: %.2f × the model.\n", units.Bytes(ossServed), len(nodes), float64(ossServed)/float64(size))
 	if !ok {
 		fmt.Println("Some node did not finish: see its agent.log.")
 	}
-}
-
-func human(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -26,6 +28,7 @@ import (
 	"github.com/modelcast/modelcast/pkg/cache"
 	"github.com/modelcast/modelcast/pkg/chain"
 	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/pkg/metrics"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
@@ -66,6 +69,11 @@ type Options struct {
 	PublishWait, PublishMargin time.Duration
 	// ProgressEvery is the cadence of progress Events while staging.
 	ProgressEvery time.Duration
+	// HTTPEndpoint is where Serve answers /metrics, /healthz and /readyz (host:port); "" for
+	// none.
+	HTTPEndpoint string
+	// Metrics records what the plugin does; default: a fresh registry.
+	Metrics *metrics.Metrics
 }
 
 func (o *Options) defaults() {
@@ -93,6 +101,9 @@ func (o *Options) defaults() {
 	if o.ProgressEvery == 0 {
 		o.ProgressEvery = 30 * time.Second
 	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New(version.Get())
+	}
 }
 
 // Validate checks the options a caller sets.
@@ -115,12 +126,13 @@ func (o *Options) Validate() error {
 
 // Driver is a configured plugin: its gRPC services and, on a node, the model cache.
 type Driver struct {
-	opts   Options
-	server *grpc.Server
-	store  *cache.Store
-	chain  *chain.Node
-	res    *resolver
-	events *kubeEvents
+	opts    Options
+	server  *grpc.Server
+	store   *cache.Store
+	chain   *chain.Node
+	res     *resolver
+	events  *kubeEvents
+	serving atomic.Bool // the CSI endpoint is listening
 }
 
 // New builds the services. On a node it opens the cache (mounting or adopting its tmpfs and
@@ -133,6 +145,7 @@ func New(opts Options) (*Driver, error) {
 	d := &Driver{opts: opts}
 	cfg := opts.Config
 	base := ossclient.EnvConfig(opts.Getenv)
+	base.OnRequestError = opts.Metrics.OSSRequestError
 	res := newResolver(base, ossclient.DownloadOptions{Concurrency: cfg.Concurrency()}, opts.ManifestTTL, opts.Clock)
 	d.res = res
 
@@ -141,8 +154,8 @@ func New(opts Options) (*Driver, error) {
 		d.events = newKubeEvents(opts.KubeClient, opts.NodeID)
 		events = d.events
 	}
-	d.server = grpc.NewServer(grpc.UnaryInterceptor(logCalls))
-	ident := &identityServer{name: opts.DriverName, version: version.Get(), ready: func() bool { return true }}
+	d.server = grpc.NewServer(grpc.UnaryInterceptor(d.intercept))
+	ident := &identityServer{name: opts.DriverName, version: version.Get(), ready: func() bool { return d.cacheCheck() == nil }}
 	csi.RegisterIdentityServer(d.server, ident)
 
 	if opts.Mode == ModeNode || opts.Mode == ModeAll {
@@ -160,12 +173,14 @@ func New(opts Options) (*Driver, error) {
 			MemoryReserve: int64(cfg.Cache.MemoryReserveGB * (1 << 30)),
 			Clock:         opts.Clock,
 			OnRelease:     node.Release,
+			OnStaged:      opts.Metrics.ObserveStaging,
 		})
 		if err != nil {
 			node.Close()
 			return nil, err
 		}
 		d.store = store
+		opts.Metrics.WatchNode(store, node)
 		csi.RegisterNodeServer(d.server, &nodeServer{
 			nodeID: opts.NodeID, store: store, mounter: opts.Mounter, res: res, events: events,
 			clock: opts.Clock, locks: newKeyLock(),
@@ -203,6 +218,9 @@ func (d *Driver) Stage(ctx context.Context, attrs, secrets map[string]string, ho
 
 // Chain is the node's part in model broadcasting (nil in controller mode).
 func (d *Driver) Chain() *chain.Node { return d.chain }
+
+// Metrics are the plugin's metrics.
+func (d *Driver) Metrics() *metrics.Metrics { return d.opts.Metrics }
 
 // newChainNode starts the node's broadcast part. Without broadcast, or without Redis
 // configured, it is a node that fetches from OSS directly; an unreachable Redis only logs (the
@@ -259,8 +277,18 @@ func (d *Driver) Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var httpDone <-chan struct{}
+	if d.opts.HTTPEndpoint != "" {
+		hctx, stopHTTP := context.WithCancel(ctx)
+		defer stopHTTP()
+		if _, httpDone, err = metrics.Serve(hctx, d.opts.HTTPEndpoint, d.HTTPHandler()); err != nil {
+			_ = ln.Close()
+			return err
+		}
+	}
 	klog.InfoS("Serving CSI", "endpoint", d.opts.Endpoint, "mode", d.opts.Mode, "driver", d.opts.DriverName, "version", version.Get(), "nodeID", d.opts.NodeID)
 	served := make(chan error, 1)
+	d.serving.Store(true)
 	go func() { served <- d.server.Serve(ln) }()
 	select {
 	case err = <-served:
@@ -275,7 +303,11 @@ func (d *Driver) Serve(ctx context.Context) error {
 		}
 		err = <-served
 	}
+	d.serving.Store(false)
 	d.Close()
+	if httpDone != nil {
+		<-httpDone
+	}
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
@@ -348,9 +380,9 @@ func listen(ep string) (net.Listener, error) {
 	return ln, nil
 }
 
-// logCalls logs every call: method, duration and code (V(4); errors always; Probe only at
-// V(6)), and the request with secrets stripped at V(5).
-func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// intercept logs every call — method, duration and code (V(4); errors always; Probe only at
+// V(6)), and the request with secrets stripped at V(5) — and records it in the metrics.
+func (d *Driver) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	level := klog.Level(4)
 	if info.FullMethod == csi.Identity_Probe_FullMethodName {
 		level = 6
@@ -361,6 +393,7 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 	start := time.Now()
 	resp, err := handler(ctx, req)
 	code := status.Code(err)
+	d.opts.Metrics.ObserveCall(path.Base(info.FullMethod), code.String(), time.Since(start))
 	if err != nil {
 		klog.ErrorS(err, "Call failed", "method", info.FullMethod, "code", code.String(), "duration", time.Since(start))
 	} else {

@@ -13,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/modelcast/modelcast/internal/units"
 	"github.com/modelcast/modelcast/pkg/cache"
 )
 
@@ -148,46 +149,113 @@ func (n *nodeServer) waitContext(ctx context.Context) (context.Context, context.
 	return context.WithTimeout(ctx, left-margin)
 }
 
-// reportStaging posts the staging's start, then its progress every progressEvery, on the pod.
-// It returns the function that stops it.
+// reportStaging posts the staging's Events on the pod until the function it returns is
+// called: the start as soon as the source knows where the bytes come from (the chain position)
+// or after firstEventWait, progress with rate and time left every progressEvery, and a
+// re-link as soon as the source changes.
 func (n *nodeServer) reportStaging(pod PodRef, m cache.Model, src cache.Source) func() {
+	if pod.Name == "" {
+		return func() {}
+	}
+	key := m.Key()
 	from := "OSS"
 	if d, ok := src.(interface{ Describe() string }); ok {
 		from = d.Describe()
 	}
-	n.events.Event(pod, false, ReasonStaging, fmt.Sprintf("Staging model %s (%s GB, %d files) from %s",
-		m, gb(m.Manifest.Size()), len(m.Manifest.Objects), from))
-	if pod.Name == "" {
-		return func() {}
+	size := m.Manifest.Size()
+	start := func(origin string) {
+		n.events.Event(pod, false, ReasonStaging, fmt.Sprintf("Staging model %s (%s, %d files) from %s", m, units.Bytes(size), len(m.Manifest.Objects), origin))
 	}
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		t := n.clock.NewTicker(n.progressEvery)
+		t := n.clock.NewTicker(pollEvery)
 		defer t.Stop()
+		began := n.clock.Now()
+		started, origin := false, ""
+		var last progressSample
 		for {
 			select {
 			case <-stop:
+				if !started {
+					if meta, ok := n.store.Info(key); ok && meta.From != "" {
+						from = meta.From // staged before the source said more: say it now
+					}
+					start(from)
+				}
 				return
 			case <-t.C():
-				if p, ok := n.store.Staging(m.Key()); ok {
-					n.events.Event(pod, false, ReasonProgress, (&cache.StagingError{Model: m.String(), Done: p.Done, Total: p.Total, From: p.From}).Error())
+			}
+			p, ok := n.store.Staging(key)
+			if !ok {
+				continue
+			}
+			now := n.clock.Now()
+			switch {
+			case !started && (p.From != "" || now.Sub(began) >= firstEventWait):
+				if p.From != "" {
+					from = p.From
 				}
+				start(from)
+				started, origin, last = true, p.From, progressSample{at: now, done: p.Done}
+			case started && p.From != "" && p.From != origin:
+				n.events.Event(pod, false, ReasonProgress, progressMessage(m, p, last, now, "now from"))
+				origin = p.From
+			case started && now.Sub(last.at) >= n.progressEvery:
+				n.events.Event(pod, false, ReasonProgress, progressMessage(m, p, last, now, "from"))
+				last = progressSample{at: now, done: p.Done}
 			}
 		}
 	}()
 	return func() { close(stop); <-done }
 }
 
-func readyMessage(m cache.Meta) string {
-	rate := 0.0
-	if m.StageSeconds > 0 {
-		rate = float64(m.Size) / m.StageSeconds / 1e9
-	}
-	return fmt.Sprintf("Ready: %s GB in %.1f s (%.2f GB/s) from %s", gb(m.Size), m.StageSeconds, rate, m.From)
+// pollEvery is how often a waiting publish looks at its staging; firstEventWait how long the
+// first Event waits for the source to say where the bytes come from.
+const (
+	pollEvery      = 250 * time.Millisecond
+	firstEventWait = 2 * time.Second
+)
+
+type progressSample struct {
+	at   time.Time
+	done int64
 }
 
-func gb(n int64) string { return fmt.Sprintf("%.1f", float64(n)/1e9) }
+// progressMessage: "Staging oss://b/qwen/: 45% (61.0 GB of 135.4 GB) at 2.1 GB/s, about 35s
+// left, from node gpu-7 (position 5 of 12)". lead comes before the source: "from", "now from".
+func progressMessage(m cache.Model, p cache.Progress, last progressSample, now time.Time, lead string) string {
+	total := p.Total
+	if total <= 0 {
+		total = m.Manifest.Size()
+	}
+	msg := fmt.Sprintf("Staging %s: %d%% (%s of %s)", m, percent(p.Done, total), units.Bytes(p.Done), units.Bytes(total))
+	if dt := now.Sub(last.at).Seconds(); dt > 0 && p.Done > last.done {
+		rate := float64(p.Done-last.done) / dt
+		left := time.Duration(float64(total-p.Done) / rate * float64(time.Second))
+		eta := "under a second"
+		if left >= time.Second {
+			eta = "about " + left.Round(time.Second).String()
+		}
+		msg += fmt.Sprintf(" at %s/s, %s left", units.Bytes(int64(rate)), eta)
+	}
+	if p.From != "" {
+		msg += ", " + lead + " " + p.From
+	}
+	return msg
+}
+
+func percent(done, total int64) int64 {
+	if total <= 0 {
+		return 100
+	}
+	return done * 100 / total
+}
+
+// readyMessage: "Ready: 135.4 GB in 41.2 s (peer 135.4 GB, OSS 0 B)".
+func readyMessage(m cache.Meta) string {
+	return fmt.Sprintf("Ready: %s in %.1f s (peer %s, OSS %s)", units.Bytes(m.Size), m.StageSeconds, units.Bytes(m.FromPeers), units.Bytes(m.FromOSS))
+}
 
 func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	target := req.GetTargetPath()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -192,34 +193,44 @@ func TestPodEvents(t *testing.T) {
 	if _, err := p.node.NodePublishVolume(t.Context(), req); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{
-		driver.ReasonStaging:  "Staging model oss://models/qwen/ (0.0 GB, 6 files) from OSS",
-		driver.ReasonProgress: "staging oss://models/qwen/ ",
-		driver.ReasonReady:    "Ready: 0.0 GB in ",
-	}
+	waitEvents(t, kube, "serving", "vllm-0", "node-1", map[string]*regexp.Regexp{
+		driver.ReasonStaging:  regexp.MustCompile(`^Staging model oss://models/qwen/ \(25\.2 MB, 6 files\) from OSS$`),
+		driver.ReasonProgress: regexp.MustCompile(`^Staging oss://models/qwen/: \d+% \([0-9.]+ MB of 25\.2 MB\) at [0-9.]+ MB/s, (about \d+s|under a second) left, from OSS$`),
+		driver.ReasonReady:    regexp.MustCompile(`^Ready: 25\.2 MB in \d+\.\d s \(peer 0 B, OSS 25\.2 MB\)$`),
+	})
+}
+
+// waitEvents waits until the pod has an Event of every reason in want whose message matches,
+// and fails if any Event reveals the test's secret.
+func waitEvents(t *testing.T, kube *fake.Clientset, ns, pod, host string, want map[string]*regexp.Regexp) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		evs, err := kube.CoreV1().Events("serving").List(t.Context(), metav1.ListOptions{})
+		evs, err := kube.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		found := map[string]bool{}
 		for _, e := range evs.Items {
-			if e.InvolvedObject.Name != "vllm-0" || e.InvolvedObject.Kind != "Pod" || e.Source.Host != "node-1" {
+			if strings.Contains(e.Message, sk) {
+				t.Fatalf("an Event reveals the secret: %q", e.Message)
+			}
+			if e.InvolvedObject.Name != pod || e.InvolvedObject.Kind != "Pod" || e.Source.Host != host {
 				continue
 			}
-			if prefix, ok := want[e.Reason]; ok && strings.HasPrefix(e.Message, prefix) {
+			if re, ok := want[e.Reason]; ok && re.MatchString(e.Message) {
 				found[e.Reason] = true
-			}
-			if strings.Contains(e.Message, sk) {
-				t.Errorf("an Event reveals the secret: %q", e.Message)
 			}
 		}
 		if len(found) == len(want) {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Events found %v of %v; events: %+v", found, want, evs.Items)
+			var got []string
+			for _, e := range evs.Items {
+				got = append(got, e.Reason+": "+e.Message)
+			}
+			t.Fatalf("Events matched %v of %d; events:\n%s", found, len(want), strings.Join(got, "\n"))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -53,6 +53,36 @@ func TestFourNodesOneOSSStream(t *testing.T) {
 	if served != w.size || fromOSS != w.size {
 		t.Errorf("OSS served %d bytes (%d received from OSS) for a %d-byte model: want exactly one copy", served, fromOSS, w.size)
 	}
+	// Each node's metrics tell the same story: the head read OSS, every other node its
+	// predecessor, and each node but the tail served the model once.
+	size := float64(w.size)
+	for i, a := range as {
+		s := a.metrics(t)
+		wantOSS, wantPeer, wantServed := 0.0, size, size
+		if i == 0 {
+			wantOSS, wantPeer = size, 0
+		}
+		if i == len(as)-1 {
+			wantServed = 0
+		}
+		for _, c := range []struct {
+			name   string
+			labels []string
+			want   float64
+		}{
+			{"modelcast_received_bytes_total", []string{"source", "oss"}, wantOSS},
+			{"modelcast_received_bytes_total", []string{"source", "peer"}, wantPeer},
+			{"modelcast_served_bytes_total", nil, wantServed},
+			{"modelcast_chain_events_total", []string{"event", "join"}, 1},
+			{"modelcast_chain_events_total", []string{"event", "relink"}, 0},
+			{"modelcast_staging_duration_seconds_count", []string{"result", "ok"}, 1},
+			{"modelcast_cache_models", nil, 1},
+		} {
+			if got := s.Get(c.name, c.labels...); got != c.want {
+				t.Errorf("%s: %s%v = %v, want %v", a.name, c.name, c.labels, got, c.want)
+			}
+		}
+	}
 }
 
 // TestKillMiddleNode: a middle node is SIGKILLed at about half the model; its successor
@@ -76,6 +106,9 @@ func TestKillMiddleNode(t *testing.T) {
 	}
 	if served := w.emu.Stats().BytesServed; served != w.size {
 		t.Errorf("OSS served %d bytes for a %d-byte model, want one copy", served, w.size)
+	}
+	if n := as[2].metrics(t).Get("modelcast_chain_events_total", "event", "relink"); n < 1 {
+		t.Errorf("node-2 counted %v re-links after its predecessor died, want at least 1", n)
 	}
 }
 
@@ -104,6 +137,9 @@ func TestKillHead(t *testing.T) {
 	if served > bound {
 		t.Errorf("OSS served %d bytes, more than the model plus one takeover's in-flight window (%d)", served, bound)
 	}
+	if n := as[1].metrics(t).Get("modelcast_chain_events_total", "event", "takeover"); n != 1 {
+		t.Errorf("node-1 counted %v takeovers after the head died, want 1", n)
+	}
 }
 
 // TestCorruptedRelay: the middle node sends one chunk with a flipped byte; the next hop
@@ -126,6 +162,10 @@ func TestCorruptedRelay(t *testing.T) {
 	}
 	if !strings.Contains(as[2].stderr.String(), "failed its checksum") {
 		t.Errorf("node-2 did not report the corrupted chunk")
+	}
+	if s := as[2].metrics(t); s.Get("modelcast_peer_corrupt_chunks_total") != 1 || s.Get("modelcast_chain_events_total", "event", "relink") < 1 {
+		t.Errorf("node-2 counted %v corrupt chunks and %v re-links, want 1 and at least 1",
+			s.Get("modelcast_peer_corrupt_chunks_total"), s.Get("modelcast_chain_events_total", "event", "relink"))
 	}
 	if served := w.emu.Stats().BytesServed; served != w.size {
 		t.Errorf("OSS served %d bytes, want one copy (%d): the bad chunk came again from the peer", served, w.size)
@@ -181,6 +221,16 @@ func TestPeerAuthentication(t *testing.T) {
 	}
 	if code, n := get(stream, "Bearer "+token); code != 200 || int64(n) < w.size {
 		t.Errorf("with the right token: HTTP %d, %d bytes", code, n)
+	}
+	s := a.metrics(t)
+	if got := s.Get("modelcast_peer_auth_failures_total"); got != 4 {
+		t.Errorf("%v refusals counted, want the 4 requests without the tenant's token", got)
+	}
+	if got := s.Get("modelcast_served_bytes_total"); got != float64(w.size) {
+		t.Errorf("%v bytes served counted, want the one authorized stream's %d", got, w.size)
+	}
+	if strings.Contains(s.Text, token) {
+		t.Errorf("the metrics reveal the tenant token")
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/modelcast/modelcast/test/ossemu"
+	"github.com/modelcast/modelcast/test/promtest"
 	"github.com/modelcast/modelcast/test/redistest"
 )
 
@@ -123,6 +124,7 @@ type event struct {
 	Verified  bool    `json:"verified"`
 	Dir       string  `json:"dir"`
 	Addr      string  `json:"addr"`
+	HTTP      string  `json:"http"`
 	Error     string  `json:"error"`
 }
 
@@ -157,9 +159,10 @@ type agent struct {
 }
 
 type agentOpt struct {
-	dbPass  string // overrides the world's
-	corrupt int    // test hook chunk, -1 none
-	noRedis bool
+	dbPass    string // overrides the world's
+	corrupt   int    // test hook chunk, -1 none
+	noRedis   bool
+	verbosity int // klog -v (at least 2)
 }
 
 // start runs agent i (address 127.0.0.<10+i>) staging the model.
@@ -191,7 +194,8 @@ func (w *world) start(i int, o agentOpt) *agent {
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"agent", "--config", cfgPath, "--node-id", name, "--node-ip", ip, "--verify", "--interval", "100ms", "-v", "2"}
+	args := []string{"agent", "--config", cfgPath, "--node-id", name, "--node-ip", ip, "--verify", "--interval", "100ms",
+		"--http-endpoint", ip + ":0", "-v", strconv.Itoa(max(2, o.verbosity))}
 	if o.corrupt >= 0 {
 		args = append(args, "--test-corrupt-chunk", strconv.Itoa(o.corrupt))
 	}
@@ -281,6 +285,17 @@ func (a *agent) waitFor(t *testing.T, what string, timeout time.Duration, ok fun
 
 func (a *agent) ready(t *testing.T) event {
 	return a.waitFor(t, "ready", 2*time.Minute, func(e event) bool { return e.Event == "ready" })
+}
+
+// metrics scrapes the agent's /metrics.
+func (a *agent) metrics(t *testing.T) *promtest.Samples {
+	t.Helper()
+	start := a.waitFor(t, "start", 30*time.Second, func(e event) bool { return e.Event == "start" })
+	s, err := promtest.Scrape(t.Context(), "http://"+start.HTTP+"/metrics")
+	if err != nil {
+		t.Fatalf("%s: %v", a.name, err)
+	}
+	return s
 }
 
 func (a *agent) kill() {

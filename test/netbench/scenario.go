@@ -90,7 +90,7 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 	var victim *agent
 	if s.Kind == Fail && s.N >= 3 {
 		// A middle node of the chain (not its head, not its tail), by position in Redis's order.
-		want := fmt.Sprintf("(position %d)", (s.N+1)/2)
+		want := fmt.Sprintf("(position %d of ", (s.N+1)/2)
 		for victim == nil {
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -100,7 +100,7 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 			}
 			for _, a := range agents {
 				a.mu.Lock()
-				if strings.HasSuffix(a.last.From, want) {
+				if strings.Contains(a.last.From, want) {
 					victim = a
 				}
 				a.mu.Unlock()
