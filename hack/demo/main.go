@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -42,6 +43,7 @@ type event struct {
 	Served    int64   `json:"served"`
 	Verified  bool    `json:"verified"`
 	Error     string  `json:"error"`
+	HTTP      string  `json:"http"`
 }
 
 type node struct {
@@ -50,6 +52,9 @@ type node struct {
 	mu   sync.Mutex
 	last event
 	done *event
+	http string // where its /metrics is
+	// closed: its output has been read to the end.
+	closed chan struct{}
 }
 
 func main() {
@@ -137,8 +142,53 @@ func run(ctx context.Context, n int, sizeFlag, rateFlag, redisAddr, bin string) 
 	if err := watch(ctx, nodes, size, start); err != nil {
 		return err
 	}
+	// What an operator sees while the nodes serve the model, then the totals once they stop
+	// (a node serves its successors after it is ready: its served count is final only then).
+	if err := showStatus(ctx, bin, redisAddr, filepath.Join(work, "status-config.json")); err != nil {
+		return err
+	}
+	if len(nodes) > 1 {
+		showMetrics(ctx, nodes[1])
+	}
+	for _, nd := range nodes {
+		_ = nd.cmd.Process.Signal(syscall.SIGTERM)
+		_ = nd.cmd.Wait()
+		<-nd.closed
+	}
 	summary(nodes, size, emu.Stats().BytesServed)
-	return showStatus(ctx, bin, redisAddr, filepath.Join(work, "status-config.json"))
+	return nil
+}
+
+// showMetrics prints a few of a node's Prometheus series, as a scrape of its --http-endpoint
+// returns them.
+func showMetrics(ctx context.Context, nd *node) {
+	nd.mu.Lock()
+	addr := nd.http
+	nd.mu.Unlock()
+	if addr == "" {
+		return
+	}
+	url := "http://" + addr + "/metrics"
+	fmt.Printf("\n==> curl %s  (%s; excerpt)\n", url, nd.name)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Printf("  %v\n", err)
+		return
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		for _, name := range []string{"modelcast_received_bytes_total", "modelcast_served_bytes_total", "modelcast_chain_events_total", "modelcast_cache_bytes", "modelcast_staging_duration_seconds_count"} {
+			if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+				fmt.Println("  " + line)
+			}
+		}
+	}
 }
 
 // showStatus prints what an operator sees: csi-plugin status against the demo's Redis.
@@ -204,6 +254,7 @@ func startAgent(i int, work, endpoint, redisHost string, redisPort, bind int, bi
 	}
 	cmd := exec.Command(filepath.Join(bin, "csi-plugin"), "agent", "--config", filepath.Join(dir, "config.json"),
 		"--node-id", name, "--node-ip", fmt.Sprintf("127.0.0.%d", 10+i), "--verify", "--interval", "200ms",
+		"--http-endpoint", fmt.Sprintf("127.0.0.%d:0", 10+i),
 		"oss://models/demo/Qwen-demo/")
 	cmd.Env = append(os.Environ(), "OSS_ENDPOINT="+endpoint, "OSS_REGION=cn-demo",
 		"OSS_ACCESS_KEY_ID=LTAIdemo0000modelcast", "OSS_ACCESS_KEY_SECRET=demo-secret-not-for-production")
@@ -215,8 +266,9 @@ func startAgent(i int, work, endpoint, redisHost string, redisPort, bind int, bi
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	nd := &node{name: name, cmd: cmd}
+	nd := &node{name: name, cmd: cmd, closed: make(chan struct{})}
 	go func() {
+		defer close(nd.closed)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			var e event
@@ -225,6 +277,12 @@ func startAgent(i int, work, endpoint, redisHost string, redisPort, bind int, bi
 			}
 			nd.mu.Lock()
 			nd.last = e
+			if e.Event == "start" {
+				nd.http = e.HTTP
+			}
+			if e.Event == "stop" && nd.done != nil {
+				nd.done.Served = e.Served // the final count: it served its successors after it was ready
+			}
 			if e.Event == "ready" || e.Event == "error" {
 				e := e
 				nd.done = &e
