@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo deve
 LDFLAGS := -X github.com/modelcast/modelcast/internal/version.version=$(VERSION)
 BIN := bin
 
-.PHONY: help build test verify update bench bench-quick demo clean
+.PHONY: help build test verify update bench bench-quick demo manifests clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,7 @@ build: ## build bin/csi-plugin and bin/ossemu
 
 test: ## every test CI runs (real emulator over HTTP, real tmpfs and mounts as root), with -race
 	bash hack/ensure-deps.sh
+	bash hack/tools.sh
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 verify: ## gofmt, go vet, staticcheck, go mod tidy: checks only, never writes
@@ -36,6 +37,9 @@ bench: ## benchmarks (root: tmpfs, network namespaces); writes docs/benchmarks.m
 bench-quick: ## four shaped hosts broadcast a 256 MiB model: correctness and byte counts (part of make test)
 	bash hack/ensure-deps.sh
 	$(GO) test -count=1 -run TestBenchQuick -v ./test/netbench/
+
+manifests: ## render the Helm chart into deploy/modelcast.yaml (a test checks it is current)
+	bash hack/manifests.sh
 
 demo: ## the emulator serves a generated model; csi-plugin fetch downloads and verifies it
 	bash hack/demo.sh

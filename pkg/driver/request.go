@@ -71,6 +71,10 @@ func (v VolumeSpec) Attributes() map[string]string {
 
 // parseVolume validates volume attributes. Unknown keys are an error naming them: a misspelt
 // attribute would otherwise be silently ignored.
+// ParseVolumeAttributes validates volume attributes (or StorageClass parameters) as
+// NodePublishVolume and CreateVolume do.
+func ParseVolumeAttributes(attrs map[string]string) (VolumeSpec, error) { return parseVolume(attrs) }
+
 func parseVolume(attrs map[string]string) (VolumeSpec, error) {
 	var v VolumeSpec
 	vals := map[string]string{}
