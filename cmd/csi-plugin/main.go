@@ -20,10 +20,12 @@ const usage = `usage: csi-plugin <command> [flags]
 
 commands:
   node        serve the CSI node service: stage models into the node's tmpfs cache, bind-mount them into pods
+              (--kubelet-registration-dir: register with kubelet itself, without node-driver-registrar)
   controller  serve the CSI controller service: turn StorageClass parameters into volumes
   agent       stage a model through the cache and the broadcast chain, without CSI, and serve peers (csi-plugin agent -h)
   fetch       download a model from OSS into a directory, verified (csi-plugin fetch -h)
   status      show model broadcasting from Redis: chains, positions, sources, progress (csi-plugin status -h)
+  sum         print the CRC-64 and size of every file under a directory, as OSS reports them (csi-plugin sum -h)
   version     print the version
 `
 
@@ -47,6 +49,8 @@ func main() {
 		err = runFetch(ctx, args)
 	case "status":
 		err = runStatus(ctx, args)
+	case "sum":
+		err = runSum(ctx, args)
 	case "version", "--version", "-version":
 		fmt.Fprintln(os.Stdout, version.Get())
 	case "help", "-h", "--help":

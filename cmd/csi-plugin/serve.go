@@ -1,10 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"time"
+	"strings"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -13,6 +17,7 @@ import (
 
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/driver"
+	"github.com/modelcast/modelcast/pkg/registration"
 )
 
 // DefaultHTTPPort serves metrics and health, beside the peer data plane's bindPort (19898).
@@ -29,7 +34,27 @@ func runServe(ctx context.Context, mode string, args []string) error {
 	fs.StringVar(&opts.HTTPEndpoint, "http-endpoint", ":"+strconv.Itoa(DefaultHTTPPort), "where to serve /metrics, /healthz and /readyz (host:port; empty: off)")
 	configPath := fs.String("config", config.DefaultPath, "configuration file (OSS Connector's keys; see README)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for posting pod Events (default: in-cluster, when running in a pod)")
+	var reg registration.Config
+	if mode == driver.ModeNode {
+		fs.DurationVar(&opts.PublishWait, "publish-wait", 90*time.Second, "the longest one NodePublishVolume waits for a staging before it answers Unavailable "+
+			"with the progress (kubelet retries and the staging goes on); never past kubelet's own deadline")
+		fs.DurationVar(&opts.ProgressEvery, "progress-every", 30*time.Second, "how often a staging posts a StagingProgress Event on its pods")
+		fs.StringVar(&reg.Dir, "kubelet-registration-dir", "", "register with kubelet through this directory, kubelet's plugins_registry "+
+			"(e.g. /registration, the host's /var/lib/kubelet/plugins_registry mounted there), instead of node-driver-registrar; empty: off")
+		fs.StringVar(&reg.Endpoint, "kubelet-csi-endpoint", "", "the CSI socket's path as kubelet on the host sees it, "+
+			"e.g. /var/lib/kubelet/plugins/<driver-name>/csi.sock (default: the path of --endpoint)")
+	}
 	_ = fs.Parse(args)
+	if reg.Dir == "" && reg.Endpoint != "" {
+		return errors.New("--kubelet-csi-endpoint needs --kubelet-registration-dir")
+	}
+	if reg.Dir != "" {
+		hook, err := registrationHook(reg, opts)
+		if err != nil {
+			return err
+		}
+		opts.WhileServing = hook
+	}
 
 	cfg, err := config.Load(*configPath, os.Getenv)
 	if err != nil {
@@ -45,6 +70,30 @@ func runServe(ctx context.Context, mode string, args []string) error {
 	klog.InfoS("Configuration", "config", *configPath, "expireTimeSec", cfg.ExpireTimeSec, "parallelRequests", cfg.Concurrency(),
 		"maxCacheAdviseGB", cfg.Prefetch.MaxCacheAdviseGB, "cacheRoot", cfg.Cache.Root, "tmpfsSize", cfg.Cache.TmpfsSize, "huge", cfg.Cache.Huge)
 	return driver.Run(ctx, opts)
+}
+
+// registrationHook validates the kubelet registration's flags and returns what serves it while
+// the CSI endpoint does.
+func registrationHook(reg registration.Config, opts driver.Options) (func(context.Context) error, error) {
+	reg.DriverName = cmp.Or(opts.DriverName, driver.DefaultDriverName)
+	if reg.Endpoint == "" {
+		path, ok := strings.CutPrefix(opts.Endpoint, "unix://")
+		if !ok {
+			return nil, fmt.Errorf("kubelet registration: --endpoint %q is not a unix socket: set --kubelet-csi-endpoint", opts.Endpoint)
+		}
+		reg.Endpoint = path
+	}
+	if err := reg.Validate(); err != nil {
+		return nil, fmt.Errorf("kubelet registration: %w", err)
+	}
+	return func(ctx context.Context) error {
+		r, err := registration.Serve(ctx, reg)
+		if err != nil {
+			return err
+		}
+		<-r.Done()
+		return nil
+	}, nil
 }
 
 // kubeClient builds a client from a kubeconfig, or in-cluster when running in a pod; nil when

@@ -2,6 +2,8 @@ package cache
 
 import (
 	"errors"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -124,4 +126,51 @@ func TestCheck(t *testing.T) {
 	if err := s.Check(); err == nil {
 		t.Error("a closed store reports ready")
 	}
+}
+
+// TestUnmountIfIdle: a closed store unmounts its tmpfs only when no holder is left; a store
+// with pods' references keeps it for the next plugin to adopt.
+func TestUnmountIfIdle(t *testing.T) {
+	requireRoot(t)
+	e := newEnv(t, 0)
+	e.cfg.Tmpfs = TmpfsConfig{Mount: true}
+	files := map[string][]byte{"w.bin": make([]byte, 4096)}
+	m := testModel(t, "a/", files)
+
+	s := e.open(t)
+	if _, err := s.UnmountIfIdle(); err == nil {
+		t.Error("an open store unmounted its cache")
+	}
+	if _, err := s.Acquire(t.Context(), m, newMemSource(files), "/pods/1/mount"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if done, err := s.UnmountIfIdle(); done || err != nil || !isMountPoint(t, e.cfg.Root) {
+		t.Fatalf("held cache: unmounted %v (%v), mounted %v", done, err, isMountPoint(t, e.cfg.Root))
+	}
+
+	// Reopened, it adopts the tmpfs with the model, and drops the holder whose bind mount
+	// is not in the mount table (this test never mounted it): nobody holds the model now.
+	s = e.open(t)
+	if !s.Has(m.Key()) || s.Holds("/pods/1/mount") {
+		t.Fatalf("reopened: has the model %v, holds %v", s.Has(m.Key()), s.Holds("/pods/1/mount"))
+	}
+	s.Close()
+	if done, err := s.UnmountIfIdle(); !done || err != nil || isMountPoint(t, e.cfg.Root) {
+		t.Fatalf("idle cache: unmounted %v (%v), still mounted %v", done, err, isMountPoint(t, e.cfg.Root))
+	}
+}
+
+func isMountPoint(t *testing.T, path string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == path {
+			return true
+		}
+	}
+	return false
 }

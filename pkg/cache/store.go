@@ -353,6 +353,25 @@ func (s *Store) Close() {
 	s.wg.Wait()
 }
 
+// UnmountIfIdle unmounts the cache tmpfs of a closed store when no holder is left: its
+// models are only a cache, and a plugin being removed must leave no mount behind. It reports
+// whether it unmounted. A store that did not mount its root, or whose models are held, keeps it.
+func (s *Store) UnmountIfIdle() (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		return false, errors.New("the store is open")
+	}
+	if !s.cfg.Tmpfs.Mount || len(s.holders) > 0 {
+		return false, nil
+	}
+	if err := unix.Unmount(s.root, 0); err != nil {
+		return false, fmt.Errorf("unmount the cache tmpfs at %s: %w", s.root, err)
+	}
+	klog.InfoS("Unmounted the cache tmpfs: no pod holds a model", "root", s.root, "models", len(s.entries))
+	return true, nil
+}
+
 // Has reports whether the model with this key is staged.
 func (s *Store) Has(key string) bool {
 	s.mu.Lock()

@@ -64,8 +64,8 @@ type Options struct {
 	Clock        clock.WithTickerAndDelayedExecution
 	// ManifestTTL: how long a listed manifest is reused for the same path and credentials.
 	ManifestTTL time.Duration
-	// PublishWait bounds one NodePublishVolume without a deadline; PublishMargin is how long
-	// before a deadline it answers with the staging's progress.
+	// PublishWait bounds one NodePublishVolume's wait for a staging; PublishMargin is how long
+	// before the caller's deadline it answers with the staging's progress, when that comes first.
 	PublishWait, PublishMargin time.Duration
 	// ProgressEvery is the cadence of progress Events while staging.
 	ProgressEvery time.Duration
@@ -74,6 +74,11 @@ type Options struct {
 	HTTPEndpoint string
 	// Metrics records what the plugin does; default: a fresh registry.
 	Metrics *metrics.Metrics
+	// WhileServing, when set, runs once the CSI endpoint accepts connections (kubelet's plugin
+	// registration goes here: kubelet dials the endpoint as soon as it learns of it), with a
+	// context that ends when serving stops. Serve waits for it to return; an error from it
+	// stops the driver, and Serve returns it.
+	WhileServing func(ctx context.Context) error
 }
 
 func (o *Options) defaults() {
@@ -290,9 +295,23 @@ func (d *Driver) Serve(ctx context.Context) error {
 	served := make(chan error, 1)
 	d.serving.Store(true)
 	go func() { served <- d.server.Serve(ln) }()
+	sctx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	hookDone := make(chan struct{})
+	var hookErr error
+	if hook := d.opts.WhileServing; hook != nil {
+		go func() {
+			defer close(hookDone)
+			if hookErr = hook(sctx); hookErr != nil {
+				stopServing()
+			}
+		}()
+	} else {
+		close(hookDone)
+	}
 	select {
 	case err = <-served:
-	case <-ctx.Done():
+	case <-sctx.Done():
 		klog.InfoS("Stopping; pods' mounts and the cache stay")
 		stopped := make(chan struct{})
 		go func() { d.server.GracefulStop(); close(stopped) }()
@@ -303,6 +322,8 @@ func (d *Driver) Serve(ctx context.Context) error {
 		}
 		err = <-served
 	}
+	stopServing()
+	<-hookDone
 	d.serving.Store(false)
 	d.Close()
 	if httpDone != nil {
@@ -311,7 +332,7 @@ func (d *Driver) Serve(ctx context.Context) error {
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
-	return err
+	return errors.Join(err, hookErr)
 }
 
 // Close releases what New acquired, without touching mounts.
@@ -327,13 +348,21 @@ func (d *Driver) Close() {
 	}
 }
 
-// Run builds a driver and serves until ctx ends.
+// Run builds a driver and serves until ctx ends. A node plugin that stops while no pod holds
+// a model also unmounts its cache tmpfs (uninstalling leaves no mount behind); with pods
+// holding models the cache stays, and a restarted plugin adopts it.
 func Run(ctx context.Context, opts Options) error {
 	d, err := New(opts)
 	if err != nil {
 		return err
 	}
-	return d.Serve(ctx)
+	err = d.Serve(ctx)
+	if d.store != nil {
+		if _, uerr := d.store.UnmountIfIdle(); uerr != nil {
+			klog.ErrorS(uerr, "Could not unmount the idle cache tmpfs")
+		}
+	}
+	return err
 }
 
 func parseEndpoint(ep string) (network, address string, err error) {

@@ -138,7 +138,7 @@ func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	return nil
 }
 
-// waitContext bounds the wait for a staging: shortly before the caller's deadline, or maxWait.
+// waitContext bounds the wait for a staging: maxWait, and shortly before the caller's deadline.
 func (n *nodeServer) waitContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -146,7 +146,7 @@ func (n *nodeServer) waitContext(ctx context.Context) (context.Context, context.
 	}
 	left := deadline.Sub(n.clock.Now())
 	margin := min(n.margin, left/4)
-	return context.WithTimeout(ctx, left-margin)
+	return context.WithTimeout(ctx, min(left-margin, n.maxWait))
 }
 
 // reportStaging posts the staging's Events on the pod until the function it returns is

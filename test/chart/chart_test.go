@@ -468,4 +468,3 @@ func TestExamples(t *testing.T) {
 		}
 	}
 }
-
