@@ -3,6 +3,8 @@ package cache
 import (
 	"errors"
 	"fmt"
+
+	"github.com/modelcast/modelcast/internal/units"
 )
 
 var (
@@ -24,10 +26,12 @@ type StagingError struct {
 	Err         error // why the caller stopped waiting (its context's error)
 }
 
+// Error reads "staging oss://b/qwen/: 61.2 GB of 135.4 GB from OSS". It has no '%': kubelet
+// posts it in a FailedMount Event through a format function, which would mangle one.
 func (e *StagingError) Error() string {
 	s := "staging " + e.Model
 	if e.Total > 0 {
-		s += fmt.Sprintf(" %d%% (%s/%s GB)", e.Done*100/e.Total, gb(e.Done), gb(e.Total))
+		s += fmt.Sprintf(": %s of %s", units.Bytes(e.Done), units.Bytes(e.Total))
 	}
 	if e.From != "" {
 		s += " from " + e.From

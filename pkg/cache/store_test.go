@@ -108,7 +108,7 @@ func TestWaiterGivesUpStagingGoesOn(t *testing.T) {
 	if !errors.Is(err, ErrStaging) || !errors.As(err, &se) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("Acquire after cancel = %v, want a StagingError", err)
 	}
-	if se.Done != 600 || se.Total != 1000 || se.From != "memory" || err.Error() != "staging oss://models/qwen/ 60% (0.0/0.0 GB) from memory" {
+	if se.Done != 600 || se.Total != 1000 || se.From != "memory" || err.Error() != "staging oss://models/qwen/: 600 B of 1.0 kB from memory" {
 		t.Errorf("staging error %+v: %q", se, err)
 	}
 	if p, ok := s.Staging(m.Key()); !ok || p.Done != 600 {
