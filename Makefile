@@ -6,10 +6,10 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo deve
 LDFLAGS := -X github.com/modelcast/modelcast/internal/version.version=$(VERSION)
 BIN := bin
 
-.PHONY: help build test verify update bench bench-quick demo manifests clean
+.PHONY: help build test verify update bench bench-quick demo manifests e2e clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/csi-plugin and bin/ossemu
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/csi-plugin ./test/ossemu/cmd/ossemu ./test/redisd
@@ -43,6 +43,16 @@ manifests: ## render the Helm chart into deploy/modelcast.yaml (a test checks it
 
 demo: ## the emulator serves a generated model; csi-plugin fetch downloads and verifies it
 	bash hack/demo.sh
+
+.PHONY: e2e-cluster e2e-down
+e2e: ## a real single-node Kubernetes (built once, cached): helm install the chart, pods read models (about 15 min cold)
+	bash hack/e2e/run.sh
+
+e2e-cluster: ## build and start the local cluster (cached under /var/tmp/modelcast-e2e)
+	bash hack/e2e/cluster.sh all
+
+e2e-down: ## stop the local cluster
+	bash hack/e2e/cluster.sh down
 
 clean: ## remove build output
 	rm -rf $(BIN)

@@ -1,0 +1,518 @@
+//go:build e2e
+
+// Package e2e runs modelcast on a real single-node Kubernetes (hack/e2e/cluster.sh): the Helm
+// chart installed with helm, the plugin image imported into containerd, a real kubelet calling
+// the node plugin, the OSS emulator and a real redis-server on the host. `make e2e` runs it;
+// it needs the cluster's environment (cluster.sh env) and root.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/modelcast/modelcast/pkg/ossclient"
+	"github.com/modelcast/modelcast/test/ossemu"
+	"github.com/modelcast/modelcast/test/promtest"
+	"github.com/modelcast/modelcast/test/redistest"
+)
+
+const (
+	release    = "mc"
+	namespace  = "kube-system"
+	driverName = "oss.csi.modelcast.io"
+	image      = "modelcast/csi-plugin:e2e"
+	region     = "cn-e2e"
+	accessKey  = "LTAIe2e0000modelcast"
+	secretKey  = "e2e-secret-not-for-production"
+	smallSize  = 48 << 20
+	slowSize   = 40 << 20
+	slowRate   = 1 << 20 // bytes/s: the slow model takes ~40 s, four NodePublish calls of 10 s
+	expireSec  = 10
+	httpPort   = 19899
+	testNS     = "default"
+)
+
+type env struct {
+	kube       kubernetes.Interface
+	kubeletDir string
+	nodeName   string
+	nodeIP     string
+	dir        string // the e2e state directory
+	repo       string
+	helm       string
+	emu        *ossemu.Process
+	oss        *ossclient.Client
+	cacheRoot  string
+}
+
+func need(t *testing.T, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		t.Fatalf("$%s is not set: run the suite with `make e2e` (it sources hack/e2e/cluster.sh env)", name)
+	}
+	return v
+}
+
+func setup(t *testing.T, ctx context.Context) *env {
+	t.Helper()
+	e := &env{kubeletDir: need(t, "KUBELET_DIR"), nodeName: need(t, "NODE_NAME"), nodeIP: need(t, "NODE_IP"), dir: need(t, "E2E_DIR")}
+	rc, err := clientcmd.BuildConfigFromFlags("", need(t, "KUBECONFIG"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.kube, err = kubernetes.NewForConfig(rc); err != nil {
+		t.Fatal(err)
+	}
+	if e.repo, err = filepath.Abs("../.."); err != nil {
+		t.Fatal(err)
+	}
+	e.helm = filepath.Join(e.repo, "bin/tools/helm")
+	e.cacheRoot = filepath.Join(e.dir, "modelcast/cache")
+
+	// OSS on the node's address, where both the host-network node plugin and the controller's
+	// pod reach it; the models are generated safetensors-like files with OSS CRC-64s.
+	e.emu, err = ossemu.StartProcess(ctx, "--listen", e.nodeIP+":0", "--region", region,
+		"--access-key-id", accessKey, "--access-key-secret", secretKey, "--bucket", "models",
+		"--generate", fmt.Sprintf("models/small/=%d", smallSize), "--generate", fmt.Sprintf("models/slow/=%d", slowSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.emu.Stop() })
+	if e.oss, err = ossclient.New(ossclient.Config{Endpoint: e.emu.Endpoint, Region: region,
+		Credentials: ossclient.Credentials{AccessKeyID: accessKey, AccessKeySecret: secretKey}}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) run(t *testing.T, ctx context.Context, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// waitFor polls cond until it holds or the deadline passes; the last state is in the failure.
+func waitFor(t *testing.T, ctx context.Context, within time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	last := ""
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s: not within %v; last: %s", what, within, last)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func TestE2E(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Minute)
+	defer cancel()
+	e := setup(t, ctx)
+
+	// Redis for broadcasting: a real redis-server with an ACL user, its password in a Secret.
+	rds := redistest.Start(t, redistest.Options{Username: "modelcast", Password: "e2e-redis-password"})
+	e.secret(t, ctx, namespace, "e2e-redis", map[string]string{"password": "e2e-redis-password"})
+	e.secret(t, ctx, testNS, "oss-credentials", map[string]string{"akId": accessKey, "akSecret": secretKey})
+	host, port, _ := strings.Cut(rds.Addr(), ":")
+
+	t.Log("helm install")
+	e.run(t, ctx, e.helm, "install", release, filepath.Join(e.repo, "charts/modelcast"), "--namespace", namespace,
+		"--set", "image.repository=modelcast/csi-plugin,image.tag=e2e,image.pullPolicy=Never",
+		"--set", "kubeletDir="+e.kubeletDir,
+		"--set", "node.registration=builtin",
+		"--set", "redis.mode=external,redis.external.host="+host+",redis.external.port="+port+",redis.external.username=modelcast,redis.external.existingSecret=e2e-redis",
+		"--set", "oss.endpoint="+e.emu.Endpoint+",oss.region="+region+",oss.accessKeyId="+accessKey+",oss.accessKeySecret="+secretKey,
+		"--set", "config.expireTimeSec="+strconv.Itoa(expireSec)+",config.cache.root="+e.cacheRoot+",config.cache.tmpfsSize=1g",
+		"--set", "config.broadcast.tenant=e2e",
+		"--set", "node.extraArgs[0]=--publish-wait=10s,node.extraArgs[1]=--progress-every=5s",
+	)
+	uninstalled := false
+	t.Cleanup(func() {
+		if !uninstalled {
+			_ = exec.Command(e.helm, "uninstall", release, "--namespace", namespace, "--wait", "--timeout", "2m").Run()
+		}
+	})
+
+	// The node plugin registers itself with the kubelet (no registrar image here).
+	waitFor(t, ctx, 2*time.Minute, "the node plugin registered in CSINode", func() (bool, string) {
+		n, err := e.kube.StorageV1().CSINodes().Get(ctx, e.nodeName, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, d := range n.Spec.Drivers {
+			if d.Name == driverName {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("drivers %v; plugin pods: %s", n.Spec.Drivers, e.podsState(ctx, "node"))
+	})
+	waitFor(t, ctx, time.Minute, "the node plugin Ready (/readyz: cache mounted)", func() (bool, string) {
+		return e.componentReady(ctx, "node")
+	})
+	scrape := func() *promtest.Samples {
+		s, err := promtest.Scrape(ctx, fmt.Sprintf("http://%s:%d/metrics", e.nodeIP, httpPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	small, err := e.oss.Manifest(ctx, ossclient.URI{Bucket: "models", Prefix: "small/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.emu.ResetStats(); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("inline ephemeral volume", func(t *testing.T) {
+		pod := readerPod("reader-inline", corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+			Driver: driverName, ReadOnly: ptr(true),
+			VolumeAttributes: map[string]string{"ossPath": "oss://models/small/"},
+		}})
+		e.runReader(t, ctx, pod, small, 3*time.Minute)
+		if m := scrape(); m.Get("modelcast_received_bytes_total", "source", "oss") != smallSize {
+			t.Errorf("metrics: received from OSS %v, want %d", m.Get("modelcast_received_bytes_total", "source", "oss"), smallSize)
+		}
+	})
+
+	t.Run("static PV from CreateVolume, second pod from cache", func(t *testing.T) {
+		vol := e.createVolume(t, ctx)
+		if got := vol.CapacityBytes; got != smallSize {
+			t.Errorf("CreateVolume capacity %d, want the model's size %d (the controller lists OSS)", got, smallSize)
+		}
+		pv := &corev1.PersistentVolume{
+			ObjectMeta: metav1.ObjectMeta{Name: "e2e-static"},
+			Spec: corev1.PersistentVolumeSpec{
+				Capacity:                      corev1.ResourceList{corev1.ResourceStorage: *resource.NewQuantity(vol.CapacityBytes, resource.BinarySI)},
+				AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadOnlyMany},
+				PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
+				ClaimRef:                      &corev1.ObjectReference{Namespace: testNS, Name: "e2e-static"},
+				PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{
+					Driver: driverName, VolumeHandle: vol.VolumeId, ReadOnly: true, VolumeAttributes: vol.VolumeContext,
+					NodePublishSecretRef: &corev1.SecretReference{Name: "oss-credentials", Namespace: testNS},
+				}},
+			},
+		}
+		if _, err := e.kube.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pvc := &corev1.PersistentVolumeClaim{
+			ObjectMeta: metav1.ObjectMeta{Name: "e2e-static", Namespace: testNS},
+			Spec: corev1.PersistentVolumeClaimSpec{
+				StorageClassName: ptr(""), VolumeName: "e2e-static",
+				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadOnlyMany},
+				Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: *resource.NewQuantity(vol.CapacityBytes, resource.BinarySI)}},
+			},
+		}
+		if _, err := e.kube.CoreV1().PersistentVolumeClaims(testNS).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, ctx, time.Minute, "the PVC bound", func() (bool, string) {
+			c, err := e.kube.CoreV1().PersistentVolumeClaims(testNS).Get(ctx, "e2e-static", metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			return c.Status.Phase == corev1.ClaimBound, string(c.Status.Phase)
+		})
+		pod := readerPod("reader-pv", corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "e2e-static", ReadOnly: true}})
+		start := time.Now()
+		e.runReader(t, ctx, pod, small, 2*time.Minute)
+		t.Logf("second pod on the model ready in %v", time.Since(start).Round(time.Millisecond))
+		st, err := e.emu.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.BytesServed != smallSize {
+			t.Errorf("the emulator served %d bytes for two pods of a %d-byte model: want one copy", st.BytesServed, smallSize)
+		}
+		if m := scrape(); m.Get("modelcast_cache_references") != 2 || m.Get("modelcast_cache_models") != 1 {
+			t.Errorf("metrics: references %v, models %v; want 2 and 1", m.Get("modelcast_cache_references"), m.Get("modelcast_cache_models"))
+		}
+	})
+
+	t.Run("staging longer than a NodePublishVolume call", func(t *testing.T) {
+		slow, err := e.oss.Manifest(ctx, ossclient.URI{Bucket: "models", Prefix: "slow/"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.emu.SetEgressRate(slowRate); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = e.emu.SetEgressRate(0) }()
+		pod := readerPod("reader-slow", corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+			Driver: driverName, ReadOnly: ptr(true),
+			VolumeAttributes: map[string]string{"ossPath": "oss://models/slow/"},
+		}})
+		start := time.Now()
+		e.runReader(t, ctx, pod, slow, 4*time.Minute)
+		took := time.Since(start)
+		if took < 20*time.Second {
+			t.Errorf("the slow model was ready in %v: the test needs a staging that outlasts a 10 s call", took)
+		}
+		evs := e.events(t, ctx, "reader-slow")
+		for _, want := range []string{"StagingModel: Staging model oss://models/slow/", "StagingProgress: Staging oss://models/slow/", "ModelReady: Ready: "} {
+			if !strings.Contains(evs, want) {
+				t.Errorf("the pod's Events lack %q:\n%s", want, evs)
+			}
+		}
+		if strings.Contains(evs, "%!") {
+			t.Errorf("an Event's message was mangled by a format function:\n%s", evs)
+		}
+		if !strings.Contains(evs, "FailedMount") || !strings.Contains(evs, "staging oss://models/slow/: ") {
+			t.Errorf("kubelet did not retry a NodePublishVolume that answered while staging:\n%s", evs)
+		}
+		t.Logf("slow model (%d bytes at %d B/s) ready in %v; events:\n%s", slowSize, slowRate, took.Round(time.Second), evs)
+	})
+
+	t.Run("release after expireTimeSec, uninstall leaves no mount", func(t *testing.T) {
+		for _, p := range []string{"reader-inline", "reader-pv", "reader-slow"} {
+			if err := e.kube.CoreV1().Pods(testNS).Delete(ctx, p, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, ctx, 2*time.Minute, "the pods gone and their mounts released", func() (bool, string) {
+			m := scrape()
+			return m.Get("modelcast_cache_references") == 0, fmt.Sprintf("references %v", m.Get("modelcast_cache_references"))
+		})
+		released := time.Now()
+		waitFor(t, ctx, time.Duration(expireSec+60)*time.Second, "the models expired", func() (bool, string) {
+			m := scrape()
+			return m.Get("modelcast_cache_models") == 0, fmt.Sprintf("models %v", m.Get("modelcast_cache_models"))
+		})
+		if took := time.Since(released); took < expireSec*time.Second-2*time.Second {
+			t.Errorf("models removed %v after release, before expireTimeSec (%d s)", took, expireSec)
+		}
+		if ents, err := os.ReadDir(filepath.Join(e.cacheRoot, "models")); err != nil || len(ents) != 0 {
+			t.Errorf("cache models directory: %v entries, %v", len(ents), err)
+		}
+
+		e.run(t, ctx, e.helm, "uninstall", release, "--namespace", namespace, "--wait", "--timeout", "3m")
+		uninstalled = true
+		waitFor(t, ctx, 2*time.Minute, "the plugin pods gone", func() (bool, string) {
+			s := e.podsState(ctx, "")
+			return s == "", s
+		})
+		waitFor(t, ctx, 30*time.Second, "no mount left behind", func() (bool, string) {
+			left := mountsUnder(t, e.kubeletDir+"/pods", e.cacheRoot)
+			return len(left) == 0, strings.Join(left, "; ")
+		})
+		if _, err := os.Stat(filepath.Join(e.kubeletDir, "plugins_registry", driverName+"-reg.sock")); !os.IsNotExist(err) {
+			t.Errorf("the registration socket is still there (%v)", err)
+		}
+	})
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// readerPod runs the plugin image's `csi-plugin sum` over the mounted model (CRC-64 and size
+// of every file), checks the mount is read-only, and stays up.
+func readerPod(name string, src corev1.VolumeSource) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNS},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			AutomountServiceAccountToken:  ptr(false),
+			TerminationGracePeriodSeconds: ptr(int64(0)),
+			Containers: []corev1.Container{{
+				Name: "reader", Image: image, ImagePullPolicy: corev1.PullNever,
+				Command:      []string{"/bin/sh", "-c", "/csi-plugin sum /model && if touch /model/x 2>/dev/null; then echo WRITABLE; fi; echo DONE; exec sleep 3600"},
+				VolumeMounts: []corev1.VolumeMount{{Name: "model", MountPath: "/model", ReadOnly: true}},
+			}},
+			Volumes: []corev1.Volume{{Name: "model", VolumeSource: src}},
+		},
+	}
+}
+
+// runReader creates the pod, waits for its output and checks every file against the manifest.
+func (e *env) runReader(t *testing.T, ctx context.Context, pod *corev1.Pod, m *ossclient.Manifest, within time.Duration) {
+	t.Helper()
+	if _, err := e.kube.CoreV1().Pods(testNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var logs string
+	waitFor(t, ctx, within, pod.Name+" read its model", func() (bool, string) {
+		b, err := e.kube.CoreV1().Pods(testNS).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		if err != nil {
+			return false, err.Error() + "; events: " + e.eventsString(ctx, pod.Name)
+		}
+		logs = string(b)
+		return strings.Contains(logs, "DONE"), logs
+	})
+	if strings.Contains(logs, "WRITABLE") {
+		t.Errorf("%s could write into its model", pod.Name)
+	}
+	got := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(logs))
+	for sc.Scan() {
+		if f := strings.SplitN(sc.Text(), " ", 3); len(f) == 3 {
+			got[f[2]] = f[0] + " " + f[1]
+		}
+	}
+	if len(got) != len(m.Objects) {
+		t.Errorf("%s saw %d files, the model has %d:\n%s", pod.Name, len(got), len(m.Objects), logs)
+	}
+	for i, o := range m.Objects {
+		want := fmt.Sprintf("%d %d", o.CRC64, o.Size)
+		if got[m.Path(i)] != want {
+			t.Errorf("%s: %s is %q (crc64 size), OSS says %q", pod.Name, m.Path(i), got[m.Path(i)], want)
+		}
+	}
+}
+
+func (e *env) secret(t *testing.T, ctx context.Context, ns, name string, data map[string]string) {
+	t.Helper()
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, StringData: data}
+	if _, err := e.kube.CoreV1().Secrets(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.kube.CoreV1().Secrets(ns).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+}
+
+// podsState lists the release's pods of a component ("" for all) and their phases.
+func (e *env) podsState(ctx context.Context, component string) string {
+	sel := "app.kubernetes.io/instance=" + release
+	if component != "" {
+		sel += ",app.kubernetes.io/component=" + component
+	}
+	pods, err := e.kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		return err.Error()
+	}
+	var s []string
+	for _, p := range pods.Items {
+		st := string(p.Status.Phase)
+		for _, c := range p.Status.ContainerStatuses {
+			if c.State.Waiting != nil {
+				st += fmt.Sprintf(" %s:%s", c.Name, c.State.Waiting.Reason)
+			}
+		}
+		s = append(s, p.Name+" "+st)
+	}
+	return strings.Join(s, ", ")
+}
+
+func (e *env) componentReady(ctx context.Context, component string) (bool, string) {
+	pods, err := e.kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release + ",app.kubernetes.io/component=" + component})
+	if err != nil || len(pods.Items) == 0 {
+		return false, fmt.Sprintf("no pod (%v)", err)
+	}
+	for _, c := range pods.Items[0].Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue, fmt.Sprintf("%s: %s", c.Reason, c.Message)
+		}
+	}
+	return false, string(pods.Items[0].Status.Phase)
+}
+
+// createVolume calls the controller plugin's CreateVolume over its socket, as the
+// external-provisioner would (its image cannot be pulled here): the socket is in the
+// controller pod's emptyDir, on this host.
+func (e *env) createVolume(t *testing.T, ctx context.Context) *csi.Volume {
+	t.Helper()
+	var sock string
+	waitFor(t, ctx, 2*time.Minute, "the controller plugin's socket", func() (bool, string) {
+		pods, err := e.kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release + ",app.kubernetes.io/component=controller"})
+		if err != nil || len(pods.Items) == 0 {
+			return false, fmt.Sprintf("no controller pod (%v)", err)
+		}
+		sock = filepath.Join(e.kubeletDir, "pods", string(pods.Items[0].UID), "volumes/kubernetes.io~empty-dir/socket-dir/csi.sock")
+		_, err = os.Stat(sock)
+		return err == nil, fmt.Sprintf("%v; %s", err, e.podsState(ctx, "controller"))
+	})
+	// The socket's path is longer than a sockaddr_un holds: dial it through a short symlink.
+	link := filepath.Join(os.TempDir(), fmt.Sprintf("mc-e2e-%d", os.Getpid()))
+	_ = os.Remove(link)
+	if err := os.Symlink(filepath.Dir(sock), link); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(link)
+	conn, err := grpc.NewClient("unix://"+filepath.Join(link, "csi.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	resp, err := csi.NewControllerClient(conn).CreateVolume(cctx, &csi.CreateVolumeRequest{
+		Name:       "pvc-e2e-static",
+		Parameters: map[string]string{"ossPath": "oss://models/small/", "endpoint": e.emu.Endpoint, "region": region},
+		Secrets:    map[string]string{"akId": accessKey, "akSecret": secretKey},
+		VolumeCapabilities: []*csi.VolumeCapability{{
+			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY},
+		}},
+	})
+	if err != nil {
+		t.Fatalf("CreateVolume: %v", err)
+	}
+	return resp.Volume
+}
+
+func (e *env) eventsString(ctx context.Context, pod string) string {
+	evs, err := e.kube.CoreV1().Events(testNS).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, ev := range evs.Items {
+		fmt.Fprintf(&b, "%s: %s\n", ev.Reason, ev.Message)
+	}
+	return b.String()
+}
+
+func (e *env) events(t *testing.T, ctx context.Context, pod string) string {
+	t.Helper()
+	return e.eventsString(ctx, pod)
+}
+
+// mountsUnder lists the mount points under any of the roots.
+func mountsUnder(t *testing.T, roots ...string) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 5 {
+			continue
+		}
+		for _, r := range roots {
+			if f[4] == r || strings.HasPrefix(f[4], r+"/") {
+				out = append(out, f[4])
+			}
+		}
+	}
+	return out
+}
