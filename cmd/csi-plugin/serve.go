@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"time"
 	"strings"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
