@@ -218,7 +218,7 @@ func TestDefaults(t *testing.T) {
 	if len(pod.Tolerations) != 1 || pod.Tolerations[0].Operator != corev1.TolerationOpExists {
 		t.Errorf("node tolerations %+v: GPU nodes' taints must be tolerated", pod.Tolerations)
 	}
-	if got := names(pod.Containers); !slices.Equal(got, []string{"csi-plugin", "node-driver-registrar"}) {
+	if got := names(pod.Containers); !slices.Equal(got, []string{"csi-plugin", "node-driver-registrar", "liveness-probe"}) {
 		t.Errorf("node containers %v", got)
 	}
 	plugin := container(t, pod, "csi-plugin")
@@ -323,7 +323,7 @@ func TestValues(t *testing.T) {
 	if plugin.Image != "modelcast/csi-plugin:v9.9.9" {
 		t.Errorf("image %s", plugin.Image)
 	}
-	if plugin.LivenessProbe.HTTPGet.Port.IntValue() != 9808 {
+	if plugin.LivenessProbe.HTTPGet.Port.IntValue() != 19897 {
 		t.Errorf("liveness probe %+v: want the sidecar's port", plugin.LivenessProbe.HTTPGet)
 	}
 	if pw, ok := envValue(plugin, "MODELCAST_REDIS_PASSWORD"); !ok || pw.ValueFrom.SecretKeyRef.Name != "tair" || pw.ValueFrom.SecretKeyRef.Key != "password" {
@@ -357,12 +357,19 @@ func TestValues(t *testing.T) {
 	}
 
 	// Inline OSS keys become a Secret of the release; no Redis turns broadcasting off.
-	r = render(t, "oss.accessKeyId=LTAIexample", "oss.accessKeySecret=example-secret", "redis.mode=none")
+	r = render(t, "oss.accessKeyId=LTAIexample", "oss.accessKeySecret=example-secret", "redis.mode=none", "node.livenessProbe.sidecar=false")
 	s := find[*corev1.Secret](t, r, "mc-modelcast-oss")
 	if s.StringData["akId"] != "LTAIexample" || s.StringData["akSecret"] != "example-secret" {
 		t.Errorf("OSS secret %+v", s.StringData)
 	}
-	plugin = container(t, find[*appsv1.DaemonSet](t, r, "mc-modelcast-node").Spec.Template.Spec, "csi-plugin")
+	pod = find[*appsv1.DaemonSet](t, r, "mc-modelcast-node").Spec.Template.Spec
+	if got := names(pod.Containers); !slices.Equal(got, []string{"csi-plugin", "node-driver-registrar"}) {
+		t.Errorf("containers %v: without the livenessprobe sidecar", got)
+	}
+	plugin = container(t, pod, "csi-plugin")
+	if p := plugin.LivenessProbe.HTTPGet; p.Path != "/healthz" || p.Port.String() != "http" {
+		t.Errorf("liveness probe %+v: want the plugin's own /healthz", p)
+	}
 	if _, ok := envValue(plugin, "MODELCAST_REDIS_PASSWORD"); ok {
 		t.Error("a Redis password without Redis")
 	}

@@ -148,7 +148,7 @@ func TestE2E(t *testing.T) {
 	e.run(t, ctx, e.helm, "install", release, filepath.Join(e.repo, "charts/modelcast"), "--namespace", namespace,
 		"--set", "image.repository=modelcast/csi-plugin,image.tag=e2e,image.pullPolicy=Never",
 		"--set", "kubeletDir="+e.kubeletDir,
-		"--set", "node.registration=builtin",
+		"--set", "node.registration=builtin,node.livenessProbe.sidecar=false", // no sidecar images here
 		"--set", "redis.mode=external,redis.external.host="+host+",redis.external.port="+port+",redis.external.username=modelcast,redis.external.existingSecret=e2e-redis",
 		"--set", "oss.endpoint="+e.emu.Endpoint+",oss.region="+region+",oss.accessKeyId="+accessKey+",oss.accessKeySecret="+secretKey,
 		"--set", "config.expireTimeSec="+strconv.Itoa(expireSec)+",config.cache.root="+e.cacheRoot+",config.cache.tmpfsSize=1g",
