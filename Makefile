@@ -45,7 +45,7 @@ demo: ## the emulator serves a generated model; csi-plugin fetch downloads and v
 	bash hack/demo.sh
 
 .PHONY: e2e-cluster e2e-down
-e2e: ## a real single-node Kubernetes (built once, cached): helm install the chart, pods read models (about 15 min cold)
+e2e: ## a real single-node Kubernetes (built once, cached): helm install the chart, pods read models (about 7 min cold, 1.5 min warm)
 	bash hack/e2e/run.sh
 
 e2e-cluster: ## build and start the local cluster (cached under /var/tmp/modelcast-e2e)
