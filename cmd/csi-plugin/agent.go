@@ -177,13 +177,7 @@ func verifyDir(ctx context.Context, d *driver.Driver, key, dir string) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(m.Path(i))))
-		if err != nil {
-			return err
-		}
-		var crc uint64
-		n, err := io.CopyBuffer(writerFunc(func(p []byte) (int, error) { crc = crc64ecma.Update(crc, p); return len(p), nil }), f, buf)
-		f.Close()
+		crc, n, err := fileCRC(filepath.Join(dir, filepath.FromSlash(m.Path(i))), buf)
 		if err != nil {
 			return err
 		}
@@ -192,6 +186,20 @@ func verifyDir(ctx context.Context, d *driver.Driver, key, dir string) error {
 		}
 	}
 	return nil
+}
+
+// fileCRC reads a file through buf and returns its CRC-64/ECMA (OSS's) and size.
+func fileCRC(path string, buf []byte) (crc uint64, n int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	n, err = io.CopyBuffer(writerFunc(func(p []byte) (int, error) { crc = crc64ecma.Update(crc, p); return len(p), nil }), f, buf)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return crc, n, nil
 }
 
 type writerFunc func([]byte) (int, error)

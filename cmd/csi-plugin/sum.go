@@ -3,13 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
-
-	"github.com/modelcast/modelcast/internal/crc64ecma"
 )
 
 const sumUsage = `usage: csi-plugin sum DIR
@@ -42,15 +39,9 @@ func runSum(ctx context.Context, args []string) error {
 		if !d.Type().IsRegular() {
 			return nil
 		}
-		f, err := os.Open(path)
+		crc, n, err := fileCRC(path, buf)
 		if err != nil {
 			return err
-		}
-		defer f.Close()
-		var crc uint64
-		n, err := io.CopyBuffer(writerFunc(func(p []byte) (int, error) { crc = crc64ecma.Update(crc, p); return len(p), nil }), f, buf)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", path, err)
 		}
 		rel, err := filepath.Rel(root, path)
 		if err != nil {

@@ -279,7 +279,7 @@ func TestE2E(t *testing.T) {
 		if took < 20*time.Second {
 			t.Errorf("the slow model was ready in %v: the test needs a staging that outlasts a 10 s call", took)
 		}
-		evs := e.events(t, ctx, "reader-slow")
+		evs := e.eventsString(ctx, "reader-slow")
 		for _, want := range []string{"StagingModel: Staging model oss://models/slow/", "StagingProgress: Staging oss://models/slow/", "ModelReady: Ready: "} {
 			if !strings.Contains(evs, want) {
 				t.Errorf("the pod's Events lack %q:\n%s", want, evs)
@@ -488,11 +488,6 @@ func (e *env) eventsString(ctx context.Context, pod string) string {
 		fmt.Fprintf(&b, "%s: %s\n", ev.Reason, ev.Message)
 	}
 	return b.String()
-}
-
-func (e *env) events(t *testing.T, ctx context.Context, pod string) string {
-	t.Helper()
-	return e.eventsString(ctx, pod)
 }
 
 // mountsUnder lists the mount points under any of the roots.
