@@ -36,6 +36,16 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		}
 		s.SetEgressRate(bps)
 		w.WriteHeader(http.StatusNoContent)
+	case "GET /-/profile":
+		writeJSON(w, s.Profile())
+	case "POST /-/profile":
+		p := s.Profile() // fields the body leaves out keep their values
+		if err := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<16)).Decode(&p); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.SetProfile(p)
+		w.WriteHeader(http.StatusNoContent)
 	default:
 		http.Error(w, "unknown admin endpoint "+r.Method+" "+r.URL.Path, http.StatusNotFound)
 	}

@@ -4,6 +4,31 @@
 // process. It serves multi-GB objects at loopback speed: file-backed
 // objects go out with sendfile, in-memory ones without copies.
 //
+// # Object-store speed
+//
+// A real object store is slower than loopback in two ways the emulator can
+// imitate (Options, SetProfile, the ossemu command's --profile,
+// --first-byte-latency and --conn-rate flags):
+//
+//   - FirstByteLatency: every OSS request (GET, HEAD, LIST, PUT, errors
+//     included; not the admin endpoints) waits this long before its status
+//     and headers are written, or until the client goes away. Requests wait
+//     in parallel, holding no lock.
+//   - ConnBytesPerSec: each TCP connection's GetObject bodies are capped at
+//     this rate, shared by the keep-alive requests it carries; separate
+//     connections each get the whole cap. The token bucket holds at most
+//     10 ms of traffic (256 KiB at most), so the cap holds over short
+//     intervals. A Server mounted as a plain http.Handler in another
+//     http.Server caps each request instead.
+//
+// The total egress limit (EgressBytesPerSec) applies beside the
+// per-connection cap: it models a region with little bandwidth, the cap a
+// single connection's speed. ProfileByName names the usual settings:
+// "loopback" (none of this, the default) and "object-store" (20 ms,
+// 50 MB/s per connection, what OSS gives OSS Connector; see
+// ProfileByName). A client then needs many ranged GETs in parallel to go
+// fast, as against OSS.
+//
 // # Implemented subset of the OSS REST API
 //
 //   - ListObjectsV2 (GET /bucket/?list-type=2): prefix, delimiter, max-keys
@@ -32,7 +57,8 @@
 // x-oss-storage-class.
 //
 // Test controls: an egress limit shared by all GetObject bodies
-// (SetEgressRate), injected faults (InjectFault: error statuses, a slow
+// (SetEgressRate), the first-byte latency and per-connection cap
+// (SetProfile), injected faults (InjectFault: error statuses, a slow
 // first byte, truncated or corrupted bodies, connection resets), counters
 // (Stats), and synthetic Hugging-Face-shaped models of any size
 // (GenerateModel). With Options.Admin the same controls are served under
@@ -45,6 +71,12 @@
 //	                       "delay" is a duration string ("1.5s") or nanoseconds
 //	DELETE /-/faults       ClearFaults
 //	POST   /-/egress?bps=N SetEgressRate; N as ParseRate reads it ("1Gbit", "0")
+//	GET    /-/profile      the current Profile as JSON:
+//	                       {"firstByteLatency":"20ms","connRate":"50MB"}
+//	POST   /-/profile      SetProfile; body: that JSON, the latency as
+//	                       time.ParseDuration reads it, the rate as ParseRate
+//	                       ("400Mbit", "0" unlimited); a field left out keeps
+//	                       its value
 //
 // # Deliberate deviations from OSS
 //

@@ -109,6 +109,15 @@ func (p *Process) SetEgressRate(bytesPerSec int64) error {
 	return p.post("/-/egress?bps="+url.QueryEscape(strconv.FormatInt(bytesPerSec, 10)), "")
 }
 
+// SetProfile sets the process's first-byte latency and per-connection cap.
+func (p *Process) SetProfile(pr Profile) error {
+	b, err := json.Marshal(pr)
+	if err != nil {
+		return err
+	}
+	return p.post("/-/profile", string(b))
+}
+
 // InjectFault adds a fault to the process.
 func (p *Process) InjectFault(f Fault) error {
 	b, err := json.Marshal(f)

@@ -2,13 +2,16 @@ package ossemu
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"testing"
 )
 
 func TestProcess(t *testing.T) {
-	p, err := StartProcess(t.Context(), "--bucket", "models", "--public-read", "--generate", "models/m/=2MiB")
+	p, err := StartProcess(t.Context(), "--bucket", "models", "--public-read", "--generate", "models/m/=2MiB",
+		"--profile", "object-store", "--first-byte-latency", "5ms")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,6 +26,27 @@ func TestProcess(t *testing.T) {
 		if res.StatusCode != 200 || n == 0 {
 			t.Fatalf("GET config.json: %s, %d bytes", res.Status, n)
 		}
+	}
+	profile := func() string {
+		res, err := http.Get(p.Endpoint + "/-/profile")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var pr Profile
+		if err := json.NewDecoder(res.Body).Decode(&pr); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%v %d", pr.FirstByteLatency, pr.ConnBytesPerSec)
+	}
+	if got := profile(); got != "5ms 50000000" {
+		t.Errorf("profile from --profile object-store --first-byte-latency 5ms = %s", got)
+	}
+	if err := p.SetProfile(Profile{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := profile(); got != "0s 0" {
+		t.Errorf("profile after SetProfile(Profile{}) = %s", got)
 	}
 	get()
 	st, err := p.Stats()

@@ -34,7 +34,16 @@ type Options struct {
 	// EgressBytesPerSec limits GetObject body bytes across all connections;
 	// 0 means unlimited.
 	EgressBytesPerSec int64
-	// Admin serves the /-/ admin endpoints (stats, faults, egress).
+	// FirstByteLatency is how long every OSS request (not the admin
+	// endpoints) waits before its response status and headers are written;
+	// the wait ends early when the client goes away. Requests wait in
+	// parallel. See Profile and ProfileByName.
+	FirstByteLatency time.Duration
+	// ConnBytesPerSec caps the GetObject body bytes of each TCP connection,
+	// shared by the keep-alive requests it carries, beside the total
+	// EgressBytesPerSec; 0 means unlimited.
+	ConnBytesPerSec int64
+	// Admin serves the /-/ admin endpoints (stats, faults, egress, profile).
 	Admin bool
 }
 
@@ -49,6 +58,7 @@ type Server struct {
 	stats    *stats
 	faults   faults
 	limiter  *rate.Limiter
+	profile  profile
 	http     *http.Server
 	idPrefix string
 	seq      atomic.Uint64
@@ -72,10 +82,12 @@ func New(opts Options) *Server {
 	for _, c := range opts.Credentials {
 		s.creds[c.AccessKeyID] = c
 	}
+	s.profile.set(Profile{FirstByteLatency: opts.FirstByteLatency, ConnBytesPerSec: opts.ConnBytesPerSec})
 	s.http = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: time.Minute,
 		ErrorLog:          klog.NewStandardLogger("INFO"),
+		ConnContext:       connContext,
 		ConnState: func(_ net.Conn, state http.ConnState) {
 			if state == http.StateNew {
 				s.stats.connections.Add(1)
@@ -162,9 +174,15 @@ type request struct {
 	op      Op
 	status  int
 	written int64
+	// latency is the first-byte latency in force when the request arrived.
+	latency time.Duration
 }
 
+// writeHeader writes the response status and headers after the first-byte
+// latency, or at once when the client has gone away meanwhile (the body
+// writes that may follow then fail or stop on the request's context).
 func (rq *request) writeHeader(status int) {
+	waitFirstByte(rq.r.Context(), rq.latency)
 	rq.status = status
 	rq.w.WriteHeader(status)
 }
@@ -181,6 +199,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveAdmin(w, r)
 		return
 	}
+	rq.latency = time.Duration(s.profile.firstByteLatency.Load())
 	rq.bucket, rq.key = target(r)
 	handler := s.route(rq)
 	s.stats.countRequest(rq.op)

@@ -83,10 +83,12 @@ func (s *Server) injectFault(rq *request, bodyLen int64) (bf bodyFault, done boo
 
 // streamBody writes n bytes of o from offset start (from f when the object
 // is file-backed, f positioned at start), in chunks that each wait for
-// egress tokens. It stops when the client goes away (the request context
-// ends or a write fails).
+// tokens of the connection's cap (chunks no larger than its burst), then
+// of the total egress limit. It stops when the client goes away (the
+// request context ends or a write fails).
 func (s *Server) streamBody(rq *request, o *object, f *os.File, start, n int64, bf bodyFault) {
 	ctx := rq.r.Context()
+	conn := connLimiterFor(ctx)
 	counter := s.stats.keyCounter(o.bucket + "/" + o.key)
 	truncateAt, corruptAt := bf.plan(n)
 	for pos := int64(0); pos < n; {
@@ -94,7 +96,11 @@ func (s *Server) streamBody(rq *request, o *object, f *os.File, start, n int64, 
 			_ = http.NewResponseController(rq.w).Flush()
 			panic(http.ErrAbortHandler) // net/http closes the connection mid-body
 		}
-		end := min(n, pos+chunkSize)
+		connLim, step := conn.limiter(s.profile.connBytesPerSec.Load())
+		if connLim == nil {
+			step = chunkSize
+		}
+		end := min(n, pos+int64(step))
 		if truncateAt > pos {
 			end = min(end, truncateAt)
 		}
@@ -104,6 +110,11 @@ func (s *Server) streamBody(rq *request, o *object, f *os.File, start, n int64, 
 			end = pos + 1
 		case corruptAt > pos:
 			end = min(end, corruptAt)
+		}
+		if connLim != nil {
+			if err := connLim.WaitN(ctx, int(end-pos)); err != nil {
+				return
+			}
 		}
 		if err := s.limiter.WaitN(ctx, int(end-pos)); err != nil {
 			return

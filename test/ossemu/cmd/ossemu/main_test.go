@@ -16,6 +16,8 @@ import (
 
 	"github.com/aliyun/alibabacloud-oss-go-sdk-v2/oss"
 	"github.com/aliyun/alibabacloud-oss-go-sdk-v2/oss/credentials"
+
+	"github.com/modelcast/modelcast/test/ossemu"
 )
 
 // TestBinary builds the command, runs it as a process, lists the model it
@@ -141,6 +143,15 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "generate escaping", opts: options{generate: stringList{"models/../../x/=1MiB"}}, wantErr: true},
 		{name: "load", opts: options{load: stringList{"models/x/=/tmp/x"}}},
 		{name: "load without bucket", opts: options{load: stringList{"=/tmp/x"}}, wantErr: true},
+		{name: "profile", opts: options{profile: "object-store"}},
+		{name: "profile loopback", opts: options{profile: "loopback"}},
+		{name: "unknown profile", opts: options{profile: "fast"}, wantErr: true},
+		{name: "latency", opts: options{firstByteLatency: "20ms"}},
+		{name: "bad latency", opts: options{firstByteLatency: "20"}, wantErr: true},
+		{name: "negative latency", opts: options{firstByteLatency: "-1s"}, wantErr: true},
+		{name: "conn rate", opts: options{connRate: "400Mbit"}},
+		{name: "bad conn rate", opts: options{connRate: "fast"}, wantErr: true},
+		{name: "negative conn rate", opts: options{connRate: "-5MB"}, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := tc.opts
@@ -156,5 +167,44 @@ func TestOptionsValidate(t *testing.T) {
 	want := []modelFlag{{"models", "llama/", 1 << 30}, {"b", "", 2 << 20}}
 	if !slices.Equal(o.models, want) || o.egressBytesPerSec != 125e6 {
 		t.Errorf("parsed %+v, %d", o.models, o.egressBytesPerSec)
+	}
+}
+
+func TestOptionsProfile(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts options
+		want ossemu.Profile
+	}{
+		{"none", options{}, ossemu.Profile{}},
+		{"loopback", options{profile: "loopback"}, ossemu.Profile{}},
+		{"object-store", options{profile: "object-store"}, ossemu.Profile{FirstByteLatency: 20 * time.Millisecond, ConnBytesPerSec: 50e6}},
+		{"flags override the profile", options{profile: "object-store", firstByteLatency: "5ms", connRate: "400Mbit"},
+			ossemu.Profile{FirstByteLatency: 5 * time.Millisecond, ConnBytesPerSec: 50e6}},
+		{"conn rate 0 lifts the profile's cap", options{profile: "object-store", connRate: "0"},
+			ossemu.Profile{FirstByteLatency: 20 * time.Millisecond}},
+		{"flags alone", options{firstByteLatency: "1.5s", connRate: "1GB"}, ossemu.Profile{FirstByteLatency: 1500 * time.Millisecond, ConnBytesPerSec: 1e9}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := tc.opts
+			o.egressRate = "1Gbit"
+			if err := o.validate(func(string) string { return "" }); err != nil {
+				t.Fatal(err)
+			}
+			so := o.serverOptions()
+			if got := (ossemu.Profile{FirstByteLatency: so.FirstByteLatency, ConnBytesPerSec: so.ConnBytesPerSec}); got != tc.want {
+				t.Errorf("profile = %+v, want %+v", got, tc.want)
+			}
+			if so.EgressBytesPerSec != 125e6 {
+				t.Errorf("EgressBytesPerSec = %d, want --egress-rate kept", so.EgressBytesPerSec)
+			}
+		})
+	}
+	o := options{profile: "fast", firstByteLatency: "soon", connRate: "quick"}
+	err := o.validate(func(string) string { return "" })
+	for _, flag := range []string{"--profile", "--first-byte-latency", "--conn-rate"} {
+		if err == nil || !strings.Contains(err.Error(), flag) {
+			t.Errorf("validate = %v, want an error naming %s", err, flag)
+		}
 	}
 }

@@ -6,27 +6,32 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/modelcast/modelcast/test/ossemu"
 )
 
 // options are the command's flags.
 type options struct {
-	listen          string
-	region          string
-	accessKeyID     string
-	accessKeySecret string
-	securityToken   string
-	buckets         stringList
-	publicRead      bool
-	generate        stringList
-	generateDir     string
-	load            stringList
-	egressRate      string
-	addrFile        string
+	listen           string
+	region           string
+	accessKeyID      string
+	accessKeySecret  string
+	securityToken    string
+	buckets          stringList
+	publicRead       bool
+	generate         stringList
+	generateDir      string
+	load             stringList
+	egressRate       string
+	profile          string
+	firstByteLatency string
+	connRate         string
+	addrFile         string
 
 	// Parsed by validate.
 	egressBytesPerSec int64
+	speed             ossemu.Profile // --profile with --first-byte-latency and --conn-rate applied
 	models            []modelFlag
 	loads             []loadFlag
 }
@@ -65,6 +70,10 @@ func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.generateDir, "generate-dir", o.generateDir, "write generated models to DIR/bucket/prefix and serve them from disk (default: in memory)")
 	fs.Var(&o.load, "load", "serve the files of a directory, bucket/prefix/=DIR (repeatable)")
 	fs.StringVar(&o.egressRate, "egress-rate", o.egressRate, "limit GET bodies to this many bytes/s in total, such as 125MB or 1Gbit (default unlimited)")
+	fs.StringVar(&o.profile, "profile", o.profile, "answer like this: "+ossemu.LoopbackProfile+" (no latency, no per-connection cap) or "+
+		ossemu.ObjectStoreProfile+" (20ms first-byte latency, 50MB/s per connection); the two flags below override its values (default "+ossemu.LoopbackProfile+")")
+	fs.StringVar(&o.firstByteLatency, "first-byte-latency", o.firstByteLatency, "delay every response's first byte by this duration, such as 20ms (default: the profile's)")
+	fs.StringVar(&o.connRate, "conn-rate", o.connRate, "limit GET bodies to this many bytes/s per TCP connection, such as 50MB or 400Mbit; 0 is unlimited (default: the profile's)")
 	fs.StringVar(&o.addrFile, "addr-file", o.addrFile, "write the endpoint URL to this file once listening")
 }
 
@@ -94,6 +103,7 @@ func (o *options) validate(getenv func(string) string) error {
 		}
 		o.egressBytesPerSec = bps
 	}
+	errs = append(errs, o.parseProfile()...)
 	for _, g := range o.generate {
 		bucket, prefix, value, err := splitTarget(g)
 		if err != nil {
@@ -122,6 +132,40 @@ func (o *options) validate(getenv func(string) string) error {
 	return errors.Join(errs...)
 }
 
+// parseProfile sets o.speed from --profile, --first-byte-latency and
+// --conn-rate.
+func (o *options) parseProfile() []error {
+	var errs []error
+	o.speed = ossemu.Profile{}
+	if o.profile != "" {
+		p, err := ossemu.ProfileByName(o.profile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--profile: %w", err))
+		}
+		o.speed = p
+	}
+	if o.firstByteLatency != "" {
+		d, err := time.ParseDuration(o.firstByteLatency)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--first-byte-latency: %w", err))
+		case d < 0:
+			errs = append(errs, fmt.Errorf("--first-byte-latency %s is negative", o.firstByteLatency))
+		default:
+			o.speed.FirstByteLatency = d
+		}
+	}
+	if o.connRate != "" {
+		bps, err := ossemu.ParseRate(o.connRate)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--conn-rate: %w", err))
+		} else {
+			o.speed.ConnBytesPerSec = bps
+		}
+	}
+	return errs
+}
+
 // splitTarget splits "bucket/prefix/=VALUE".
 func splitTarget(s string) (bucket, prefix, value string, err error) {
 	i := strings.LastIndex(s, "=")
@@ -139,6 +183,7 @@ func splitTarget(s string) (bucket, prefix, value string, err error) {
 // serverOptions are the emulator's options.
 func (o *options) serverOptions() ossemu.Options {
 	opts := ossemu.Options{Region: o.region, EgressBytesPerSec: o.egressBytesPerSec, Admin: true}
+	opts.ApplyProfile(o.speed)
 	if o.accessKeyID != "" {
 		opts.Credentials = []ossemu.Credential{{
 			AccessKeyID: o.accessKeyID, AccessKeySecret: o.accessKeySecret, SecurityToken: o.securityToken,

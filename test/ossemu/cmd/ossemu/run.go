@@ -39,7 +39,8 @@ func run(ctx context.Context, o *options, stdout io.Writer) error {
 		}
 	}
 	objects, bytes := srv.Totals()
-	klog.InfoS("serving", "endpoint", endpoint, "objects", objects, "bytes", bytes)
+	klog.InfoS("serving", "endpoint", endpoint, "objects", objects, "bytes", bytes,
+		"firstByteLatency", o.speed.FirstByteLatency, "connBytesPerSec", o.speed.ConnBytesPerSec, "egressBytesPerSec", o.egressBytesPerSec)
 	if _, err := fmt.Fprintln(stdout, "ossemu: serving", endpoint, fmt.Sprintf("(%d objects, %d bytes)", objects, bytes)); err != nil {
 		klog.ErrorS(err, "write ready line")
 	}
