@@ -57,3 +57,66 @@ func readFrame(r io.Reader, b []byte) (frame, error) {
 		crc:    binary.BigEndian.Uint64(b[16:]),
 	}, nil
 }
+
+// A receiver asks for what it lacks in the request body: a bitmap of the chunks it has (bit
+// i%8 of byte i/8 set for chunk i), then, for each chunk it has the start of, 8 bytes: the
+// chunk's index and the bytes of it present (big-endian uint32 each). An empty body asks for
+// the whole model. The sender answers every other chunk, each as soon as it has it verified,
+// in the order it verified them; a partial chunk from where the receiver's bytes end.
+type want struct {
+	have    []bool
+	offsets map[int]int64 // chunk → bytes of it present (0 < offset < chunk size)
+}
+
+// wantContentType is the request body's media type.
+const wantContentType = "application/x-modelcast-want"
+
+// maxPartials bounds the partial chunks one request may name.
+const maxPartials = 4096
+
+func (w want) encode() []byte {
+	b := make([]byte, (len(w.have)+7)/8, (len(w.have)+7)/8+8*len(w.offsets))
+	for i, ok := range w.have {
+		if ok {
+			b[i/8] |= 1 << (i % 8)
+		}
+	}
+	for i, off := range w.offsets {
+		b = binary.BigEndian.AppendUint32(b, uint32(i))
+		b = binary.BigEndian.AppendUint32(b, uint32(off))
+	}
+	return b
+}
+
+// decodeWant parses a request body for a model of the given chunk sizes.
+func decodeWant(b []byte, sizes func(i int) int64, n int) (want, error) {
+	w := want{have: make([]bool, n), offsets: map[int]int64{}}
+	if len(b) == 0 {
+		return w, nil
+	}
+	bitmap := (n + 7) / 8
+	if len(b) < bitmap || (len(b)-bitmap)%8 != 0 || (len(b)-bitmap)/8 > maxPartials {
+		return w, fmt.Errorf("a request body of %d bytes: want a %d-byte bitmap and up to %d 8-byte partial chunks", len(b), bitmap, maxPartials)
+	}
+	for i := range n {
+		w.have[i] = b[i/8]&(1<<(i%8)) != 0
+	}
+	if n%8 != 0 && b[bitmap-1]>>(n%8) != 0 {
+		return w, fmt.Errorf("the bitmap names chunks past the model's %d", n)
+	}
+	for rest := b[bitmap:]; len(rest) > 0; rest = rest[8:] {
+		i, off := int(binary.BigEndian.Uint32(rest)), int64(binary.BigEndian.Uint32(rest[4:]))
+		switch {
+		case i >= n:
+			return w, fmt.Errorf("partial chunk %d is past the model's %d", i, n)
+		case w.have[i]:
+			return w, fmt.Errorf("chunk %d is both present and partial", i)
+		case w.offsets[i] != 0:
+			return w, fmt.Errorf("chunk %d is named twice", i)
+		case off <= 0 || off >= sizes(i):
+			return w, fmt.Errorf("offset %d is outside chunk %d (%d bytes)", off, i, sizes(i))
+		}
+		w.offsets[i] = off
+	}
+	return w, nil
+}

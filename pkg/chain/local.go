@@ -19,7 +19,9 @@ import (
 var errReleased = errors.New("model released")
 
 // local is a model this node stages or holds, shared by the code that fills it (from OSS or a
-// peer) and the data plane that serves it onward.
+// peer) and the data plane that serves it onward. Chunks arrive in any order (a head reads
+// many parts of the model at once); each is served onward as soon as it is verified, in the
+// order it was verified.
 type local struct {
 	tenant, key string
 	info        ModelInfo
@@ -31,14 +33,15 @@ type local struct {
 
 	mu          sync.Mutex
 	crcs        []uint64 // per chunk, valid where have is set
-	have        []bool
-	ready       int // chunks [0, ready) are verified: they can be served
-	partial     partial
+	have        []bool   // chunks verified: they can be served
+	order       []int    // the verified chunks in the order they were verified: what streams send
+	bytes       int64    // verified bytes
+	partials    map[int]partial
 	objVerified []bool
 	complete    bool
 	closed      bool
 	from        origin        // where bytes come from now
-	changed     chan struct{} // closed (and replaced) when ready grows or the model closes
+	changed     chan struct{} // closed (and replaced) when a chunk is verified or the model closes
 	rateAt      time.Time     // the last rate sample
 	rateBytes   int64
 	rate        float64
@@ -46,10 +49,9 @@ type local struct {
 	sumsRead    time.Time
 }
 
-// partial is the start of chunk `chunk` (= ready) received from a peer: bytes of it, with
-// their running CRC, kept so that another peer or OSS can continue where it broke off.
+// partial is the start of a chunk received from a peer whose stream broke off: its bytes,
+// with their running CRC, kept so that another peer or OSS continues where it stopped.
 type partial struct {
-	chunk int
 	bytes int64
 	crc   uint64
 }
@@ -62,10 +64,10 @@ func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local
 		return nil, err
 	}
 	l := &local{
-		tenant: tenant, key: key, layout: layout, dir: dir, sums: map[int]uint64{},
+		tenant: tenant, key: key, layout: layout, dir: dir, sums: map[int]uint64{}, partials: map[int]partial{},
 		info:  ModelInfo{URI: m.URI().String(), Size: m.Size(), Files: len(m.Objects)},
 		files: make([]*os.File, len(m.Objects)), crcs: make([]uint64, layout.Len()), have: make([]bool, layout.Len()),
-		objVerified: make([]bool, len(m.Objects)), changed: make(chan struct{}),
+		order: make([]int, 0, layout.Len()), objVerified: make([]bool, len(m.Objects)), changed: make(chan struct{}),
 	}
 	for i, o := range m.Objects {
 		if o.Size == 0 {
@@ -97,9 +99,9 @@ func (l *local) notifyLocked() {
 	l.changed = make(chan struct{})
 }
 
-// chunkDone records chunk i as verified with its CRC. When that completes an object, the
-// object's CRC-64 is checked against OSS's: a failure is returned (and the chunk is kept
-// out).
+// chunkDone records chunk i as verified with its CRC and makes it servable. When that
+// completes an object, the object's CRC-64 is checked against OSS's: a failure is returned
+// (and the chunk is kept out).
 func (l *local) chunkDone(i int, crc uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -115,20 +117,11 @@ func (l *local) chunkDone(i int, crc uint64) error {
 		}
 		l.objVerified[o] = true
 	}
-	advanced := false
-	for l.ready < len(l.have) && l.have[l.ready] {
-		l.ready++
-		advanced = true
-	}
-	if l.partial.chunk < l.ready {
-		l.partial = partial{chunk: l.ready}
-	}
-	if l.ready == len(l.have) {
-		l.complete = true
-	}
-	if advanced {
-		l.notifyLocked()
-	}
+	delete(l.partials, i)
+	l.order = append(l.order, i)
+	l.bytes += l.layout.Chunk(i).Size
+	l.complete = len(l.order) == len(l.have)
+	l.notifyLocked()
 	return nil
 }
 
@@ -141,45 +134,64 @@ func (l *local) allLocked(first, end int) bool {
 	return true
 }
 
-// setPartial records the bytes of chunk ready received so far.
-func (l *local) setPartial(p partial) {
-	l.mu.Lock()
-	if p.chunk == l.ready {
-		l.partial = p
-	}
-	l.mu.Unlock()
-}
-
-// position is where this node's stream continues: the first chunk it lacks and the bytes of
-// it already there, with their CRC.
-func (l *local) position() partial {
+// has reports whether chunk i is verified.
+func (l *local) has(i int) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.partial.chunk != l.ready {
-		return partial{chunk: l.ready}
-	}
-	return l.partial
+	return l.have[i]
 }
 
-// resume describes the contiguous bytes present, for a download from OSS that continues them.
-func (l *local) resume() *ossclient.Resume {
+// partialOf returns the bytes of chunk i already received (zero when none).
+func (l *local) partialOf(i int) partial {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	r := &ossclient.Resume{Chunks: l.ready, CRCs: append([]uint64(nil), l.crcs[:l.ready]...)}
-	if l.partial.chunk == l.ready && l.ready < len(l.have) {
-		r.Partial, r.PartialCRC = l.partial.bytes, l.partial.crc
-	}
-	return r
+	return l.partials[i]
 }
 
-// contiguousBytes is how much of the model's byte stream is verified from its start.
-func (l *local) contiguousBytes() int64 {
+// setPartial records the bytes of chunk i received so far (none: forget them).
+func (l *local) setPartial(i int, p partial) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.ready == len(l.have) {
-		return l.layout.Manifest().Size()
+	switch {
+	case l.have[i]:
+	case p.bytes == 0:
+		delete(l.partials, i)
+	default:
+		l.partials[i] = p
 	}
-	return l.layout.Chunk(l.ready).Start
+}
+
+// wants is what this node asks a peer for: every chunk it lacks, the partial ones from
+// where they broke off.
+func (l *local) wants() want {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w := want{have: slices.Clone(l.have), offsets: make(map[int]int64, len(l.partials))}
+	for i, p := range l.partials {
+		w.offsets[i] = p.bytes
+	}
+	return w
+}
+
+// resume describes the chunks present, for a download from OSS that fetches the rest, and
+// how many bytes they hold.
+func (l *local) resume() (*ossclient.Resume, int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := &ossclient.Resume{Have: slices.Clone(l.have), CRCs: slices.Clone(l.crcs), Partial: make(map[int]ossclient.PartialChunk, len(l.partials))}
+	present := l.bytes
+	for i, p := range l.partials {
+		r.Partial[i] = ossclient.PartialChunk{Bytes: p.bytes, CRC: p.crc}
+		present += p.bytes
+	}
+	return r, present
+}
+
+// verifiedBytes is how much of the model is verified, in whatever chunks.
+func (l *local) verifiedBytes() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.bytes
 }
 
 func (l *local) isComplete() bool {
@@ -190,9 +202,9 @@ func (l *local) isComplete() bool {
 
 // progress is what the node publishes about the model.
 func (l *local) progress() NodeProgress {
-	bytes := l.contiguousBytes()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	bytes := l.bytes
 	now := time.Now()
 	if dt := now.Sub(l.rateAt).Seconds(); dt >= 0.5 {
 		if !l.rateAt.IsZero() {
@@ -255,10 +267,6 @@ func (l *local) storeSums(first int, sums []uint64) {
 	}
 }
 
-func dirOf(l *local) string { return l.dir }
-
-func sortInts(s []int) { slices.Sort(s) }
-
 func (l *local) isClosed() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -305,27 +313,30 @@ func (o origin) String() string {
 	return fmt.Sprintf("%s (position %d of %d)", from, o.position, o.of)
 }
 
-// await waits until chunk i is verified (true), or the model is released (errReleased).
-func (l *local) await(ctx context.Context, i int) error {
+// next waits until the model has more than k verified chunks and returns the k-th verified
+// (0-based, in the order they were verified), or errReleased when the model is released.
+func (l *local) next(ctx context.Context, k int) (int, error) {
 	for {
 		l.mu.Lock()
-		ready, closed, ch := l.ready, l.closed, l.changed
+		n, closed, ch := len(l.order), l.closed, l.changed
+		if k < n {
+			c := l.order[k]
+			l.mu.Unlock()
+			return c, nil
+		}
 		l.mu.Unlock()
-		switch {
-		case i < ready:
-			return nil
-		case closed:
-			return errReleased
+		if closed {
+			return 0, errReleased
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 }
 
-// crc returns chunk i's CRC (valid once await(i) returned).
+// crc returns chunk i's CRC (valid once it is verified).
 func (l *local) crc(i int) uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()

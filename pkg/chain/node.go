@@ -22,14 +22,9 @@ import (
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
-// Defaults of Config. A chunk is what one hop holds before forwarding it (store and forward):
-// at 400 Mbit/s a 256 KiB chunk adds 5 ms per hop. A head fetches 2 MiB parts (chunks arrive
-// and are relayed as the parts stream in), 8 at a time: at most 16 MiB in flight beyond what it
-// relays, which is what a successor fetches again if the head dies.
-const (
-	DefaultChunkSize    int64 = 256 << 10
-	DefaultHeadPartSize int64 = 2 << 20
-)
+// DefaultChunkSize is the unit of checksums, relaying and resumption: what one hop holds
+// before forwarding it (store and forward). At 400 Mbit/s a 256 KiB chunk adds 5 ms per hop.
+const DefaultChunkSize int64 = 256 << 10
 
 // Config of a Node. Zero values mean the defaults.
 type Config struct {
@@ -45,8 +40,8 @@ type Config struct {
 	// ChunkSize is the unit of checksums, relaying and resumption.
 	ChunkSize int64
 	// HeadConcurrency and HeadPartSize shape a chain head's download from OSS: its parallel
-	// ranged GETs, and so the bytes it holds in flight beyond what it relays — what a
-	// successor fetches again if the head dies.
+	// ranged GETs, and so the bytes it holds in flight — what a successor fetches again if the
+	// head dies. Zero: the OSS source's own (a head reads as a direct fetch does).
 	HeadConcurrency int
 	HeadPartSize    int64
 	// Heartbeat is how often membership and progress are renewed; NodeTTL how long a silent
@@ -69,12 +64,6 @@ func (c *Config) defaults() {
 	}
 	if c.ChunkSize <= 0 {
 		c.ChunkSize = DefaultChunkSize
-	}
-	if c.HeadConcurrency <= 0 {
-		c.HeadConcurrency = 8
-	}
-	if c.HeadPartSize <= 0 {
-		c.HeadPartSize = DefaultHeadPartSize
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 2 * time.Second

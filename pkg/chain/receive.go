@@ -1,13 +1,13 @@
 package chain
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -21,22 +21,23 @@ var (
 	errRefused = errors.New("peer refused the stream")
 )
 
-// pull streams the model from peer, from this node's position to the end (or until it
-// fails), verifying and writing every chunk. It returns nil once the model is complete.
+// pull streams every chunk this node lacks from peer, in the order the peer verifies them,
+// verifying and writing each. It returns nil once the model is complete.
 func (n *Node) pull(ctx context.Context, l *local, peer Member) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	pos := l.position()
+	w := l.wants()
+	body := w.encode()
 	token, err := n.token(ctx, l.tenant, false)
 	if err != nil {
 		return err
 	}
-	res, err := n.request(ctx, l, peer, pos, token)
+	res, err := n.request(ctx, l, peer, body, token)
 	if err == nil && res.StatusCode == http.StatusUnauthorized {
 		res.Body.Close()
 		// Redis may have lost and remade the token: read it again, once.
 		if token, err = n.token(ctx, l.tenant, true); err == nil {
-			res, err = n.request(ctx, l, peer, pos, token)
+			res, err = n.request(ctx, l, peer, body, token)
 		}
 	}
 	if err != nil {
@@ -65,14 +66,15 @@ func (n *Node) pull(ctx context.Context, l *local, peer Member) error {
 		}
 		if f.kind == frameEnd {
 			if !l.isComplete() {
-				return fmt.Errorf("%s ended the stream at chunk %d before the model's end", peer.Node, pos.chunk)
+				return fmt.Errorf("%s ended the stream before the model's end", peer.Node)
 			}
 			return nil
 		}
-		if f.index != pos.chunk || f.offset != pos.bytes || pos.chunk >= l.layout.Len() || f.size != l.layout.Chunk(pos.chunk).Size-pos.bytes {
-			return fmt.Errorf("%s sent chunk %d at %d (%d bytes), expected chunk %d at %d", peer.Node, f.index, f.offset, f.size, pos.chunk, pos.bytes)
+		if f.index >= l.layout.Len() || w.have[f.index] || f.offset != w.offsets[f.index] || f.size != l.layout.Chunk(f.index).Size-f.offset {
+			return fmt.Errorf("%s sent chunk %d at %d (%d bytes), which this node did not ask for", peer.Node, f.index, f.offset, f.size)
 		}
-		if err := n.receiveChunk(ctx, l, r, f, &pos, buf, peer); err != nil {
+		w.have[f.index] = true // a chunk comes once per stream
+		if err := n.receiveChunk(ctx, l, r, f, buf, peer); err != nil {
 			if errors.Is(err, errCorrupt) {
 				n.stats.corrupt.Add(1)
 			}
@@ -91,32 +93,34 @@ func pullErr(ctx context.Context, peer Member, err error) error {
 	return err
 }
 
-func (n *Node) request(ctx context.Context, l *local, peer Member, pos partial, token string) (*http.Response, error) {
-	u := url.URL{Scheme: "http", Host: peer.Addr, Path: fmt.Sprintf("%s%s/models/%s/stream", streamPrefix, l.tenant, l.key),
-		RawQuery: "chunk=" + strconv.Itoa(pos.chunk) + "&offset=" + strconv.FormatInt(pos.bytes, 10)}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+func (n *Node) request(ctx context.Context, l *local, peer Member, body []byte, token string) (*http.Response, error) {
+	u := url.URL{Scheme: "http", Host: peer.Addr, Path: fmt.Sprintf("%s%s/models/%s/stream", streamPrefix, l.tenant, l.key)}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", wantContentType)
 	return n.client.Do(req)
 }
 
-// receiveChunk reads the rest of chunk f.index into place, checks it and records it.
-func (n *Node) receiveChunk(ctx context.Context, l *local, r io.Reader, f frame, pos *partial, buf []byte, peer Member) error {
+// receiveChunk reads the rest of chunk f.index into place (the bytes before f.offset are
+// already there), checks it and records it.
+func (n *Node) receiveChunk(ctx context.Context, l *local, r io.Reader, f frame, buf []byte, peer Member) error {
 	c := l.layout.Chunk(f.index)
 	dst := l.files[c.Object]
+	p := l.partialOf(f.index)
 	for left := f.size; left > 0; {
 		k, err := io.ReadFull(r, buf[:min(int64(len(buf)), left)])
 		if k > 0 {
-			if _, werr := dst.WriteAt(buf[:k], c.Offset+pos.bytes); werr != nil {
+			if _, werr := dst.WriteAt(buf[:k], c.Offset+p.bytes); werr != nil {
 				return fmt.Errorf("write %s: %w", l.layout.Manifest().Path(c.Object), werr)
 			}
-			pos.crc = crc64ecma.Update(pos.crc, buf[:k])
-			pos.bytes += int64(k)
+			p.crc = crc64ecma.Update(p.crc, buf[:k])
+			p.bytes += int64(k)
 			left -= int64(k)
 			l.fromPeers.Add(int64(k))
-			l.setPartial(*pos)
+			l.setPartial(f.index, p)
 		}
 		if err != nil {
 			return err
@@ -124,21 +128,14 @@ func (n *Node) receiveChunk(ctx context.Context, l *local, r io.Reader, f frame,
 	}
 	want := f.crc
 	if published, ok := n.publishedSum(ctx, l, f.index); ok && published != want {
-		*pos = partial{chunk: f.index}
-		l.setPartial(*pos)
+		l.setPartial(f.index, partial{}) // the partial bytes are not trusted either: the chunk comes again whole
 		return fmt.Errorf("%w: chunk %d from %s carries CRC-64 %x, the OSS reader published %x", errCorrupt, f.index, peer.Node, want, published)
 	}
-	if got := pos.crc; got != want {
-		// The partial bytes are not trusted either: the chunk is fetched again whole.
-		*pos = partial{chunk: f.index}
-		l.setPartial(*pos)
+	if got := p.crc; got != want {
+		l.setPartial(f.index, partial{})
 		return fmt.Errorf("%w: chunk %d from %s has CRC-64 %x, its frame says %x", errCorrupt, f.index, peer.Node, got, want)
 	}
-	if err := l.chunkDone(f.index, pos.crc); err != nil {
-		return err // an object failed OSS's CRC-64: the staging fails
-	}
-	*pos = partial{chunk: f.index + 1}
-	return nil
+	return l.chunkDone(f.index, p.crc) // an error: an object failed OSS's CRC-64, the staging fails
 }
 
 // watch cancels the stream when it stalls.
@@ -176,7 +173,7 @@ func (n *Node) peerAhead(ctx context.Context, l *local, peer Member) (bool, erro
 	}
 	for _, m := range members {
 		if m.Node == peer.Node {
-			return m.Progress.Complete || m.Progress.Bytes > l.contiguousBytes(), nil
+			return m.Progress.Complete || m.Progress.Bytes > l.verifiedBytes(), nil
 		}
 	}
 	return true, nil // it left the chain

@@ -17,9 +17,9 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// server is the peer data plane: GET /v1/<tenant>/models/<key>/stream?chunk=N&offset=B with
-// "Authorization: Bearer <tenant token>" answers the model's chunks from chunk N (B bytes into
-// it) to the end, each as soon as this node has it verified.
+// server is the peer data plane: POST (or GET) /v1/<tenant>/models/<key>/stream with
+// "Authorization: Bearer <tenant token>" and the chunks the caller has in the body (see want)
+// answers every chunk the caller lacks, each as soon as this node has it verified.
 type server struct {
 	node *Node
 
@@ -41,7 +41,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tenant, key, ok := parseStreamPath(r.URL.Path)
-	if !ok || r.Method != http.MethodGet {
+	if !ok || (r.Method != http.MethodGet && r.Method != http.MethodPost) {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}
@@ -56,17 +56,21 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unknown model", http.StatusNotFound)
 		return
 	}
-	chunk, err1 := strconv.Atoi(r.URL.Query().Get("chunk"))
-	offset, err2 := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
-	if err1 != nil || err2 != nil || chunk < 0 || chunk > l.layout.Len() || offset < 0 ||
-		(chunk < l.layout.Len() && offset >= l.layout.Chunk(chunk).Size) || (chunk == l.layout.Len() && offset != 0) {
-		http.Error(w, "bad chunk or offset", http.StatusBadRequest)
+	n := l.layout.Len()
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64((n+7)/8+8*maxPartials)))
+	if err != nil {
+		http.Error(w, "request body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	wt, err := decodeWant(body, func(i int) int64 { return l.layout.Chunk(i).Size }, n)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	s.streams.Add(1)
 	defer s.streams.Add(-1)
-	if err := s.stream(r.Context(), w, l, chunk, offset); err != nil && !errors.Is(err, context.Canceled) {
-		klog.V(2).InfoS("Stream to a peer ended", "model", key, "peer", r.RemoteAddr, "chunk", chunk, "err", err)
+	if err := s.stream(r.Context(), w, l, wt); err != nil && !errors.Is(err, context.Canceled) {
+		klog.V(2).InfoS("Stream to a peer ended", "model", key, "peer", r.RemoteAddr, "err", err)
 	}
 }
 
@@ -106,12 +110,17 @@ func (s *server) authorized(ctx context.Context, tenant, header string) bool {
 	return err == nil && subtle.ConstantTimeCompare([]byte(got), []byte(fresh)) == 1
 }
 
-// stream writes frames from chunk (offset bytes into it) to the end of the model.
-func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *local, chunk int, offset int64) error {
+// stream writes a frame for every chunk the receiver lacks, in the order this node verified
+// them, then the end frame.
+func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *local, wt want) error {
 	n := l.layout.Len()
-	length := int64(frameHeaderSize) * int64(n-chunk+1)
-	if chunk < n {
-		length += l.layout.Manifest().Size() - l.layout.Chunk(chunk).Start - offset
+	left := 0
+	length := int64(frameHeaderSize)
+	for i := range n {
+		if !wt.have[i] {
+			left++
+			length += frameHeaderSize + l.layout.Chunk(i).Size - wt.offsets[i]
+		}
 	}
 	w.Header().Set("Content-Type", "application/x-modelcast-chunks")
 	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
@@ -120,11 +129,16 @@ func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *local, ch
 	hdr := make([]byte, 0, frameHeaderSize)
 	var files fileCache
 	defer files.close()
-	for i := chunk; i < n; i++ {
-		if err := s.awaitFlushed(ctx, rc, l, i); err != nil {
+	for k := 0; left > 0; k++ {
+		i, err := s.next(ctx, rc, l, k)
+		if err != nil {
 			return err
 		}
+		if wt.have[i] {
+			continue
+		}
 		c := l.layout.Chunk(i)
+		offset := wt.offsets[i]
 		f := frame{kind: frameChunk, index: i, offset: offset, size: c.Size - offset, crc: l.crc(i)}
 		if _, err := w.Write(f.encode(hdr[:0])); err != nil {
 			return err
@@ -136,23 +150,23 @@ func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *local, ch
 		if err := s.sendChunk(w, src, i, c.Offset+offset, f.size); err != nil {
 			return err
 		}
-		offset = 0
+		left--
 	}
 	end := frame{kind: frameEnd, index: n}
 	_, err := w.Write(end.encode(hdr[:0]))
 	return err
 }
 
-// awaitFlushed waits for chunk i, flushing what is buffered first, so the receiver gets every
-// chunk as soon as this node has it.
-func (s *server) awaitFlushed(ctx context.Context, rc *http.ResponseController, l *local, i int) error {
-	if l.await(immediate(ctx), i) == nil {
-		return nil
+// next returns the k-th chunk this node verified, flushing what is buffered first when it
+// must wait for it, so the receiver gets every chunk as soon as this node has it.
+func (s *server) next(ctx context.Context, rc *http.ResponseController, l *local, k int) (int, error) {
+	if i, err := l.next(immediate(ctx), k); err == nil {
+		return i, nil
 	}
 	if err := rc.Flush(); err != nil {
-		return err
+		return 0, err
 	}
-	return l.await(ctx, i)
+	return l.next(ctx, k)
 }
 
 // immediate is a context that is already done, for a non-blocking check.
@@ -211,28 +225,28 @@ func (f *fileAt) seek(off int64) error {
 	return nil
 }
 
-// fileCache keeps one stream's open object: chunks go in order, so one file at a time.
-type fileCache struct {
-	obj int
-	f   *fileAt
-}
+// fileCache keeps one stream's open objects: chunks come in the order they were verified,
+// from any object.
+type fileCache map[int]*fileAt
 
 func (c *fileCache) get(l *local, o int) (*fileAt, error) {
-	if c.f != nil && c.obj == o {
-		return c.f, nil
+	if f := (*c)[o]; f != nil {
+		return f, nil
 	}
-	c.close()
 	f, err := l.reader(o)
 	if err != nil {
 		return nil, fmt.Errorf("open object %d: %w", o, err)
 	}
-	c.obj, c.f = o, &fileAt{f: f}
-	return c.f, nil
+	if *c == nil {
+		*c = fileCache{}
+	}
+	(*c)[o] = &fileAt{f: f}
+	return (*c)[o], nil
 }
 
 func (c *fileCache) close() {
-	if c.f != nil {
-		_ = c.f.f.Close()
-		c.f = nil
+	for o, f := range *c {
+		_ = f.f.Close()
+		delete(*c, o)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -98,7 +99,7 @@ func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource, pos int
 		}
 		rank, of := n.rank(members, pos)
 		if pred == nil {
-			if l.contiguousBytes() > 0 {
+			if l.verifiedBytes() > 0 {
 				n.stats.takeovers.Add(1)
 				klog.V(2).InfoS("Taking over as the chain's head", "model", l.key, "position", rank, "of", of)
 			}
@@ -231,18 +232,23 @@ func (n *Node) rank(members []Member, pos int) (int, int) {
 	return rank, of
 }
 
-// head fetches the rest of the model from OSS, from this node's position, publishing every
-// chunk's CRC-64 as it comes.
+// head fetches every chunk this node lacks from OSS, as a direct fetch does (the same
+// parallel ranged GETs), publishing every chunk's CRC-64 as it comes. Each chunk is served to
+// the successor as soon as it is verified, in whatever order the parts complete.
 func (n *Node) head(ctx context.Context, l *local, oss cache.OSSSource) error {
 	pub := &sumPublisher{n: n, l: l}
 	stop := pub.run()
 	defer stop()
 	opts := oss.Options
 	opts.Layout = l.layout
-	opts.Concurrency = n.cfg.HeadConcurrency
-	opts.PartSize = n.cfg.HeadPartSize
-	opts.Resume = l.resume()
-	present := l.contiguousBytes() + opts.Resume.Partial
+	if n.cfg.HeadConcurrency > 0 {
+		opts.Concurrency = n.cfg.HeadConcurrency
+	}
+	if n.cfg.HeadPartSize > 0 {
+		opts.PartSize = n.cfg.HeadPartSize
+	}
+	var present int64
+	opts.Resume, present = l.resume()
 	before := l.fromOSS.Load()
 	opts.Progress = func(p ossclient.Progress) { l.fromOSS.Store(before + p.Done - present) }
 	opts.Chunk = func(i int, crc uint64) {
@@ -251,8 +257,8 @@ func (n *Node) head(ctx context.Context, l *local, oss cache.OSSSource) error {
 		}
 		pub.add(i, crc)
 	}
-	klog.V(2).InfoS("Fetching from OSS as the chain's head", "model", l.key, "fromChunk", opts.Resume.Chunks, "partial", opts.Resume.Partial)
-	return oss.Client.Download(ctx, l.layout.Manifest(), dirOf(l), opts)
+	klog.V(2).InfoS("Fetching from OSS as the chain's head", "model", l.key, "present", present, "concurrency", opts.Concurrency)
+	return oss.Client.Download(ctx, l.layout.Manifest(), l.dir, opts)
 }
 
 // sumPublisher batches the CRC-64s of chunks read from OSS into Redis.
@@ -307,7 +313,7 @@ func (p *sumPublisher) flush() {
 	for i := range pending {
 		idx = append(idx, i)
 	}
-	sortInts(idx)
+	slices.Sort(idx)
 	for start := 0; start < len(idx); {
 		end := start + 1
 		for end < len(idx) && idx[end] == idx[end-1]+1 {

@@ -61,8 +61,9 @@ type Broadcast struct {
 	Tenant          string `json:"tenant"`
 	// Chains: independent chains per model (default 1).
 	Chains int `json:"chains"`
-	// HeadConcurrency: parallel ranged GETs of a chain's head (2 MiB each; default 8). It
-	// bounds what a successor fetches again from OSS if the head dies.
+	// HeadConcurrency: parallel ranged GETs of a chain's head (default 0: prefetch.vcpus ×
+	// prefetch.workers, as a direct fetch). With the part size, it bounds what a successor
+	// fetches again from OSS if the head dies.
 	HeadConcurrency int `json:"headConcurrency"`
 	DB              DB  `json:"db"`
 }
@@ -110,9 +111,6 @@ func (c *Config) fill() {
 	}
 	if c.Broadcast.Chains == 0 {
 		c.Broadcast.Chains = 1
-	}
-	if c.Broadcast.HeadConcurrency == 0 {
-		c.Broadcast.HeadConcurrency = 8
 	}
 	if c.Broadcast.DB.Port == 0 {
 		c.Broadcast.DB.Port = 6379
@@ -184,7 +182,7 @@ func (c Config) validate() error {
 	check(c.Prefetch.VCPUs > 0 && c.Prefetch.Workers > 0, "prefetch.vcpus and prefetch.workers must be positive, got %d and %d", c.Prefetch.VCPUs, c.Prefetch.Workers)
 	check(c.Prefetch.MaxCacheAdviseGB >= 0, "prefetch.maxCacheAdviseGB must not be negative, got %g", c.Prefetch.MaxCacheAdviseGB)
 	check(c.Broadcast.Chains > 0, "broadcast.chains must be positive, got %d", c.Broadcast.Chains)
-	check(c.Broadcast.HeadConcurrency > 0, "broadcast.headConcurrency must be positive, got %d", c.Broadcast.HeadConcurrency)
+	check(c.Broadcast.HeadConcurrency >= 0, "broadcast.headConcurrency must be 0 (as prefetch) or positive, got %d", c.Broadcast.HeadConcurrency)
 	check(c.BindPort > 0 && c.BindPort < 65536, "bindPort must be a TCP port, got %d", c.BindPort)
 	check(c.Broadcast.DB.Port > 0 && c.Broadcast.DB.Port < 65536, "broadcast.db.port must be a TCP port, got %d", c.Broadcast.DB.Port)
 	check(c.Cache.MemoryReserveGB >= 0, "cache.memoryReserveGB must not be negative")

@@ -718,16 +718,20 @@ func TestDownloadChunksAndResume(t *testing.T) {
 	}
 	checkFiles(t, dir, files)
 
+	prefix := func(n int) func(int) bool { return func(i int) bool { return i < n } }
 	for _, tc := range []struct {
 		name    string
-		chunks  int
-		partial int64
+		have    func(i int) bool
+		partial map[int]int64 // chunk → bytes of it present
 	}{
-		{"from the start", 0, 0},
-		{"mid-chunk", 5, 1000},
-		{"at the second object", 13, 0}, // a.bin is 13 chunks of 256 KiB (the last one 100 bytes)
-		{"in the last chunk", layout.Len() - 1, 1},
-		{"nothing left", layout.Len(), 0},
+		{"from the start", prefix(0), nil},
+		{"mid-chunk", prefix(5), map[int]int64{5: 1000}},
+		{"at the second object", prefix(13), nil}, // a.bin is 13 chunks of 256 KiB (the last one 100 bytes)
+		{"in the last chunk", prefix(layout.Len() - 1), map[int]int64{layout.Len() - 1: 1}},
+		{"nothing left", prefix(layout.Len()), nil},
+		// Chunks a relay received out of order: every third one, and two cut off mid-way.
+		{"scattered", func(i int) bool { return i%3 == 0 }, map[int]int64{4: 7, 14: 200 << 10}},
+		{"a whole object present, the others partly", func(i int) bool { return i >= 13 && i < 20 }, map[int]int64{0: 1, 20: 5}},
 	} {
 		for _, mode := range writeModes {
 			t.Run(tc.name+"/"+mode, func(t *testing.T) {
@@ -736,38 +740,36 @@ func TestDownloadChunksAndResume(t *testing.T) {
 					t.Fatal(err)
 				}
 				// Copy in the bytes the resume point says are there.
-				present := int64(0)
-				if tc.chunks < layout.Len() {
-					present = layout.Chunk(tc.chunks).Start + tc.partial
-				} else {
-					present = m.Size()
-				}
-				var partialCRC uint64
-				for o := range m.Objects {
-					start := m.Offset(o)
-					n := min(max(present-start, 0), m.Objects[o].Size)
-					if n == 0 {
-						continue
-					}
-					f, err := os.OpenFile(filepath.Join(dir, m.Path(o)), os.O_WRONLY, 0)
+				r := &ossclient.Resume{Have: make([]bool, layout.Len()), CRCs: make([]uint64, layout.Len()), Partial: map[int]ossclient.PartialChunk{}}
+				var present int64
+				put := func(i int, n int64) {
+					ch := layout.Chunk(i)
+					f, err := os.OpenFile(filepath.Join(dir, m.Path(ch.Object)), os.O_WRONLY, 0)
 					if err != nil {
 						t.Fatal(err)
 					}
-					if _, err := f.WriteAt(files[m.Path(o)][:n], 0); err != nil {
+					defer f.Close()
+					if _, err := f.WriteAt(files[m.Path(ch.Object)][ch.Offset:ch.Offset+n], ch.Offset); err != nil {
 						t.Fatal(err)
 					}
-					f.Close()
+					present += n
 				}
-				if tc.partial > 0 {
-					ch := layout.Chunk(tc.chunks)
-					partialCRC = crc64.Checksum(files[m.Path(ch.Object)][ch.Offset:ch.Offset+tc.partial], tab)
+				for i := range layout.Len() {
+					if tc.have(i) {
+						r.Have[i], r.CRCs[i] = true, want[i]
+						put(i, layout.Chunk(i).Size)
+					}
+				}
+				for i, n := range tc.partial {
+					ch := layout.Chunk(i)
+					r.Partial[i] = ossclient.PartialChunk{Bytes: n, CRC: crc64.Checksum(files[m.Path(ch.Object)][ch.Offset:ch.Offset+n], tab)}
+					put(i, n)
 				}
 				srv.ResetStats()
 				var reported []int
 				err := c.Download(t.Context(), m, dir, ossclient.DownloadOptions{
-					Layout: layout, PartSize: 1 << 20, Concurrency: 3,
-					Resume: &ossclient.Resume{Chunks: tc.chunks, CRCs: want[:tc.chunks], Partial: tc.partial, PartialCRC: partialCRC},
-					Chunk:  func(i int, _ uint64) { mu.Lock(); reported = append(reported, i); mu.Unlock() },
+					Layout: layout, PartSize: 1 << 20, Concurrency: 3, Resume: r,
+					Chunk: func(i int, _ uint64) { mu.Lock(); reported = append(reported, i); mu.Unlock() },
 				})
 				if err != nil {
 					t.Fatal(err)
@@ -776,8 +778,14 @@ func TestDownloadChunksAndResume(t *testing.T) {
 				if served := srv.Stats().BytesServed; served != m.Size()-present {
 					t.Errorf("served %d bytes, want the %d missing", served, m.Size()-present)
 				}
-				if len(reported) != layout.Len()-tc.chunks {
-					t.Errorf("%d chunks reported, want %d", len(reported), layout.Len()-tc.chunks)
+				missing := 0
+				for i := range layout.Len() {
+					if !tc.have(i) {
+						missing++
+					}
+				}
+				if len(reported) != missing || slices.ContainsFunc(reported, tc.have) {
+					t.Errorf("chunks %v reported, want the %d missing ones", reported, missing)
 				}
 			})
 		}
@@ -786,16 +794,24 @@ func TestDownloadChunksAndResume(t *testing.T) {
 	// CRCs that do not match the bytes fail the object's check.
 	bad := slices.Clone(want[:5])
 	bad[2] ^= 1
+	five := []bool{true, true, true, true, true}
 	dir = t.TempDir()
 	if err := ossclient.Preallocate(m, dir); err != nil {
 		t.Fatal(err)
 	}
-	err = c.Download(t.Context(), m, dir, ossclient.DownloadOptions{Layout: layout, Resume: &ossclient.Resume{Chunks: 5, CRCs: bad}})
+	err = c.Download(t.Context(), m, dir, ossclient.DownloadOptions{Layout: layout, Resume: &ossclient.Resume{Have: five, CRCs: bad}})
 	if !errors.Is(err, ossclient.ErrIntegrity) || !strings.Contains(err.Error(), "a.bin") {
 		t.Errorf("resume with a wrong CRC: %v, want ErrIntegrity on a.bin", err)
 	}
-	if err := c.Download(t.Context(), m, t.TempDir(), ossclient.DownloadOptions{Layout: layout, Resume: &ossclient.Resume{Chunks: layout.Len() + 1}}); err == nil {
-		t.Errorf("a resume point past the model was accepted")
+	for name, r := range map[string]*ossclient.Resume{
+		"more chunks than the model": {Have: make([]bool, layout.Len()+1), CRCs: make([]uint64, layout.Len()+1)},
+		"a partial chunk past the end": {Partial: map[int]ossclient.PartialChunk{layout.Len(): {Bytes: 1}}},
+		"a partial chunk that is whole": {Partial: map[int]ossclient.PartialChunk{0: {Bytes: layout.Chunk(0).Size}}},
+		"a chunk both whole and partial": {Have: five, CRCs: want[:5], Partial: map[int]ossclient.PartialChunk{1: {Bytes: 1}}},
+	} {
+		if err := c.Download(t.Context(), m, t.TempDir(), ossclient.DownloadOptions{Layout: layout, Resume: r}); err == nil {
+			t.Errorf("%s: the resume point was accepted", name)
+		}
 	}
 }
 

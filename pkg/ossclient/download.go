@@ -54,14 +54,56 @@ type DownloadOptions struct {
 	Resume *Resume
 }
 
-// Resume describes the bytes already present at the start of a model's byte stream: chunks
-// [0, Chunks) whole, with CRCs[i] the CRC-64 of chunk i, and Partial bytes of chunk Chunks
-// whose CRC-64 is PartialCRC.
+// Resume describes the chunks already present under dir, verified by the caller, in any
+// order: chunk i is there whole when Have[i], with CRCs[i] its CRC-64; Partial holds chunks of
+// which only the first Bytes are there. A chain node that received chunks out of order from a
+// peer continues from OSS with exactly what it lacks.
 type Resume struct {
-	Chunks     int
-	CRCs       []uint64
-	Partial    int64
-	PartialCRC uint64
+	Have    []bool
+	CRCs    []uint64
+	Partial map[int]PartialChunk
+}
+
+// PartialChunk is the start of a chunk: its first Bytes, whose CRC-64 is CRC.
+type PartialChunk struct {
+	Bytes int64
+	CRC   uint64
+}
+
+func (r *Resume) partialOf(i int) (PartialChunk, bool) {
+	if r == nil {
+		return PartialChunk{}, false
+	}
+	p, ok := r.Partial[i]
+	return p, ok
+}
+
+func (r *Resume) isPartial(i int) bool { _, ok := r.partialOf(i); return ok }
+
+// has reports whether chunk i is present whole.
+func (r *Resume) has(i int) bool { return r != nil && i < len(r.Have) && r.Have[i] }
+
+// check validates r against layout and returns the bytes it says are present.
+func (r *Resume) check(layout *Layout) (int64, error) {
+	if r == nil {
+		return 0, nil
+	}
+	if len(r.Have) > layout.Len() || len(r.CRCs) < len(r.Have) {
+		return 0, fmt.Errorf("resume: %d chunks present (%d CRCs) for a model of %d chunks", len(r.Have), len(r.CRCs), layout.Len())
+	}
+	var present int64
+	for i, ok := range r.Have {
+		if ok {
+			present += layout.Chunk(i).Size
+		}
+	}
+	for i, p := range r.Partial {
+		if i < 0 || i >= layout.Len() || r.has(i) || p.Bytes <= 0 || p.Bytes >= layout.Chunk(i).Size {
+			return 0, fmt.Errorf("resume: %d bytes of chunk %d do not fit the model's %d chunks", p.Bytes, i, layout.Len())
+		}
+		present += p.Bytes
+	}
+	return present, nil
 }
 
 // part is one ranged GET: chunks [first, end) of one object, starting skip bytes into chunk
@@ -138,39 +180,49 @@ func (c *Client) newDownload(m *Manifest, dir string, opts DownloadOptions) (*do
 
 	d := &download{c: c, m: m, layout: layout, left: make([]atomic.Int32, len(m.Objects)), onChunk: opts.Chunk,
 		chunkCRC: make([]uint64, layout.Len())}
-	startChunk, skip, skipCRC := 0, int64(0), uint64(0)
-	if r := opts.Resume; r != nil {
-		if r.Chunks < 0 || r.Chunks > layout.Len() || len(r.CRCs) < r.Chunks || r.Partial < 0 ||
-			(r.Chunks == layout.Len() && r.Partial > 0) || (r.Chunks < layout.Len() && r.Partial >= layout.Chunk(r.Chunks).Size) {
-			return nil, fmt.Errorf("download %s: resume point (%d chunks + %d bytes) is outside the model's %d chunks", m.URI(), r.Chunks, r.Partial, layout.Len())
-		}
-		copy(d.chunkCRC, r.CRCs[:r.Chunks])
-		startChunk, skip, skipCRC = r.Chunks, r.Partial, r.PartialCRC
-		if startChunk < layout.Len() {
-			d.resumed = layout.Chunk(startChunk).Start + skip
-		} else {
-			d.resumed = m.Size()
+	r := opts.Resume
+	resumed, err := r.check(layout)
+	if err != nil {
+		return nil, fmt.Errorf("download %s: %w", m.URI(), err)
+	}
+	d.resumed = resumed
+	if r != nil {
+		for i, ok := range r.Have {
+			if ok {
+				d.chunkCRC[i] = r.CRCs[i]
+			}
 		}
 	}
+	present := make([]bool, len(m.Objects)) // objects the caller has whole: nothing to fetch or check
 	for i, o := range m.Objects {
 		if o.Size == 0 && o.CRC64 != 0 {
 			return nil, &Error{Op: "get", Target: m.URI().Object(o.Key), Kind: ErrIntegrity, Err: fmt.Errorf("manifest gives an empty object CRC-64 %d", o.CRC64)}
 		}
+		// Parts cover the runs of missing chunks, at most chunksPerPart each; a chunk present
+		// in part starts a part of its own, skipping its bytes.
 		first, end := layout.ObjectChunks(i)
-		first = max(first, startChunk)
 		n := 0
-		for c := first; c < end; c += chunksPerPart {
-			p := part{obj: i, first: c, end: min(c+chunksPerPart, end)}
+		for c := first; c < end; {
+			if r.has(c) {
+				c++
+				continue
+			}
+			p := part{obj: i, first: c, end: c + 1}
+			if pc, ok := r.partialOf(c); ok {
+				p.skip, p.initCRC = pc.Bytes, pc.CRC
+			}
+			for p.end < end && p.end-c < chunksPerPart && !r.has(p.end) && !r.isPartial(p.end) {
+				p.end++
+			}
 			p.off = layout.Chunk(c).Offset
 			last := layout.Chunk(p.end - 1)
 			p.size = last.Offset + last.Size - p.off
-			if c == startChunk && skip > 0 {
-				p.skip, p.initCRC = skip, skipCRC
-			}
 			d.parts = append(d.parts, p)
 			n++
+			c = p.end
 		}
 		d.left[i].Store(int32(n))
+		present[i] = n == 0 && o.Size > 0
 	}
 	d.workers = max(1, min(workers, len(d.parts)))
 	root, err := os.OpenRoot(dir)
@@ -179,7 +231,7 @@ func (c *Client) newDownload(m *Manifest, dir string, opts DownloadOptions) (*do
 	}
 	d.root = root
 	d.files = &fileTable{root: root, m: m, mmap: hugeTmpfs(dir), open: make(map[int]*objectFile)}
-	d.track = newTracker(m, d.parts, d.resumed, opts.Progress)
+	d.track = newTracker(m, d.parts, d.resumed, present, opts.Progress)
 	return d, nil
 }
 

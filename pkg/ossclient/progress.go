@@ -32,9 +32,9 @@ type tracker struct {
 	report   func(Progress)
 }
 
-// newTracker starts with the resumed bytes already present (and the objects they hold
-// whole counted as verified by the caller).
-func newTracker(m *Manifest, parts []part, resumed int64, report func(Progress)) *tracker {
+// newTracker starts with the resumed bytes already present, and the objects present whole
+// counted as verified (by the caller).
+func newTracker(m *Manifest, parts []part, resumed int64, present []bool, report func(Progress)) *tracker {
 	t := &tracker{
 		p:        Progress{Total: m.Size(), Done: resumed},
 		written:  make([]int64, len(parts)),
@@ -44,9 +44,7 @@ func newTracker(m *Manifest, parts []part, resumed int64, report func(Progress))
 		m:        m,
 		report:   report,
 	}
-	for o := range m.Objects {
-		t.verified[o] = m.Offset(o)+m.Objects[o].Size <= resumed && m.Objects[o].Size > 0
-	}
+	copy(t.verified, present) // nil: none
 	t.advance()
 	return t
 }

@@ -15,7 +15,7 @@ func TestTrackerWatermarks(t *testing.T) {
 	}
 	parts := []part{{obj: 0, off: 0, size: 5}, {obj: 0, off: 5, size: 5}, {obj: 2, off: 0, size: 4}}
 	var seen []Progress
-	tr := newTracker(m, parts, 0, func(p Progress) { seen = append(seen, p) })
+	tr := newTracker(m, parts, 0, nil, func(p Progress) { seen = append(seen, p) })
 	last := func() Progress { return seen[len(seen)-1] }
 	check := func(step string, done, contiguous, verified int64) {
 		t.Helper()
