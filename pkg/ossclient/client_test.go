@@ -804,9 +804,9 @@ func TestDownloadChunksAndResume(t *testing.T) {
 		t.Errorf("resume with a wrong CRC: %v, want ErrIntegrity on a.bin", err)
 	}
 	for name, r := range map[string]*ossclient.Resume{
-		"more chunks than the model": {Have: make([]bool, layout.Len()+1), CRCs: make([]uint64, layout.Len()+1)},
-		"a partial chunk past the end": {Partial: map[int]ossclient.PartialChunk{layout.Len(): {Bytes: 1}}},
-		"a partial chunk that is whole": {Partial: map[int]ossclient.PartialChunk{0: {Bytes: layout.Chunk(0).Size}}},
+		"more chunks than the model":     {Have: make([]bool, layout.Len()+1), CRCs: make([]uint64, layout.Len()+1)},
+		"a partial chunk past the end":   {Partial: map[int]ossclient.PartialChunk{layout.Len(): {Bytes: 1}}},
+		"a partial chunk that is whole":  {Partial: map[int]ossclient.PartialChunk{0: {Bytes: layout.Chunk(0).Size}}},
 		"a chunk both whole and partial": {Have: five, CRCs: want[:5], Partial: map[int]ossclient.PartialChunk{1: {Bytes: 1}}},
 	} {
 		if err := c.Download(t.Context(), m, t.TempDir(), ossclient.DownloadOptions{Layout: layout, Resume: r}); err == nil {
