@@ -277,7 +277,7 @@ func TestStalledPeerReplaced(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr()})
 	defer rdb.Close()
 	coord := chain.NewCoordinator(rdb)
-	if _, err := coord.Join(ctx, "team", model.Key(), "fake", chain.ModelInfo{URI: model.String()}, chain.NodeProgress{Bytes: w.size, Complete: true}); err != nil {
+	if _, err := coord.Join(ctx, "team", model.Key(), "fake", chain.ModelInfo{URI: model.String()}, chain.NodeProgress{Bytes: w.size, Complete: true}, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := coord.Register(ctx, "team", "fake", strings.TrimPrefix(fake.URL, "http://"), time.Minute); err != nil {

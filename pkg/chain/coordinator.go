@@ -76,12 +76,27 @@ func (c *Coordinator) PublishManifest(ctx context.Context, tenant, pathID string
 	return c.rdb.Get(ctx, key).Bytes()
 }
 
-// joinScript gives a node its position in a model's chain: the one it had, or the next one.
-// It records the node's progress and the model's description, and renews the model's keys.
-var joinScript = redis.NewScript(`
+// nextPosLua computes the position after every one given so far: the sequence, or the last
+// member's position if Redis lost the sequence but not the chain.
+const nextPosLua = `
+local function nextpos()
+  local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) > seq then seq = tonumber(last[2]) end
+  return seq + 1
+end
+`
+
+// joinScript gives a node its position in a model's chain: the one it has, the one it asks
+// for (ARGV[5] > 0: the position it had before Redis lost the chain, so that the chain keeps
+// its order and who streams from whom), or the next one. It records the node's progress and
+// the model's description, and renews the model's keys.
+var joinScript = redis.NewScript(nextPosLua + `
 local pos = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not pos then
-  pos = redis.call('INCR', KEYS[2])
+  pos = tonumber(ARGV[5])
+  if pos <= 0 then pos = nextpos() end
+  if pos >= nextpos() then redis.call('SET', KEYS[2], pos) end
   redis.call('ZADD', KEYS[1], pos, ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -90,6 +105,13 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[2])
 return tonumber(pos)`)
+
+// tailScript moves a node to the end of a model's chain.
+var tailScript = redis.NewScript(nextPosLua + `
+local pos = nextpos()
+redis.call('SET', KEYS[2], pos, 'PX', ARGV[2])
+redis.call('ZADD', KEYS[1], pos, ARGV[1])
+return pos`)
 
 // leaveScript takes a node out of a model's chain.
 var leaveScript = redis.NewScript(`
@@ -106,16 +128,26 @@ type ModelInfo struct {
 
 // Join places the node in the model's chain (idempotent: a node keeps its position) and
 // records its progress and the model's description; it also renews the chain's TTL, so
-// heartbeats keep it alive.
-func (c *Coordinator) Join(ctx context.Context, tenant, key, node string, info ModelInfo, p NodeProgress) (int, error) {
+// heartbeats keep it alive. A node missing from the chain gets position prefer when it is
+// positive (the one it had: Redis lost the chain), else the next one.
+func (c *Coordinator) Join(ctx context.Context, tenant, key, node string, info ModelInfo, p NodeProgress, prefer int) (int, error) {
 	desc, err := json.Marshal(info)
 	if err != nil {
 		return 0, err
 	}
 	pos, err := joinScript.Run(ctx, c.rdb, []string{chainKey(tenant, key), seqKey(tenant, key), progressKey(tenant, key), infoKey(tenant, key)},
-		node, c.modelTTL.Milliseconds(), p.encode(), desc).Int()
+		node, c.modelTTL.Milliseconds(), p.encode(), desc, prefer).Int()
 	if err != nil {
 		return 0, fmt.Errorf("join the chain of %s: %w", key, err)
+	}
+	return pos, nil
+}
+
+// MoveToTail gives the node the position after every other in the model's chain.
+func (c *Coordinator) MoveToTail(ctx context.Context, tenant, key, node string) (int, error) {
+	pos, err := tailScript.Run(ctx, c.rdb, []string{chainKey(tenant, key), seqKey(tenant, key)}, node, c.modelTTL.Milliseconds()).Int()
+	if err != nil {
+		return 0, fmt.Errorf("move to the tail of the chain of %s: %w", key, err)
 	}
 	return pos, nil
 }

@@ -55,12 +55,12 @@ func TestCoordinator(t *testing.T) {
 	// Positions: in join order, stable for a node that joins again.
 	info := ModelInfo{URI: "oss://models/qwen/", Size: 99, Files: 3}
 	for i, n := range []string{"a", "b", "c"} {
-		pos, err := c.Join(ctx, "t1", "model", n, info, NodeProgress{Bytes: int64(i)})
+		pos, err := c.Join(ctx, "t1", "model", n, info, NodeProgress{Bytes: int64(i)}, 0)
 		if err != nil || pos != i+1 {
 			t.Fatalf("join %s: position %d, %v; want %d", n, pos, err, i+1)
 		}
 	}
-	if pos, _ := c.Join(ctx, "t1", "model", "b", info, NodeProgress{Bytes: 7, From: "peer a"}); pos != 2 {
+	if pos, _ := c.Join(ctx, "t1", "model", "b", info, NodeProgress{Bytes: 7, From: "peer a"}, 0); pos != 2 {
 		t.Errorf("re-join of b: position %d, want 2", pos)
 	}
 	for _, n := range []string{"a", "c"} {
@@ -85,7 +85,7 @@ func TestCoordinator(t *testing.T) {
 	if len(ms) != 2 || ms[1].Node != "c" || !ms[1].Progress.Complete || ms[1].Progress.Bytes != 99 || ms[1].Progress.Rate != 5e8 {
 		t.Errorf("after leave: %+v", ms)
 	}
-	if pos, _ := c.Join(ctx, "t1", "model", "d", info, NodeProgress{}); pos != 4 {
+	if pos, _ := c.Join(ctx, "t1", "model", "d", info, NodeProgress{}, 0); pos != 4 {
 		t.Errorf("a later joiner got position %d, want 4 (the tail)", pos)
 	}
 	// Keys expire unless renewed.
@@ -196,5 +196,63 @@ func TestRedisTLS(t *testing.T) {
 	defer u.Close()
 	if err := Ping(context.Background(), u); err != nil {
 		t.Fatalf("rediss:// ping: %v", err)
+	}
+}
+
+// TestChainOrderSurvivesRedisLoss: after Redis lost every key, nodes that rejoin at the
+// positions they had keep the chain's order whatever order they come back in; a newcomer goes
+// after all of them; a node moved to the tail goes after everyone.
+func TestChainOrderSurvivesRedisLoss(t *testing.T) {
+	c, rdb := newCoord(t)
+	ctx := t.Context()
+	info := ModelInfo{URI: "oss://b/m/"}
+	join := func(node string, prefer int) int {
+		t.Helper()
+		pos, err := c.Join(ctx, "t1", "model", node, info, NodeProgress{}, prefer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pos
+	}
+	for i, n := range []string{"a", "b", "c"} {
+		if pos := join(n, 0); pos != i+1 {
+			t.Fatalf("%s joined at %d, want %d", n, pos, i+1)
+		}
+	}
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// They come back in heartbeat order, not chain order; a newcomer arrives in between.
+	if pos := join("c", 3); pos != 3 {
+		t.Errorf("c rejoined at %d, want its 3", pos)
+	}
+	if pos := join("d", 0); pos != 4 {
+		t.Errorf("the newcomer joined at %d, want 4: after every node present", pos)
+	}
+	if pos := join("a", 1); pos != 1 {
+		t.Errorf("a rejoined at %d, want its 1", pos)
+	}
+	if pos := join("b", 2); pos != 2 {
+		t.Errorf("b rejoined at %d, want its 2", pos)
+	}
+	if pos := join("b", 9); pos != 2 {
+		t.Errorf("b, present, moved to %d: a node keeps its position", pos)
+	}
+	if pos := join("e", 0); pos != 5 {
+		t.Errorf("a second newcomer joined at %d, want 5", pos)
+	}
+	if pos, err := c.MoveToTail(ctx, "t1", "model", "b"); err != nil || pos != 6 {
+		t.Errorf("b moved to the tail at %d (%v), want 6", pos, err)
+	}
+	ms, err := c.Members(ctx, "t1", "model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, m := range ms {
+		order = append(order, m.Node)
+	}
+	if got := strings.Join(order, ","); got != "a,c,d,e,b" {
+		t.Errorf("chain order %s, want a,c,d,e,b", got)
 	}
 }

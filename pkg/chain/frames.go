@@ -10,7 +10,7 @@ import (
 // chunk's bytes from Offset. The CRC-64 is of the whole chunk (not only the bytes sent), so a
 // receiver resuming inside a chunk checks it with the bytes it already had.
 //
-//	byte 0     kind (1 chunk, 2 end of model)
+//	byte 0     kind (1 chunk, 2 end of model, 3 the sender moved to its chain's tail: re-link)
 //	bytes 1-3  magic "MCF"
 //	bytes 4-7  chunk index (big-endian)
 //	bytes 8-11 offset in the chunk of the first byte sent
@@ -21,6 +21,7 @@ const frameHeaderSize = 24
 const (
 	frameChunk byte = 1
 	frameEnd   byte = 2
+	frameMoved byte = 3
 )
 
 var frameMagic = [3]byte{'M', 'C', 'F'}
@@ -46,7 +47,7 @@ func readFrame(r io.Reader, b []byte) (frame, error) {
 	if _, err := io.ReadFull(r, b); err != nil {
 		return frame{}, err
 	}
-	if b[1] != frameMagic[0] || b[2] != frameMagic[1] || b[3] != frameMagic[2] || (b[0] != frameChunk && b[0] != frameEnd) {
+	if b[1] != frameMagic[0] || b[2] != frameMagic[1] || b[3] != frameMagic[2] || (b[0] != frameChunk && b[0] != frameEnd && b[0] != frameMoved) {
 		return frame{}, fmt.Errorf("not a modelcast chunk frame (header %x)", b)
 	}
 	return frame{

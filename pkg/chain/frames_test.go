@@ -2,7 +2,10 @@ package chain
 
 import (
 	"bytes"
+	"encoding/binary"
+	"maps"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +79,43 @@ func TestStreamRequests(t *testing.T) {
 		}
 		if tc.code == 401 && strings.TrimSpace(rec.Body.String()) != "unauthorized" {
 			t.Errorf("401 body %q", rec.Body.String())
+		}
+	}
+}
+
+func TestWant(t *testing.T) {
+	const n = 13 // not a multiple of 8: the bitmap's last byte has spare bits
+	size := func(i int) int64 {
+		if i == n-1 {
+			return 100
+		}
+		return 1000
+	}
+	in := want{have: make([]bool, n), offsets: map[int]int64{2: 1, 12: 99}}
+	in.have[0], in.have[7], in.have[8] = true, true, true
+	got, err := decodeWant(in.encode(), size, n)
+	if err != nil || !slices.Equal(got.have, in.have) || !maps.Equal(got.offsets, in.offsets) {
+		t.Fatalf("round trip: %+v, %v; want %+v", got, err, in)
+	}
+	if got, err := decodeWant(nil, size, n); err != nil || slices.Contains(got.have, true) || len(got.offsets) != 0 {
+		t.Errorf("an empty body: %+v, %v; want nothing present", got, err)
+	}
+	rec := func(i, off uint32) []byte {
+		return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, i), off)
+	}
+	bitmap := []byte{0x01, 0x00}
+	for name, body := range map[string][]byte{
+		"a short bitmap":               {0x01},
+		"a torn partial record":        append(slices.Clone(bitmap), 0, 0, 0, 2),
+		"a chunk past the end":         {0x00, 0x20},
+		"a partial chunk past the end": append(slices.Clone(bitmap), rec(n, 1)...),
+		"a partial chunk present":      append(slices.Clone(bitmap), rec(0, 1)...),
+		"a partial chunk twice":        append(append(slices.Clone(bitmap), rec(2, 1)...), rec(2, 5)...),
+		"offset zero":                  append(slices.Clone(bitmap), rec(2, 0)...),
+		"offset at the chunk's end":    append(slices.Clone(bitmap), rec(12, 100)...),
+	} {
+		if _, err := decodeWant(body, size, n); err == nil {
+			t.Errorf("%s: accepted", name)
 		}
 	}
 }

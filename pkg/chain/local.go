@@ -11,12 +11,18 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/modelcast/modelcast/pkg/cache"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
-// errReleased: the model was released while a stream was serving or waiting for it.
-var errReleased = errors.New("model released")
+var (
+	// errReleased: the model was released while a stream was serving or waiting for it.
+	errReleased = errors.New("model released")
+	// errMoved: the sender moved to its chain's tail; its successor re-links past it.
+	errMoved = errors.New("the peer moved in its chain")
+)
 
 // local is a model this node stages or holds, shared by the code that fills it (from OSS or a
 // peer) and the data plane that serves it onward. Chunks arrive in any order (a head reads
@@ -28,8 +34,10 @@ type local struct {
 	layout      *ossclient.Layout
 	dir         string
 	files       []*os.File // per object: read-write handle (nil for empty objects)
+	maps        [][]byte   // per object: its shared mapping, on a huge-page tmpfs (else nil)
 
 	fromOSS, fromPeers atomic.Int64 // bytes received, by source
+	pos                atomic.Int64 // the node's position in the model's chain, as last known
 
 	mu          sync.Mutex
 	crcs        []uint64 // per chunk, valid where have is set
@@ -40,11 +48,11 @@ type local struct {
 	objVerified []bool
 	complete    bool
 	closed      bool
-	from        origin        // where bytes come from now
-	changed     chan struct{} // closed (and replaced) when a chunk is verified or the model closes
-	rateAt      time.Time     // the last rate sample
-	rateBytes   int64
-	rate        float64
+	from        origin         // where bytes come from now
+	changed     chan struct{}  // closed (and replaced) when a chunk is verified or the model closes
+	samples     []rateSample   // verified bytes over the last rateWindow, oldest first
+	steppedBack bool           // moved to its chain's tail for being slow (once per staging)
+	moved       chan struct{}  // closed when the node moves in its chain: streams to successors end
 	sums        map[int]uint64 // CRC-64s the OSS reader published, as read from Redis
 	sumsRead    time.Time
 }
@@ -68,6 +76,7 @@ func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local
 		info:  ModelInfo{URI: m.URI().String(), Size: m.Size(), Files: len(m.Objects)},
 		files: make([]*os.File, len(m.Objects)), crcs: make([]uint64, layout.Len()), have: make([]bool, layout.Len()),
 		order: make([]int, 0, layout.Len()), objVerified: make([]bool, len(m.Objects)), changed: make(chan struct{}),
+		moved: make(chan struct{}),
 	}
 	for i, o := range m.Objects {
 		if o.Size == 0 {
@@ -81,11 +90,42 @@ func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local
 		}
 		l.files[i] = f
 	}
+	// On a huge-page tmpfs, chunks from peers are read from the socket straight into the
+	// file's pages: one copy instead of two (read, then pwrite), as Download does.
+	if ossclient.HugeTmpfs(dir) {
+		l.maps = make([][]byte, len(m.Objects))
+		for i, f := range l.files {
+			if f == nil {
+				continue
+			}
+			data, err := unix.Mmap(int(f.Fd()), 0, int(m.Objects[i].Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				l.closeFiles()
+				return nil, fmt.Errorf("map %s: %w", m.Path(i), err)
+			}
+			l.maps[i] = data
+		}
+	}
 	l.complete = layout.Len() == 0
 	return l, nil
 }
 
+// region returns where chunk c's bytes [from, from+n) are received: the object's mapping,
+// or nil when the node writes with pwrite.
+func (l *local) region(c ossclient.Chunk, from, n int64) []byte {
+	if l.maps == nil {
+		return nil
+	}
+	return l.maps[c.Object][c.Offset+from : c.Offset+from+n]
+}
+
 func (l *local) closeFiles() {
+	for i, data := range l.maps {
+		if data != nil {
+			_ = unix.Munmap(data)
+			l.maps[i] = nil
+		}
+	}
 	for _, f := range l.files {
 		if f != nil {
 			_ = f.Close()
@@ -204,15 +244,52 @@ func (l *local) isComplete() bool {
 func (l *local) progress() NodeProgress {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	bytes := l.bytes
+	return NodeProgress{Bytes: l.bytes, Complete: l.complete, From: l.from.name(), Rate: l.rateLocked(time.Now())}
+}
+
+// rateWindow is the span over which a node's receive rate is measured.
+const rateWindow = 1500 * time.Millisecond
+
+type rateSample struct {
+	at    time.Time
+	bytes int64
+}
+
+// rate is the node's receive rate (verified bytes per second) over the last rateWindow, and
+// how long that measure spans.
+func (l *local) rate() (float64, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	now := time.Now()
-	if dt := now.Sub(l.rateAt).Seconds(); dt >= 0.5 {
-		if !l.rateAt.IsZero() {
-			l.rate = float64(bytes-l.rateBytes) / dt
-		}
-		l.rateAt, l.rateBytes = now, bytes
+	r := l.rateLocked(now)
+	return r, now.Sub(l.samples[0].at)
+}
+
+func (l *local) rateLocked(now time.Time) float64 {
+	if n := len(l.samples); n == 0 || now.Sub(l.samples[n-1].at) >= 100*time.Millisecond {
+		l.samples = append(l.samples, rateSample{now, l.bytes})
 	}
-	return NodeProgress{Bytes: bytes, Complete: l.complete, From: l.from.name(), Rate: l.rate}
+	for len(l.samples) > 2 && now.Sub(l.samples[1].at) >= rateWindow {
+		l.samples = l.samples[1:]
+	}
+	first := l.samples[0]
+	if dt := now.Sub(first.at).Seconds(); dt >= 0.25 {
+		return float64(l.bytes-first.bytes) / dt
+	}
+	return 0
+}
+
+// stepBack records that the node moves to its chain's tail, once: streams to successors end
+// (they re-link past it). It reports false if the node stepped back already.
+func (l *local) stepBack() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.steppedBack {
+		return false
+	}
+	l.steppedBack = true
+	close(l.moved)
+	return true
 }
 
 // reportEvery reports the staging's progress to the cache until stopped (and once more then).
@@ -314,8 +391,9 @@ func (o origin) String() string {
 }
 
 // next waits until the model has more than k verified chunks and returns the k-th verified
-// (0-based, in the order they were verified), or errReleased when the model is released.
-func (l *local) next(ctx context.Context, k int) (int, error) {
+// (0-based, in the order they were verified). It returns errReleased when the model is
+// released, and errMoved when moved closes.
+func (l *local) next(ctx context.Context, k int, moved <-chan struct{}) (int, error) {
 	for {
 		l.mu.Lock()
 		n, closed, ch := len(l.order), l.closed, l.changed
@@ -330,10 +408,23 @@ func (l *local) next(ctx context.Context, k int) (int, error) {
 		}
 		select {
 		case <-ch:
+		case <-moved:
+			return 0, errMoved
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
 	}
+}
+
+// movedSignal is what a stream starting now waits on to learn that this node moved in its
+// chain: nil (never) once it has moved already.
+func (l *local) movedSignal() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.steppedBack {
+		return nil
+	}
+	return l.moved
 }
 
 // crc returns chunk i's CRC (valid once it is verified).

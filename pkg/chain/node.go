@@ -164,7 +164,7 @@ type Node struct {
 
 // stats are the node's counters (Stats is their snapshot).
 type stats struct {
-	joins, relinks, takeovers, fallbacks, corrupt atomic.Int64
+	joins, relinks, takeovers, fallbacks, corrupt, stepBacks atomic.Int64
 }
 
 // Stats counts what a node did in model broadcasting since it started.
@@ -179,6 +179,9 @@ type Stats struct {
 	Fallbacks int64
 	// CorruptChunks: chunks from peers that failed their checksum (fetched again).
 	CorruptChunks int64
+	// StepBacks: times the node moved to a chain's tail for receiving slower than the nodes
+	// before it.
+	StepBacks int64
 	// AuthFailures: peer requests refused for a missing or wrong tenant token.
 	AuthFailures int64
 	// Served: model bytes sent to peers. Streams: streams being served now.
@@ -190,7 +193,7 @@ type Stats struct {
 func (n *Node) Stats() Stats {
 	return Stats{
 		Joins: n.stats.joins.Load(), Relinks: n.stats.relinks.Load(), Takeovers: n.stats.takeovers.Load(),
-		Fallbacks: n.stats.fallbacks.Load(), CorruptChunks: n.stats.corrupt.Load(),
+		Fallbacks: n.stats.fallbacks.Load(), CorruptChunks: n.stats.corrupt.Load(), StepBacks: n.stats.stepBacks.Load(),
 		AuthFailures: n.srv.authFailed.Load(), Served: n.srv.served.Load(), Streams: n.srv.streams.Load(),
 	}
 }
@@ -329,7 +332,7 @@ func (n *Node) heartbeat() {
 			}
 		}
 		for _, l := range n.reg.all() {
-			if _, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress()); err != nil {
+			if _, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress(), int(l.pos.Load())); err != nil {
 				klog.V(2).InfoS("Could not renew a chain", "model", l.key, "err", err)
 			}
 		}

@@ -11,6 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
 	"github.com/modelcast/modelcast/internal/crc64ecma"
 )
 
@@ -19,11 +22,13 @@ var (
 	errCorrupt = errors.New("chunk failed its checksum")
 	errStalled = errors.New("peer stalled")
 	errRefused = errors.New("peer refused the stream")
+	// errChainChanged: the peer no longer stands before this node, or is gone.
+	errChainChanged = errors.New("the chain changed")
 )
 
 // pull streams every chunk this node lacks from peer, in the order the peer verifies them,
 // verifying and writing each. It returns nil once the model is complete.
-func (n *Node) pull(ctx context.Context, l *local, peer Member) error {
+func (n *Node) pull(ctx context.Context, l *local, peer Member, pos int) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	w := l.wants()
@@ -48,13 +53,15 @@ func (n *Node) pull(ctx context.Context, l *local, peer Member) error {
 		return fmt.Errorf("%w: %s answered %s", errRefused, peer.Node, res.Status)
 	}
 
-	// A watchdog ends the stream when nothing arrives for StallTimeout while the peer has
-	// bytes this node lacks (a peer waiting on its own upstream is not stalled).
+	// A watchdog ends the stream when the chain says to look elsewhere.
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
-	done := make(chan struct{})
-	defer close(done)
-	go n.watch(ctx, cancel, l, peer, &last, done)
+	done, watched := make(chan struct{}), make(chan struct{})
+	defer func() { close(done); <-watched }()
+	go func() {
+		defer close(watched)
+		n.watch(ctx, cancel, l, peer, pos, &last, done)
+	}()
 
 	r := &countingReader{r: res.Body, last: &last}
 	hdr := make([]byte, frameHeaderSize)
@@ -63,6 +70,9 @@ func (n *Node) pull(ctx context.Context, l *local, peer Member) error {
 		f, err := readFrame(r, hdr)
 		if err != nil {
 			return pullErr(ctx, peer, err)
+		}
+		if f.kind == frameMoved {
+			return fmt.Errorf("%s: %w", peer.Node, errMoved)
 		}
 		if f.kind == frameEnd {
 			if !l.isComplete() {
@@ -108,15 +118,24 @@ func (n *Node) request(ctx context.Context, l *local, peer Member, body []byte, 
 // already there), checks it and records it.
 func (n *Node) receiveChunk(ctx context.Context, l *local, r io.Reader, f frame, buf []byte, peer Member) error {
 	c := l.layout.Chunk(f.index)
-	dst := l.files[c.Object]
 	p := l.partialOf(f.index)
+	mapped := l.region(c, p.bytes, f.size)
+	if mapped != nil {
+		_ = unix.Madvise(mapped, unix.MADV_POPULATE_WRITE) // fault the pages in at once (best effort)
+	}
 	for left := f.size; left > 0; {
-		k, err := io.ReadFull(r, buf[:min(int64(len(buf)), left)])
+		b := buf[:min(int64(len(buf)), left)]
+		if mapped != nil {
+			b = mapped[f.size-left:][:len(b)]
+		}
+		k, err := io.ReadFull(r, b)
 		if k > 0 {
-			if _, werr := dst.WriteAt(buf[:k], c.Offset+p.bytes); werr != nil {
-				return fmt.Errorf("write %s: %w", l.layout.Manifest().Path(c.Object), werr)
+			if mapped == nil {
+				if _, werr := l.files[c.Object].WriteAt(b[:k], c.Offset+p.bytes); werr != nil {
+					return fmt.Errorf("write %s: %w", l.layout.Manifest().Path(c.Object), werr)
+				}
 			}
-			p.crc = crc64ecma.Update(p.crc, buf[:k])
+			p.crc = crc64ecma.Update(p.crc, b[:k])
 			p.bytes += int64(k)
 			left -= int64(k)
 			l.fromPeers.Add(int64(k))
@@ -138,10 +157,20 @@ func (n *Node) receiveChunk(ctx context.Context, l *local, r io.Reader, f frame,
 	return l.chunkDone(f.index, p.crc) // an error: an object failed OSS's CRC-64, the staging fails
 }
 
-// watch cancels the stream when it stalls.
-func (n *Node) watch(ctx context.Context, cancel context.CancelCauseFunc, l *local, peer Member, last *atomic.Int64, done <-chan struct{}) {
-	t := time.NewTicker(n.cfg.StallTimeout / 4)
+// watch ends the stream from peer when the chain says to look elsewhere:
+//   - the peer's heartbeat expired (it died or froze), or it left the chain for longer than a
+//     heartbeat or two (Redis may have lost the chain and the peer not rejoined yet);
+//   - it no longer stands before this node (positions changed: following it could close a
+//     cycle);
+//   - nothing arrived for StallTimeout while the peer has bytes this node lacks (a peer
+//     waiting on its own upstream is not stalled);
+//   - this node holds its successors back (slowBehind): it steps back to the chain's tail.
+func (n *Node) watch(ctx context.Context, cancel context.CancelCauseFunc, l *local, peer Member, pos int, last *atomic.Int64, done <-chan struct{}) {
+	every := min(n.cfg.StallTimeout/4, progressEvery)
+	t := time.NewTicker(every)
 	defer t.Stop()
+	start := time.Now()
+	var missingSince time.Time
 	for {
 		select {
 		case <-done:
@@ -151,32 +180,86 @@ func (n *Node) watch(ctx context.Context, cancel context.CancelCauseFunc, l *loc
 		case <-t.C:
 		}
 		idle := time.Since(time.Unix(0, last.Load()))
-		if idle < n.cfg.StallTimeout {
+		rctx, rcancel := context.WithTimeout(ctx, every)
+		members, err := n.coord.Members(rctx, l.tenant, l.key)
+		rcancel()
+		if err != nil {
+			// Redis out of reach: keep streaming; a stream that stalls twice as long ends.
+			if idle >= 2*n.cfg.StallTimeout {
+				cancel(fmt.Errorf("%w: nothing from %s for %s", errStalled, peer.Node, idle.Round(time.Second)))
+				return
+			}
 			continue
 		}
-		ahead, err := n.peerAhead(ctx, l, peer)
-		if ahead || err != nil && idle >= 2*n.cfg.StallTimeout {
+		me, p := find(members, n.cfg.NodeID), find(members, peer.Node)
+		if me != nil && me.Position != pos {
+			cancel(fmt.Errorf("%w: this node's position went from %d to %d", errChainChanged, pos, me.Position))
+			return
+		}
+		switch {
+		case p == nil:
+			if missingSince.IsZero() {
+				missingSince = time.Now()
+			}
+			if time.Since(missingSince) > 2*n.cfg.Heartbeat {
+				cancel(fmt.Errorf("%w: %s left the chain", errChainChanged, peer.Node))
+				return
+			}
+			continue
+		case !p.Alive():
+			cancel(fmt.Errorf("%w: %s's heartbeat expired", errChainChanged, peer.Node))
+			return
+		case me != nil && p.Position >= me.Position:
+			cancel(fmt.Errorf("%w: %s is now at position %d, after this node's %d", errChainChanged, peer.Node, p.Position, me.Position))
+			return
+		case idle >= n.cfg.StallTimeout && (p.Progress.Complete || p.Progress.Bytes > l.verifiedBytes()):
 			cancel(fmt.Errorf("%w: nothing from %s for %s", errStalled, peer.Node, idle.Round(time.Second)))
+			return
+		}
+		missingSince = time.Time{}
+		if me != nil && time.Since(start) >= rateWindow && n.slowBehind(l, *me, members) && l.stepBack() {
+			rctx, rcancel := context.WithTimeout(ctx, time.Second)
+			npos, err := n.coord.MoveToTail(rctx, l.tenant, l.key, n.cfg.NodeID)
+			rcancel()
+			if err != nil {
+				klog.V(2).InfoS("Could not move to the chain's tail", "model", l.key, "err", err)
+				continue
+			}
+			l.pos.Store(int64(npos))
+			n.stats.stepBacks.Add(1)
+			rate, _ := l.rate()
+			klog.InfoS("Receiving slower than the nodes before this one: moved to the chain's tail", "model", l.key,
+				"rate", int64(rate), "from", pos, "to", npos)
+			cancel(fmt.Errorf("%w: this node stepped back to position %d", errMoved, npos))
 			return
 		}
 	}
 }
 
-// peerAhead reports whether the peer's published progress is past this node's.
-func (n *Node) peerAhead(ctx context.Context, l *local, peer Member) (bool, error) {
-	if n.coord == nil {
-		return false, errors.New("no coordinator")
-	}
-	members, err := n.coord.Members(ctx, l.tenant, l.key)
-	if err != nil {
-		return false, err
-	}
+// Slow-node detection: a node whose receive rate stays below slowFraction of the fastest
+// staging node before it in its chain, while a successor waits on it, steps back to the tail.
+const slowFraction = 0.5
+
+// slowBehind reports whether this node (me) holds its chain back: a live successor is still
+// staging, and this node has received, over the last rateWindow, at less than slowFraction
+// of the rate of the fastest node before it that is itself still receiving. Nodes before it
+// are not held back by it, so their rates say what the chain can carry.
+func (n *Node) slowBehind(l *local, me Member, members []Member) bool {
+	k := n.cfg.Chains
+	var ahead float64
+	successor := false
 	for _, m := range members {
-		if m.Node == peer.Node {
-			return m.Progress.Complete || m.Progress.Bytes > l.verifiedBytes(), nil
+		if m.Node == me.Node || !m.Alive() || m.Progress.Complete || (m.Position-1)%k != (me.Position-1)%k {
+			continue
+		}
+		if m.Position < me.Position {
+			ahead = max(ahead, m.Progress.Rate)
+		} else {
+			successor = true
 		}
 	}
-	return true, nil // it left the chain
+	rate, span := l.rate()
+	return successor && ahead > 0 && span >= rateWindow*2/3 && rate < slowFraction*ahead
 }
 
 type countingReader struct {

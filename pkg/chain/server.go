@@ -69,7 +69,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.streams.Add(1)
 	defer s.streams.Add(-1)
-	if err := s.stream(r.Context(), w, l, wt); err != nil && !errors.Is(err, context.Canceled) {
+	if err := s.stream(r.Context(), w, l, wt); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errMoved) {
 		klog.V(2).InfoS("Stream to a peer ended", "model", key, "peer", r.RemoteAddr, "err", err)
 	}
 }
@@ -129,8 +129,14 @@ func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *local, wt
 	hdr := make([]byte, 0, frameHeaderSize)
 	var files fileCache
 	defer files.close()
+	moved := l.movedSignal()
 	for k := 0; left > 0; k++ {
-		i, err := s.next(ctx, rc, l, k)
+		i, err := s.next(ctx, rc, l, k, moved)
+		if errors.Is(err, errMoved) {
+			f := frame{kind: frameMoved}
+			_, _ = w.Write(f.encode(hdr[:0]))
+			return err
+		}
 		if err != nil {
 			return err
 		}
@@ -159,14 +165,14 @@ func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *local, wt
 
 // next returns the k-th chunk this node verified, flushing what is buffered first when it
 // must wait for it, so the receiver gets every chunk as soon as this node has it.
-func (s *server) next(ctx context.Context, rc *http.ResponseController, l *local, k int) (int, error) {
-	if i, err := l.next(immediate(ctx), k); err == nil {
-		return i, nil
+func (s *server) next(ctx context.Context, rc *http.ResponseController, l *local, k int, moved <-chan struct{}) (int, error) {
+	if i, err := l.next(immediate(ctx), k, moved); err == nil || errors.Is(err, errMoved) {
+		return i, err
 	}
 	if err := rc.Flush(); err != nil {
 		return 0, err
 	}
-	return l.next(ctx, k)
+	return l.next(ctx, k, moved)
 }
 
 // immediate is a context that is already done, for a non-blocking check.

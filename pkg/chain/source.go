@@ -47,7 +47,8 @@ func (s *source) Fetch(ctx context.Context, m cache.Model, dir string, report fu
 	_, err = n.token(jctx, s.tenant, false)
 	var pos int
 	if err == nil {
-		pos, err = n.coord.Join(jctx, s.tenant, key, n.cfg.NodeID, l.info, l.progress())
+		pos, err = n.coord.Join(jctx, s.tenant, key, n.cfg.NodeID, l.info, l.progress(), 0)
+		l.pos.Store(int64(pos))
 	}
 	cancel()
 	if err != nil {
@@ -59,7 +60,9 @@ func (s *source) Fetch(ctx context.Context, m cache.Model, dir string, report fu
 	n.stats.joins.Add(1)
 	n.reg.add(l)
 	stop := l.reportEvery(100*time.Millisecond, report)
-	err = n.relay(ctx, l, s.oss, pos)
+	stopPublish := n.publishEvery(l, progressEvery)
+	err = n.relay(ctx, l, s.oss)
+	stopPublish()
 	stop()
 	if err != nil {
 		n.drop(context.WithoutCancel(ctx), l)
@@ -71,7 +74,7 @@ func (s *source) Fetch(ctx context.Context, m cache.Model, dir string, report fu
 		klog.V(2).InfoS("Could not publish the model's completion", "model", m.String(), "err", err)
 	}
 	t, _ := n.Transfer(key)
-	klog.V(2).InfoS("Staged model through the chain", "model", m.String(), "position", pos, "fromOSS", t.FromOSS, "fromPeers", t.FromPeers)
+	klog.V(2).InfoS("Staged model through the chain", "model", m.String(), "position", l.pos.Load(), "fromOSS", t.FromOSS, "fromPeers", t.FromPeers)
 	return nil
 }
 
@@ -84,8 +87,37 @@ func (n *Node) direct(ctx context.Context, oss cache.OSSSource, m cache.Model, d
 	})
 }
 
+// progressEvery is how often a staging node publishes its progress (and so its receive
+// rate, which slow-node detection compares).
+const progressEvery = 500 * time.Millisecond
+
+// publishEvery publishes l's progress every d until stopped.
+func (n *Node) publishEvery(l *local, d time.Duration) (stop func()) {
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-n.ctx.Done():
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(n.ctx, d)
+			if err := n.coord.SetProgress(ctx, l.tenant, l.key, n.cfg.NodeID, l.progress()); err != nil {
+				klog.V(4).InfoS("Could not publish progress", "model", l.key, "err", err)
+			}
+			cancel()
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
 // relay fills l from predecessors or OSS until it is complete.
-func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource, pos int) error {
+func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource) error {
 	for !l.isComplete() {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -93,10 +125,11 @@ func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource, pos int
 		if l.isClosed() {
 			return errReleased
 		}
-		pred, members, err := n.predecessor(ctx, l, &pos)
+		pred, members, err := n.predecessor(ctx, l)
 		if err != nil {
 			klog.V(2).InfoS("Cannot read the chain; continuing from OSS", "model", l.key, "err", err)
 		}
+		pos := int(l.pos.Load())
 		rank, of := n.rank(members, pos)
 		if pred == nil {
 			if l.verifiedBytes() > 0 {
@@ -110,15 +143,20 @@ func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource, pos int
 			continue
 		}
 		n.setOrigin(ctx, l, origin{peer: pred.Node, position: rank, of: of})
-		err = n.pull(ctx, l, *pred)
-		if err == nil {
+		err = n.pull(ctx, l, *pred, pos)
+		switch {
+		case err == nil:
 			continue
-		}
-		if ctx.Err() != nil {
+		case ctx.Err() != nil:
 			return ctx.Err()
-		}
-		if errors.Is(err, ossclient.ErrIntegrity) {
+		case errors.Is(err, ossclient.ErrIntegrity):
 			return err // an object failed OSS's CRC-64: this version cannot be staged
+		case errors.Is(err, errMoved), errors.Is(err, errChainChanged):
+			// The chain's order changed (a slow node stepped back, a predecessor left, Redis
+			// lost and rebuilt the chain): look again at once.
+			n.stats.relinks.Add(1)
+			klog.V(2).InfoS("Re-linking", "model", l.key, "from", pred.Node, "reason", err)
+			continue
 		}
 		n.failed(l, pred.Node)
 		n.stats.relinks.Add(1)
@@ -162,33 +200,32 @@ func (n *Node) suspected(l *local, peer string) bool {
 
 // predecessor finds the nearest live, unsuspected node before this one in its chain (one of
 // Config.Chains per model: positions are dealt round-robin). nil means this node is the head.
-// A node missing from the chain (Redis restarted) joins again.
-func (n *Node) predecessor(ctx context.Context, l *local, pos *int) (*Member, []Member, error) {
+// A node missing from the chain (Redis restarted) joins again, at the position it had.
+func (n *Node) predecessor(ctx context.Context, l *local) (*Member, []Member, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	members, err := n.coord.Members(ctx, l.tenant, l.key)
 	if err != nil {
 		return nil, nil, err
 	}
-	found := false
-	for _, m := range members {
-		if m.Node == n.cfg.NodeID {
-			*pos, found = m.Position, true
-		}
-	}
-	if !found {
-		if *pos, err = n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress()); err != nil {
+	me := find(members, n.cfg.NodeID)
+	if me == nil {
+		pos, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress(), int(l.pos.Load()))
+		if err != nil {
 			return nil, nil, err
 		}
+		l.pos.Store(int64(pos))
 		if members, err = n.coord.Members(ctx, l.tenant, l.key); err != nil {
 			return nil, nil, err
 		}
+	} else {
+		l.pos.Store(int64(me.Position))
 	}
-	k := n.cfg.Chains
+	pos, k := int(l.pos.Load()), n.cfg.Chains
 	var best *Member
 	for i := range members {
 		m := &members[i]
-		if m.Node == n.cfg.NodeID || m.Position >= *pos || (m.Position-1)%k != (*pos-1)%k || !m.Alive() || n.suspected(l, m.Node) {
+		if m.Node == n.cfg.NodeID || m.Position >= pos || (m.Position-1)%k != (pos-1)%k || !m.Alive() || n.suspected(l, m.Node) {
 			continue
 		}
 		if best == nil || m.Position > best.Position {
@@ -196,6 +233,16 @@ func (n *Node) predecessor(ctx context.Context, l *local, pos *int) (*Member, []
 		}
 	}
 	return best, members, nil
+}
+
+// find returns the member named node, or nil.
+func find(members []Member, node string) *Member {
+	for i := range members {
+		if members[i].Node == node {
+			return &members[i]
+		}
+	}
+	return nil
 }
 
 // setOrigin records where l's bytes come from now and publishes it at once (the heartbeat

@@ -230,7 +230,7 @@ func (c *Client) newDownload(m *Manifest, dir string, opts DownloadOptions) (*do
 		return nil, fmt.Errorf("download %s: %w", m.URI(), err)
 	}
 	d.root = root
-	d.files = &fileTable{root: root, m: m, mmap: hugeTmpfs(dir), open: make(map[int]*objectFile)}
+	d.files = &fileTable{root: root, m: m, mmap: HugeTmpfs(dir), open: make(map[int]*objectFile)}
 	d.track = newTracker(m, d.parts, d.resumed, present, opts.Progress)
 	return d, nil
 }

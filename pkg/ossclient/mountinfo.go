@@ -7,10 +7,10 @@ import (
 	"strings"
 )
 
-// hugeTmpfs reports whether dir lies on a tmpfs that allocates huge pages (huge=always or
+// HugeTmpfs reports whether dir lies on a tmpfs that allocates huge pages (huge=always or
 // huge=within_size). Downloads write such files through a memory mapping, which is faster
 // there; on 4 KiB pages pwrite(2) is (docs/benchmarks.md). Any doubt answers false.
-func hugeTmpfs(dir string) bool {
+func HugeTmpfs(dir string) bool {
 	abs, err := filepath.EvalSymlinks(dir)
 	if err != nil {
 		return false

@@ -21,7 +21,7 @@ func TestUnescapeMountPath(t *testing.T) {
 }
 
 func TestHugeTmpfs(t *testing.T) {
-	if hugeTmpfs("/nonexistent/dir") {
+	if HugeTmpfs("/nonexistent/dir") {
 		t.Errorf("a missing directory is reported as huge-page tmpfs")
 	}
 	if os.Geteuid() != 0 {
@@ -36,8 +36,8 @@ func TestHugeTmpfs(t *testing.T) {
 		if err := os.Mkdir(sub, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if got := hugeTmpfs(sub); got != want {
-			t.Errorf("tmpfs %s: hugeTmpfs = %v, want %v", opts, got, want)
+		if got := HugeTmpfs(sub); got != want {
+			t.Errorf("tmpfs %s: HugeTmpfs = %v, want %v", opts, got, want)
 		}
 		if err := unix.Unmount(dir, 0); err != nil {
 			t.Fatal(err)

@@ -1,0 +1,212 @@
+package chain
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/modelcast/modelcast/internal/crc64ecma"
+	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/ossclient"
+	"github.com/modelcast/modelcast/test/ossemu"
+	"github.com/modelcast/modelcast/test/redistest"
+)
+
+// orderWorld is a model in the emulator, read into memory, and its layout.
+type orderWorld struct {
+	emu    *ossemu.Server
+	rdb    *redis.Client
+	oss    *ossclient.Client
+	m      *ossclient.Manifest
+	layout *ossclient.Layout
+	files  map[string][]byte
+}
+
+func newOrderWorld(t *testing.T, size int64) *orderWorld {
+	t.Helper()
+	w := &orderWorld{emu: ossemu.Start(t, ossemu.Options{}), files: map[string][]byte{}}
+	src := t.TempDir()
+	objs, err := w.emu.GenerateModel("models", "m/", ossemu.ModelSpec{Size: size, Seed: 5, Dir: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		b, err := os.ReadFile(filepath.Join(src, strings.TrimPrefix(o.Key, "m/")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.files[strings.TrimPrefix(o.Key, "m/")] = b
+	}
+	if w.oss, err = ossclient.New(ossclient.Config{Endpoint: w.emu.Endpoint(), Region: "cn-test"}); err != nil {
+		t.Fatal(err)
+	}
+	if w.m, err = w.oss.Manifest(t.Context(), ossclient.URI{Bucket: "models", Prefix: "m/"}); err != nil {
+		t.Fatal(err)
+	}
+	w.layout = ossclient.NewLayout(w.m, DefaultChunkSize)
+	w.rdb = redis.NewClient(&redis.Options{Addr: redistest.Start(t, redistest.Options{}).Addr()})
+	t.Cleanup(func() { _ = w.rdb.Close() })
+	return w
+}
+
+func (w *orderWorld) node(t *testing.T, id string) *Node {
+	t.Helper()
+	n, err := NewNode(Config{NodeID: id, Addr: "127.0.0.1:0", Tenant: "team", Heartbeat: 200 * time.Millisecond, CorruptChunk: -1}, w.rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	return n
+}
+
+// local opens the model on n at position pos of its chain (the heartbeat joins it there).
+func (w *orderWorld) local(t *testing.T, n *Node, pos int) *local {
+	t.Helper()
+	l, err := openLocal("team", "k", w.layout, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.pos.Store(int64(pos))
+	n.reg.add(l)
+	t.Cleanup(l.close)
+	return l
+}
+
+// bytesOf returns chunk i's bytes.
+func (w *orderWorld) bytesOf(i int) []byte {
+	c := w.layout.Chunk(i)
+	return w.files[w.m.Path(c.Object)][c.Offset : c.Offset+c.Size]
+}
+
+// put writes the first n bytes of chunk i into l; a whole chunk is recorded as verified.
+func (w *orderWorld) put(t *testing.T, l *local, i int, n int64) {
+	t.Helper()
+	c := w.layout.Chunk(i)
+	b := w.bytesOf(i)[:n]
+	if _, err := l.files[c.Object].WriteAt(b, c.Offset); err != nil {
+		t.Fatal(err)
+	}
+	if n < c.Size {
+		l.setPartial(i, partial{bytes: n, crc: crc64ecma.Update(0, b)})
+		return
+	}
+	if err := l.chunkDone(i, crc64ecma.Update(0, b)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (w *orderWorld) check(t *testing.T, l *local) {
+	t.Helper()
+	if !l.isComplete() {
+		t.Fatalf("the model is not complete: %d of %d chunks", len(l.order), w.layout.Len())
+	}
+	for rel, want := range w.files {
+		got, err := os.ReadFile(filepath.Join(l.dir, rel))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s differs (%v)", rel, err)
+		}
+	}
+}
+
+// TestOutOfOrderRelay: a sender that verifies chunks in a shuffled order streams them in that
+// order, as it verifies them; a receiver that already has scattered chunks and the start of
+// two others gets exactly the rest, each partial chunk from where its bytes end.
+func TestOutOfOrderRelay(t *testing.T) {
+	w := newOrderWorld(t, 12<<20)
+	a, b := w.node(t, "a"), w.node(t, "b")
+	la, lb := w.local(t, a, 1), w.local(t, b, 2)
+	n := w.layout.Len()
+	perm := rand.New(rand.NewPCG(1, 2)).Perm(n)
+
+	// b has every fifth chunk and the first bytes of two more.
+	var present int64
+	partials := map[int]int64{}
+	for i := range n {
+		switch {
+		case i%5 == 0:
+			w.put(t, lb, i, w.layout.Chunk(i).Size)
+			present += w.layout.Chunk(i).Size
+		case i%7 == 3 && len(partials) < 2 && w.layout.Chunk(i).Size > 1000:
+			partials[i] = 1000
+			w.put(t, lb, i, 1000)
+			present += 1000
+		}
+	}
+	if len(partials) != 2 {
+		t.Fatalf("the model has too few chunks for this test: %d", n)
+	}
+	// a has a third of its chunks before b asks, the rest come while b streams.
+	for _, i := range perm[:n/3] {
+		w.put(t, la, i, w.layout.Chunk(i).Size)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.pull(t.Context(), lb, Member{Node: "a", Addr: a.Addr()}, 2) }()
+	for _, i := range perm[n/3:] {
+		w.put(t, la, i, w.layout.Chunk(i).Size)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the stream did not complete within a minute")
+	}
+	w.check(t, lb)
+	if got, want := lb.fromPeers.Load(), w.m.Size()-present; got != want {
+		t.Errorf("received %d bytes, want exactly the %d missing", got, want)
+	}
+	// b verified the chunks it lacked in a's order.
+	var want []int
+	for _, i := range perm {
+		if i%5 != 0 {
+			want = append(want, i)
+		}
+	}
+	if got := lb.order[len(lb.order)-len(want):]; !slices.Equal(got, want) {
+		t.Errorf("chunks arrived in the order %v, want a's order %v", got, want)
+	}
+	if s := a.Stats(); s.Served != w.m.Size()-present {
+		t.Errorf("a served %d bytes, want %d", s.Served, w.m.Size()-present)
+	}
+}
+
+// TestTakeoverFetchesOnlyMissingChunks: a node with scattered chunks and a partial one (what an
+// out-of-order stream left when its predecessor died) becomes the head: OSS serves exactly the
+// bytes it lacks, and every object is checked.
+func TestTakeoverFetchesOnlyMissingChunks(t *testing.T) {
+	w := newOrderWorld(t, 8<<20)
+	b := w.node(t, "b")
+	lb := w.local(t, b, 1)
+	var present int64
+	for i := range w.layout.Len() {
+		if i%3 == 1 {
+			w.put(t, lb, i, w.layout.Chunk(i).Size)
+			present += w.layout.Chunk(i).Size
+		}
+	}
+	w.put(t, lb, 2, 4096)
+	present += 4096
+	w.emu.ResetStats()
+	oss := cache.OSSSource{Client: w.oss, Options: ossclient.DownloadOptions{Concurrency: 16, PartSize: 1 << 20}}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := b.head(ctx, lb, oss); err != nil {
+		t.Fatal(err)
+	}
+	w.check(t, lb)
+	if served := w.emu.Stats().BytesServed; served != w.m.Size()-present {
+		t.Errorf("OSS served %d bytes, want exactly the %d missing", served, w.m.Size()-present)
+	}
+	if got := lb.fromOSS.Load(); got != w.m.Size()-present {
+		t.Errorf("counted %d bytes from OSS, want %d", got, w.m.Size()-present)
+	}
+}
