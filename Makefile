@@ -30,13 +30,13 @@ update: ## apply gofmt and go mod tidy (what verify checks)
 	gofmt -w $$(git ls-files '*.go' --cached --others --exclude-standard)
 	$(GO) mod tidy
 
-bench: ## benchmarks (root: tmpfs, network namespaces); writes docs/benchmarks.md, about 15 minutes
+bench: ## benchmarks (root: tmpfs, network namespaces); writes docs/benchmarks.md, about 20 minutes
 	bash hack/ensure-deps.sh
 	bash hack/bench.sh
 
-bench-quick: ## four shaped hosts broadcast a 256 MiB model: correctness and byte counts (part of make test)
+bench-quick: ## four shaped hosts broadcast a 256 MiB model, and a chain head alone against a direct fetch: correctness and byte counts (part of make test)
 	bash hack/ensure-deps.sh
-	$(GO) test -count=1 -run TestBenchQuick -v ./test/netbench/
+	$(GO) test -count=1 -run 'TestBenchQuick|TestHeadQuick' -v ./test/netbench/
 
 manifests: ## render the Helm chart into deploy/modelcast.yaml (a test checks it is current)
 	bash hack/manifests.sh

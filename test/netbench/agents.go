@@ -2,6 +2,7 @@ package netbench
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,10 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Event is one line of an agent (see cmd/csi-plugin/agent.go).
@@ -26,9 +31,14 @@ type Event struct {
 	FromPeers int64   `json:"fromPeers"`
 	Served    int64   `json:"served"`
 	Verified  bool    `json:"verified"`
-	Seconds   float64 `json:"seconds"`
+	Seconds   float64 `json:"seconds"` // ready: from its start line to the model staged, before --verify
 	Error     string  `json:"error"`
+	CPU       float64 `json:"cpu"`       // the agent's core-seconds so far (user + system)
+	VerifyCPU float64 `json:"verifyCPU"` // ready: core-seconds of the --verify re-read alone
 }
+
+// positionRE finds a node's place in its chain in an event's From: "OSS (position 1 of 8)".
+var positionRE = regexp.MustCompile(`\(position (\d+) of (\d+)`)
 
 // agent is one node agent process in its host's namespace.
 type agent struct {
@@ -37,20 +47,27 @@ type agent struct {
 	cmd     *exec.Cmd
 	logPath string
 
-	mu     sync.Mutex
-	last   Event
-	ready  *Event
-	readyT time.Duration // from start to the ready line
-	failed string
-	change chan struct{}
-	exited chan struct{}
-	cpu    time.Duration // user + system, once exited
-	user   time.Duration
-	sys    time.Duration
+	unmount string // its cache tmpfs, to unmount once it exits (it runs in this mount namespace)
+
+	mu       sync.Mutex
+	last     Event
+	ready    *Event
+	readyT   time.Duration // from start to the ready line
+	stopped  *Event        // its stop line
+	startCPU float64       // its CPU at its start line: process and driver start-up
+	position int           // its place in the chain, as last reported (0: not yet)
+	of       int           // the chain's length then
+	failed   string
+	change   chan struct{}
+	exited   chan struct{}
+	cpu      time.Duration // user + system, once exited
+	user     time.Duration
+	sys      time.Duration
 }
 
 type agentSpec struct {
-	host      Host
+	host      Host // NS "": the agent runs in this machine's namespaces
+	name      string
 	plugin    string
 	dir       string
 	model     string // oss:// path
@@ -58,6 +75,7 @@ type agentSpec struct {
 	redis     string // host:port; "" for broadcast off
 	tenant    string
 	cacheSize int64
+	bindPort  int // its data plane's; 0: 19898
 }
 
 func startAgent(s agentSpec) (*agent, error) {
@@ -73,7 +91,7 @@ func startAgent(s agentSpec) (*agent, error) {
 		"expireTimeSec": 3600,
 		"broadcast": map[string]any{"enableBroadcast": s.redis != "", "tenant": s.tenant,
 			"db": map[string]any{"host": host, "port": max(port, 1)}},
-		"bindPort": 19898,
+		"bindPort": cmp.Or(s.bindPort, 19898),
 		"cache":    map[string]any{"root": filepath.Join(s.dir, "cache"), "tmpfs": true, "tmpfsSize": strconv.FormatInt(s.cacheSize, 10)},
 	}
 	b, _ := json.Marshal(cfg)
@@ -81,12 +99,19 @@ func startAgent(s agentSpec) (*agent, error) {
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		return nil, err
 	}
-	name := s.host.NS
-	cmd := exec.Command("ip", "netns", "exec", s.host.NS, s.plugin, "agent", "--config", cfgPath,
-		"--node-id", name, "--node-ip", s.host.IP, "--verify", "--interval", "250ms", s.model)
+	name := cmp.Or(s.name, s.host.NS)
+	args := []string{"agent", "--config", cfgPath, "--node-id", name, "--node-ip", s.host.IP, "--verify", "--interval", "250ms", s.model}
+	cmd := exec.Command(s.plugin, args...)
+	if s.host.NS != "" {
+		// ip netns exec gives the agent a mount namespace of its own too: its tmpfs goes with it.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", s.host.NS, s.plugin}, args...)...)
+	}
 	cmd.Env = append(os.Environ(), "OSS_ENDPOINT="+s.endpoint, "OSS_REGION="+region,
 		"OSS_ACCESS_KEY_ID="+accessKeyID, "OSS_ACCESS_KEY_SECRET="+accessKeySecret)
 	a := &agent{name: name, logPath: filepath.Join(s.dir, "agent.log"), cmd: cmd, change: make(chan struct{}), exited: make(chan struct{})}
+	if s.host.NS == "" {
+		a.unmount = filepath.Join(s.dir, "cache")
+	}
 	logf, err := os.Create(a.logPath)
 	if err != nil {
 		return nil, err
@@ -114,10 +139,19 @@ func (a *agent) read(r io.Reader, logf *os.File) {
 		}
 		a.mu.Lock()
 		a.last = e
+		if m := positionRE.FindStringSubmatch(e.From); m != nil {
+			a.position, _ = strconv.Atoi(m[1])
+			a.of, _ = strconv.Atoi(m[2])
+		}
 		switch e.Event {
 		case "ready":
 			e := e
 			a.ready, a.readyT = &e, time.Since(a.started)
+		case "start":
+			a.startCPU = e.CPU
+		case "stop":
+			e := e
+			a.stopped = &e
 		case "error":
 			a.failed = e.Error
 		}
@@ -127,6 +161,9 @@ func (a *agent) read(r io.Reader, logf *os.File) {
 	}
 	_ = a.cmd.Wait()
 	logf.Close()
+	if a.unmount != "" {
+		_ = unix.Unmount(a.unmount, unix.MNT_DETACH) // EINVAL if the agent did
+	}
 	a.mu.Lock()
 	if st := a.cmd.ProcessState; st != nil {
 		a.cpu = st.UserTime() + st.SystemTime()
@@ -139,6 +176,17 @@ func (a *agent) read(r io.Reader, logf *os.File) {
 	a.change = make(chan struct{})
 	a.mu.Unlock()
 	close(a.exited)
+}
+
+// cpuAtStop is the agent's CPU time when it stopped serving: its stop line's, else (killed,
+// or an agent that does not report it) user + system at its exit.
+func (a *agent) cpuAtStop() float64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopped != nil && a.stopped.CPU > 0 {
+		return a.stopped.CPU
+	}
+	return a.cpu.Seconds()
 }
 
 // waitUntil waits for cond on the agent's state, or the deadline (or ctx).
@@ -159,6 +207,36 @@ func (a *agent) waitUntil(ctx context.Context, deadline time.Time, cond func(a *
 			return ctx.Err()
 		case <-time.After(time.Until(deadline)):
 			return fmt.Errorf("%s: timed out", a.name)
+		}
+	}
+}
+
+// waitAny waits until cond holds for one of agents and returns it, or the deadline (or ctx).
+func waitAny(ctx context.Context, deadline time.Time, agents []*agent, cond func(a *agent) bool) (*agent, error) {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		cases := []reflect.SelectCase{
+			{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())},
+			{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(timer.C)},
+		}
+		for _, a := range agents {
+			a.mu.Lock()
+			ok, failed, ch := cond(a), a.failed, a.change
+			a.mu.Unlock()
+			if ok {
+				return a, nil
+			}
+			if failed != "" {
+				return nil, fmt.Errorf("%s: %s", a.name, failed)
+			}
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
+		}
+		switch i, _, _ := reflect.Select(cases); i {
+		case 0:
+			return nil, ctx.Err()
+		case 1:
+			return nil, fmt.Errorf("timed out")
 		}
 	}
 }

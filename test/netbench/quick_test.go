@@ -37,3 +37,32 @@ func TestBenchQuick(t *testing.T) {
 		t.Errorf("peers carried %d bytes, want three copies (%d)", res.PeerBytes, 3*size)
 	}
 }
+
+// TestHeadQuick is make bench-quick's single-node part: a 256 MiB model, the emulator with the
+// object-store profile, a chain's head alone against a direct fetch (RunHead). Every run must
+// stage the whole model, verified, with OSS serving exactly one copy; head ÷ direct has a
+// generous bound for a noisy two-vCPU machine (make bench reports the figure against 0.9).
+func TestHeadQuick(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: tmpfs mounts")
+	}
+	const size = 256 << 20
+	res, err := RunHead(t.Context(), HeadConfig{Size: size, Rounds: 3, Log: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("head %.3f GB/s, direct %.3f GB/s, head ÷ direct %.3f (median of %d rounds); %v",
+		res.HeadGBps(), res.DirectGBps(), res.Ratio(), len(res.Rounds), res.Took)
+	if len(res.Runs) != 4*len(res.Rounds) || len(res.Rounds) != 3 {
+		t.Errorf("%d runs in %d rounds, want 12 in 3", len(res.Runs), len(res.Rounds))
+	}
+	for _, r := range res.Runs {
+		if !r.Verified || r.Received != size || r.OSSBytes != size {
+			t.Errorf("round %d %s: verified %v, staged %d bytes, OSS served %d: want the whole %d-byte model, verified, one copy from OSS",
+				r.Round, r.Mode, r.Verified, r.Received, r.OSSBytes, size)
+		}
+	}
+	if v := res.Ratio(); v < 0.5 {
+		t.Errorf("head ÷ direct = %.3f, want ≥ 0.5", v)
+	}
+}

@@ -81,18 +81,21 @@ type Redis struct {
 }
 
 // StartRedis runs redis-server on the bridge address.
-func StartRedis(bin, dir string) (*Redis, error) {
+func StartRedis(bin, dir string) (*Redis, error) { return startRedis(bin, dir, bridgeIP) }
+
+// startRedis runs redis-server on ip (the bridge's, or loopback).
+func startRedis(bin, dir, ip string) (*Redis, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--bind", bridgeIP, "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", dir, "--protected-mode", "no")
+	cmd := exec.Command(bin, "--bind", ip, "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", dir, "--protected-mode", "no")
 	p, err := start(cmd, filepath.Join(dir, "redis.log"))
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{Addr: net.JoinHostPort(bridgeIP, strconv.Itoa(port)), p: p}
-	if err := waitDial(r.Addr, 10*time.Second); err != nil {
+	r := &Redis{Addr: net.JoinHostPort(ip, strconv.Itoa(port)), p: p}
+	if err := p.waitDial(r.Addr, 10*time.Second); err != nil {
 		p.stop()
 		return nil, fmt.Errorf("redis-server: %w", err)
 	}
@@ -111,7 +114,8 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-func waitDial(addr string, timeout time.Duration) error {
+// waitDial waits until addr accepts connections, the process exits, or timeout.
+func (p *proc) waitDial(addr string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -121,13 +125,19 @@ func waitDial(addr string, timeout time.Duration) error {
 		if time.Now().After(deadline) {
 			return err
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case werr := <-p.done:
+			p.done <- werr // for stop
+			return fmt.Errorf("%s exited (%v) before listening on %s", p.cmd.Path, werr, addr)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
 // OSS is the emulator in its namespace, serving generated models from files.
 type OSS struct {
 	Endpoint string
+	Profile  string // its --profile
 	p        *proc
 }
 
@@ -139,19 +149,34 @@ const (
 )
 
 // StartOSS runs the emulator in the OSS namespace with models (prefix → size) under bucket
-// "models", their files in dir.
-func StartOSS(bin string, t *Topology, dir string, models map[string]int64) (*OSS, error) {
-	args := []string{"netns", "exec", t.OSS.NS, bin, "--listen", net.JoinHostPort(t.OSS.IP, "9000"), "--region", region,
+// "models", their files in dir, answering with the named profile (ossemu.ProfileByName;
+// "" is ossemu.ObjectStoreProfile).
+func StartOSS(bin string, t *Topology, dir string, models map[string]int64, profile string) (*OSS, error) {
+	return startOSS(bin, t.OSS, 9000, dir, models, profile)
+}
+
+// startOSS runs the emulator in h's namespace (none when h.NS is ""), listening on h.IP:port.
+func startOSS(bin string, h Host, port int, dir string, models map[string]int64, profile string) (*OSS, error) {
+	if profile == "" {
+		profile = ossemu.ObjectStoreProfile
+	}
+	addr := net.JoinHostPort(h.IP, strconv.Itoa(port))
+	args := []string{"--listen", addr, "--region", region, "--profile", profile,
 		"--access-key-id", accessKeyID, "--access-key-secret", accessKeySecret, "--generate-dir", filepath.Join(dir, "models")}
 	for prefix, size := range models {
 		args = append(args, "--generate", "models/"+prefix+"="+strconv.FormatInt(size, 10))
 	}
-	p, err := start(exec.Command("ip", args...), filepath.Join(dir, "ossemu.log"))
+	cmd := exec.Command(bin, args...)
+	if h.NS != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", h.NS, bin}, args...)...)
+	}
+	p, err := start(cmd, filepath.Join(dir, "ossemu.log"))
 	if err != nil {
 		return nil, err
 	}
-	o := &OSS{Endpoint: "http://" + net.JoinHostPort(t.OSS.IP, "9000"), p: p}
-	if err := waitDial(net.JoinHostPort(t.OSS.IP, "9000"), 5*time.Minute); err != nil {
+	o := &OSS{Endpoint: "http://" + addr, Profile: profile, p: p}
+	// It listens once it has generated the models.
+	if err := p.waitDial(addr, 5*time.Minute); err != nil {
 		p.stop()
 		log, _ := os.ReadFile(p.log)
 		return nil, fmt.Errorf("ossemu: %w: %s", err, log)

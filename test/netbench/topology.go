@@ -1,8 +1,11 @@
 // Package netbench measures model broadcasting on one machine turned into many hosts: every
 // host is a network namespace with a veth pair to a bridge, its link shaped with tc tbf in both
-// directions; the OSS emulator has a namespace of its own with its egress shaped; Redis listens
-// on the bridge. Node agents (csi-plugin agent: the node's real cache, chain and data plane)
-// run one per host. Needs root, iproute2 and redis-server.
+// directions; the OSS emulator has a namespace of its own with its egress shaped and answers
+// like an object store (its object-store profile: 20 ms to the first byte, 50 MB/s per
+// connection); Redis listens on the bridge. Node agents (csi-plugin agent: the node's real
+// cache, chain and data plane) run one per host; a few hosts may have slower links than the
+// others (EnvConfig.Slow). RunHead measures a chain's head alone against a direct fetch on
+// loopback, without namespaces. Needs root, iproute2 and redis-server.
 //
 // NETBENCH_MTU sets the links' MTU (default 9000); NETBENCH_DEBUG=1 prints every agent's
 // counters and log after each scenario.
@@ -24,10 +27,11 @@ const (
 	netmask  = "/15"
 )
 
-// Host is one namespace.
+// Host is one namespace ("" for the machine's own, loopback).
 type Host struct {
 	NS   string // network namespace
 	IP   string
+	Rate string // tc rate of what it sends (a host's link: each way); "" unshaped
 	veth string // its veth's name on the bridge side
 }
 
@@ -47,19 +51,20 @@ func run(name string, args ...string) error {
 	return nil
 }
 
-// NewTopology builds n hosts whose links are shaped to linkRate (tc rate, e.g. "1gbit") each
-// way, and the OSS namespace with its egress shaped to ossRate. Names start with prefix.
-func NewTopology(prefix string, n int, linkRate, ossRate string) (*Topology, error) {
+// NewTopology builds one host per element of rates, host i's link shaped to rates[i] (tc rate,
+// e.g. "1gbit") each way, and the OSS namespace with its egress shaped to ossRate. Names start
+// with prefix.
+func NewTopology(prefix string, rates []string, ossRate string) (*Topology, error) {
 	Cleanup(prefix)
 	t := &Topology{prefix: prefix, bridge: prefix + "br"}
-	if err := t.build(n, linkRate, ossRate); err != nil {
+	if err := t.build(rates, ossRate); err != nil {
 		_ = t.Close()
 		return nil, err
 	}
 	return t, nil
 }
 
-func (t *Topology) build(n int, linkRate, ossRate string) error {
+func (t *Topology) build(rates []string, ossRate string) error {
 	if err := run("ip", "link", "add", t.bridge, "mtu", mtu(), "type", "bridge"); err != nil {
 		return err
 	}
@@ -73,8 +78,8 @@ func (t *Topology) build(n int, linkRate, ossRate string) error {
 	if t.OSS, err = t.host("oss", ossIP, ossRate, ""); err != nil {
 		return err
 	}
-	for i := range n {
-		h, err := t.host(fmt.Sprintf("h%d", i), fmt.Sprintf("198.18.%d.%d", 1+i/250, 1+i%250), linkRate, linkRate)
+	for i, rate := range rates {
+		h, err := t.host(fmt.Sprintf("h%d", i), fmt.Sprintf("198.18.%d.%d", 1+i/250, 1+i%250), rate, rate)
 		if err != nil {
 			return err
 		}
@@ -86,7 +91,7 @@ func (t *Topology) build(n int, linkRate, ossRate string) error {
 // host makes namespace prefix+name with address ip; up shapes what it sends, down what it
 // receives ("" leaves a direction free).
 func (t *Topology) host(name, ip, up, down string) (Host, error) {
-	h := Host{NS: t.prefix + name, IP: ip, veth: t.prefix + name}
+	h := Host{NS: t.prefix + name, IP: ip, Rate: up, veth: t.prefix + name}
 	inner := h.veth + "n"
 	steps := [][]string{
 		{"ip", "netns", "add", h.NS},
