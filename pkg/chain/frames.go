@@ -72,6 +72,9 @@ type want struct {
 // wantContentType is the request body's media type.
 const wantContentType = "application/x-modelcast-want"
 
+// maxStripes bounds the connections one hop is striped over.
+const maxStripes = 64
+
 // maxPartials bounds the partial chunks one request may name.
 const maxPartials = 4096
 

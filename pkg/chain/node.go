@@ -47,6 +47,10 @@ type Config struct {
 	// Heartbeat is how often membership and progress are renewed; NodeTTL how long a silent
 	// node stays alive in Redis.
 	Heartbeat, NodeTTL time.Duration
+	// Stripes is the number of TCP connections a hop is striped over (default 4): a single
+	// connection's congestion control on a shaped or lossy link can hold a hop well under the
+	// link's rate.
+	Stripes int
 	// StallTimeout: a stream with nothing for this long, from a peer that has bytes, is replaced.
 	StallTimeout time.Duration
 	// ManifestTTL: how long a published manifest pins a model's version for new nodes.
@@ -71,6 +75,10 @@ func (c *Config) defaults() {
 	if c.NodeTTL <= 0 {
 		c.NodeTTL = 3 * c.Heartbeat
 	}
+	if c.Stripes <= 0 {
+		c.Stripes = 4
+	}
+	c.Stripes = min(c.Stripes, maxStripes)
 	if c.StallTimeout <= 0 {
 		c.StallTimeout = 10 * time.Second
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -27,7 +28,9 @@ var (
 )
 
 // pull streams every chunk this node lacks from peer, in the order the peer verifies them,
-// verifying and writing each. It returns nil once the model is complete.
+// verifying and writing each. It returns nil once the model is complete. The hop is striped
+// over Config.Stripes TCP connections (stripe s carries the chunks i with i % Stripes == s):
+// one connection's congestion control on a shaped or lossy link does not bound the hop.
 func (n *Node) pull(ctx context.Context, l *local, peer Member, pos int) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -37,23 +40,7 @@ func (n *Node) pull(ctx context.Context, l *local, peer Member, pos int) error {
 	if err != nil {
 		return err
 	}
-	res, err := n.request(ctx, l, peer, body, token)
-	if err == nil && res.StatusCode == http.StatusUnauthorized {
-		res.Body.Close()
-		// Redis may have lost and remade the token: read it again, once.
-		if token, err = n.token(ctx, l.tenant, true); err == nil {
-			res, err = n.request(ctx, l, peer, body, token)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("stream from %s: %w", peer.Node, err)
-	}
-	defer res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		return fmt.Errorf("%w: %s answered %s", errRefused, peer.Node, res.Status)
-	}
-
-	// A watchdog ends the stream when the chain says to look elsewhere.
+	// A watchdog ends the streams when the chain says to look elsewhere.
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	done, watched := make(chan struct{}), make(chan struct{})
@@ -63,32 +50,81 @@ func (n *Node) pull(ctx context.Context, l *local, peer Member, pos int) error {
 		n.watch(ctx, cancel, l, peer, pos, &last, done)
 	}()
 
-	r := &countingReader{r: res.Body, last: &last}
+	stripes := n.cfg.Stripes
+	errs := make(chan error, stripes)
+	for s := range stripes {
+		go func() {
+			err := n.pullStripe(ctx, l, peer, want{have: slices.Clone(w.have), offsets: w.offsets}, body, token, s, &last)
+			if err != nil {
+				cancel(err) // the other stripes stop too: the relay looks again
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for range stripes {
+		if err := <-errs; err != nil && first == nil {
+			first = pullErr(ctx, peer, err)
+		}
+	}
+	if first != nil {
+		return first
+	}
+	if !l.isComplete() {
+		return fmt.Errorf("%s ended its streams before the model's end", peer.Node)
+	}
+	return nil
+}
+
+// pullStripe receives stripe s of what w lacks from peer.
+func (n *Node) pullStripe(ctx context.Context, l *local, peer Member, w want, body []byte, token string, s int, last *atomic.Int64) error {
+	res, err := n.request(ctx, l, peer, body, token, s)
+	if err == nil && res.StatusCode == http.StatusUnauthorized {
+		res.Body.Close()
+		// Redis may have lost and remade the token: read it again, once.
+		if token, err = n.token(ctx, l.tenant, true); err == nil {
+			res, err = n.request(ctx, l, peer, body, token, s)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("stream from %s: %w", peer.Node, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("%w: %s answered %s", errRefused, peer.Node, res.Status)
+	}
+	stripes := n.cfg.Stripes
+	left := 0 // chunks of the stripe still to come
+	for i, ok := range w.have {
+		if !ok && i%stripes == s {
+			left++
+		}
+	}
+	r := &countingReader{r: res.Body, last: last}
 	hdr := make([]byte, frameHeaderSize)
 	buf := make([]byte, 256<<10)
 	for {
 		f, err := readFrame(r, hdr)
 		if err != nil {
-			return pullErr(ctx, peer, err)
+			return err
 		}
-		if f.kind == frameMoved {
+		switch f.kind {
+		case frameMoved:
 			return fmt.Errorf("%s: %w", peer.Node, errMoved)
-		}
-		if f.kind == frameEnd {
-			if !l.isComplete() {
-				return fmt.Errorf("%s ended the stream before the model's end", peer.Node)
+		case frameEnd:
+			if left > 0 {
+				return fmt.Errorf("%s ended stripe %d with %d chunks still to send", peer.Node, s, left)
 			}
 			return nil
 		}
-		if f.index >= l.layout.Len() || w.have[f.index] || f.offset != w.offsets[f.index] || f.size != l.layout.Chunk(f.index).Size-f.offset {
-			return fmt.Errorf("%s sent chunk %d at %d (%d bytes), which this node did not ask for", peer.Node, f.index, f.offset, f.size)
+		if f.index >= l.layout.Len() || f.index%stripes != s || w.have[f.index] || f.offset != w.offsets[f.index] ||
+			f.size != l.layout.Chunk(f.index).Size-f.offset {
+			return fmt.Errorf("%s sent chunk %d at %d (%d bytes), which this node did not ask for in stripe %d", peer.Node, f.index, f.offset, f.size, s)
 		}
 		w.have[f.index] = true // a chunk comes once per stream
+		left--
 		if err := n.receiveChunk(ctx, l, r, f, buf, peer); err != nil {
-			if errors.Is(err, errCorrupt) {
-				n.stats.corrupt.Add(1)
-			}
-			return pullErr(ctx, peer, err)
+			return err
 		}
 	}
 }
@@ -103,8 +139,9 @@ func pullErr(ctx context.Context, peer Member, err error) error {
 	return err
 }
 
-func (n *Node) request(ctx context.Context, l *local, peer Member, body []byte, token string) (*http.Response, error) {
-	u := url.URL{Scheme: "http", Host: peer.Addr, Path: fmt.Sprintf("%s%s/models/%s/stream", streamPrefix, l.tenant, l.key)}
+func (n *Node) request(ctx context.Context, l *local, peer Member, body []byte, token string, stripe int) (*http.Response, error) {
+	u := url.URL{Scheme: "http", Host: peer.Addr, Path: fmt.Sprintf("%s%s/models/%s/stream", streamPrefix, l.tenant, l.key),
+		RawQuery: fmt.Sprintf("stripe=%d&stripes=%d", stripe, n.cfg.Stripes)}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -148,10 +185,12 @@ func (n *Node) receiveChunk(ctx context.Context, l *local, r io.Reader, f frame,
 	want := f.crc
 	if published, ok := n.publishedSum(ctx, l, f.index); ok && published != want {
 		l.setPartial(f.index, partial{}) // the partial bytes are not trusted either: the chunk comes again whole
+		n.stats.corrupt.Add(1)
 		return fmt.Errorf("%w: chunk %d from %s carries CRC-64 %x, the OSS reader published %x", errCorrupt, f.index, peer.Node, want, published)
 	}
 	if got := p.crc; got != want {
 		l.setPartial(f.index, partial{})
+		n.stats.corrupt.Add(1)
 		return fmt.Errorf("%w: chunk %d from %s has CRC-64 %x, its frame says %x", errCorrupt, f.index, peer.Node, got, want)
 	}
 	return l.chunkDone(f.index, p.crc) // an error: an object failed OSS's CRC-64, the staging fails
@@ -217,7 +256,7 @@ func (n *Node) watch(ctx context.Context, cancel context.CancelCauseFunc, l *loc
 			return
 		}
 		missingSince = time.Time{}
-		if me != nil && time.Since(start) >= rateWindow && n.slowBehind(l, *me, members) && l.stepBack() {
+		if me != nil && time.Since(start) >= slowAfter && n.slowBehind(l, *me, *p, members) && l.stepBack() {
 			rctx, rcancel := context.WithTimeout(ctx, time.Second)
 			npos, err := n.coord.MoveToTail(rctx, l.tenant, l.key, n.cfg.NodeID)
 			rcancel()
@@ -236,30 +275,35 @@ func (n *Node) watch(ctx context.Context, cancel context.CancelCauseFunc, l *loc
 	}
 }
 
-// Slow-node detection: a node whose receive rate stays below slowFraction of the fastest
-// staging node before it in its chain, while a successor waits on it, steps back to the tail.
-const slowFraction = 0.5
+// Slow-node detection: a node that has streamed from its predecessor for at least
+// slowAfter, receiving at under slowFraction of the predecessor's own receive rate and
+// slowLag or more behind it, while a successor waits on it, steps back to the chain's tail.
+// A node on a slower link (a quarter of the others' rate, say) shows a ratio far below the
+// fraction within two seconds; nodes of one chain that share a bottleneck receive at about
+// the same rate and never do.
+const (
+	slowFraction       = 0.4
+	slowAfter          = 2 * time.Second
+	slowLag      int64 = 16 << 20
+)
 
-// slowBehind reports whether this node (me) holds its chain back: a live successor is still
-// staging, and this node has received, over the last rateWindow, at less than slowFraction
-// of the rate of the fastest node before it that is itself still receiving. Nodes before it
-// are not held back by it, so their rates say what the chain can carry.
-func (n *Node) slowBehind(l *local, me Member, members []Member) bool {
+// slowBehind reports whether this node (me) holds its chain back behind pred (see the
+// constants above).
+func (n *Node) slowBehind(l *local, me, pred Member, members []Member) bool {
+	if pred.Progress.Complete || pred.Progress.Rate <= 0 {
+		return false // a complete predecessor's rate says nothing of the chain's
+	}
 	k := n.cfg.Chains
-	var ahead float64
 	successor := false
 	for _, m := range members {
-		if m.Node == me.Node || !m.Alive() || m.Progress.Complete || (m.Position-1)%k != (me.Position-1)%k {
-			continue
-		}
-		if m.Position < me.Position {
-			ahead = max(ahead, m.Progress.Rate)
-		} else {
+		if m.Position > me.Position && m.Alive() && !m.Progress.Complete && (m.Position-1)%k == (me.Position-1)%k {
 			successor = true
+			break
 		}
 	}
 	rate, span := l.rate()
-	return successor && ahead > 0 && span >= rateWindow*2/3 && rate < slowFraction*ahead
+	return successor && span >= rateWindow*2/3 && rate < slowFraction*pred.Progress.Rate &&
+		pred.Progress.Bytes-l.verifiedBytes() >= slowLag
 }
 
 type countingReader struct {

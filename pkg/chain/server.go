@@ -67,6 +67,20 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	// stripe s of stripes: only the chunks i with i % stripes == s (default: all).
+	if q := r.URL.Query(); q.Has("stripes") {
+		stripe, err1 := strconv.Atoi(q.Get("stripe"))
+		stripes, err2 := strconv.Atoi(q.Get("stripes"))
+		if err1 != nil || err2 != nil || stripes < 1 || stripes > maxStripes || stripe < 0 || stripe >= stripes {
+			http.Error(w, fmt.Sprintf("stripe %q of %q: want 0 ≤ stripe < stripes ≤ %d", q.Get("stripe"), q.Get("stripes"), maxStripes), http.StatusBadRequest)
+			return
+		}
+		for i := range wt.have {
+			if i%stripes != stripe {
+				wt.have[i] = true // another stripe's: not asked for here
+			}
+		}
+	}
 	s.streams.Add(1)
 	defer s.streams.Add(-1)
 	if err := s.stream(r.Context(), w, l, wt); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errMoved) {

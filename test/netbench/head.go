@@ -146,6 +146,9 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 	one := func(mode string, round int) (HeadRun, error) {
 		seq++
 		run := HeadRun{Mode: mode, Round: round}
+		if err := warmMemory(dir, cacheSize(cfg.Size)); err != nil {
+			return run, err
+		}
 		if err := oss.Reset(); err != nil {
 			return run, err
 		}
@@ -155,7 +158,7 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 		}
 		spec := agentSpec{host: Host{IP: "127.0.0.1"}, name: fmt.Sprintf("%s-%d", mode, seq), plugin: bin.Plugin,
 			dir: filepath.Join(dir, fmt.Sprintf("run-%02d", seq)), model: "oss://models/" + prefix, endpoint: oss.Endpoint,
-			tenant: fmt.Sprintf("head-%d-%d", seq, time.Now().UnixNano()%1e6), cacheSize: cfg.Size + cfg.Size/4 + 64<<20, bindPort: bindPort}
+			tenant: fmt.Sprintf("head-%d-%d", seq, time.Now().UnixNano()%1e6), cacheSize: cacheSize(cfg.Size), bindPort: bindPort}
 		if mode == HeadMode {
 			spec.redis = redis.Addr
 		}

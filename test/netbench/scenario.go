@@ -98,6 +98,9 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := warmMemory(e.Dir, int64(s.N)*cacheSize(s.Size)); err != nil {
+		return nil, err
+	}
 	if err := e.OSS.Reset(); err != nil {
 		return nil, err
 	}
@@ -109,7 +112,7 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 	}
 	launch := func(i int) (*agent, error) {
 		return startAgent(agentSpec{host: hosts[i], plugin: e.Bin.Plugin, dir: filepath.Join(runDir, fmt.Sprint(i)),
-			model: "oss://models/" + s.Model, endpoint: e.OSS.Endpoint, redis: redis, tenant: tenant, cacheSize: s.Size + s.Size/4 + 64<<20})
+			model: "oss://models/" + s.Model, endpoint: e.OSS.Endpoint, redis: redis, tenant: tenant, cacheSize: cacheSize(s.Size)})
 	}
 	var agents []*agent
 	defer func() {
