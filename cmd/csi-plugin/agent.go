@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"k8s.io/klog/v2"
+
 	"github.com/modelcast/modelcast/internal/crc64ecma"
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/driver"
@@ -69,7 +71,7 @@ func runAgent(ctx context.Context, args []string) error {
 	interval := fs.Duration("interval", 500*time.Millisecond, "time between progress lines")
 	verify := fs.Bool("verify", false, "when ready, read every file again and check its CRC-64 against the manifest")
 	exit := fs.Bool("exit", false, "exit once ready instead of serving peers until a signal")
-	corrupt := fs.Int("test-corrupt-chunk", -1, "test hook: send this chunk to a peer with one byte flipped, once")
+	applyHooks := addTestHooks(fs)
 	httpEndpoint := fs.String("http-endpoint", "", "where to serve /metrics, /healthz and /readyz (host:port, port 0 for any; empty: off)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), agentUsage)
@@ -85,14 +87,21 @@ func runAgent(ctx context.Context, args []string) error {
 		return err
 	}
 	opts.Config = cfg
-	if *corrupt >= 0 {
-		opts.CorruptChunk = corrupt
-	}
 	d, err := driver.New(opts)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	applyHooks(d)
+	holder := "agent:" + opts.NodeID
+	defer func() {
+		// An agent holds its model only while it runs: on the way out it lets go, closes,
+		// and unmounts the cache tmpfs it mounted, so no memory stays charged behind it.
+		_ = d.Store().Release(holder)
+		d.Close()
+		if _, err := d.Store().UnmountIfIdle(); err != nil {
+			klog.ErrorS(err, "Could not unmount the cache tmpfs")
+		}
+	}()
 
 	out := json.NewEncoder(os.Stdout)
 	var outMu sync.Mutex
@@ -126,7 +135,7 @@ func runAgent(ctx context.Context, args []string) error {
 	res := make(chan result, 1)
 	key := make(chan string, 1)
 	go func() {
-		dir, k, err := d.Stage(ctx, attrs, nil, "agent:"+opts.NodeID)
+		dir, k, err := d.Stage(ctx, attrs, nil, holder)
 		res <- result{dir, k, err}
 	}()
 	var r result

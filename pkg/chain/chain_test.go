@@ -73,7 +73,7 @@ func (w *world) node(t *testing.T, id string, mutate ...func(*chain.Config)) *no
 	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr(), MaxRetries: 1})
 	t.Cleanup(func() { _ = rdb.Close() })
 	cfg := chain.Config{NodeID: id, Addr: "127.0.0.1:0", Tenant: "team", ChunkSize: 256 << 10, Heartbeat: 200 * time.Millisecond,
-		StallTimeout: 2 * time.Second, CorruptChunk: -1}
+		StallTimeout: 2 * time.Second}
 	for _, f := range mutate {
 		f(&cfg)
 	}

@@ -27,8 +27,13 @@ func NewCoordinator(rdb redis.UniversalClient) *Coordinator {
 	return &Coordinator{rdb: rdb, modelTTL: time.Hour}
 }
 
-// Ping checks that Redis answers (and that the credentials are right).
-func (c *Coordinator) Ping(ctx context.Context) error { return c.rdb.Ping(ctx).Err() }
+// addr names the Redis server, for logs.
+func (c *Coordinator) addr() string {
+	if rc, ok := c.rdb.(*redis.Client); ok {
+		return rc.Options().Addr
+	}
+	return "redis"
+}
 
 // Token returns the tenant's peer secret, creating it (once, SET NX) if needed.
 func (c *Coordinator) Token(ctx context.Context, tenant string) (string, error) {
@@ -40,6 +45,16 @@ func (c *Coordinator) Token(ctx context.Context, tenant string) (string, error) 
 		return "", err
 	}
 	return c.rdb.Get(ctx, tokenKey(tenant)).Result()
+}
+
+// ReadToken returns the tenant's peer secret, "" when there is none. It never creates one: the
+// data plane checks requests with it.
+func (c *Coordinator) ReadToken(ctx context.Context, tenant string) (string, error) {
+	tok, err := c.rdb.Get(ctx, tokenKey(tenant)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	return tok, err
 }
 
 // Register announces the node's peer address for ttl (the heartbeat renews it).
@@ -270,9 +285,4 @@ func (c *Coordinator) Sums(ctx context.Context, tenant, key string, first, n int
 		}
 	}
 	return out, nil
-}
-
-// Reset removes a model's chain state (after a failed verification, so retries start clean).
-func (c *Coordinator) Reset(ctx context.Context, tenant, key string) error {
-	return c.rdb.Del(ctx, chainKey(tenant, key), seqKey(tenant, key), progressKey(tenant, key), sumsKey(tenant, key), infoKey(tenant, key)).Err()
 }

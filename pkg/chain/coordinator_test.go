@@ -135,11 +135,13 @@ func TestCoordinator(t *testing.T) {
 	if m, err := c.Manifest(ctx, "t1", "absent"); m != nil || err != nil {
 		t.Errorf("absent manifest: %q, %v", m, err)
 	}
-	if err := c.Reset(ctx, "t1", "model"); err != nil {
-		t.Fatal(err)
+	for _, n := range []string{"a", "b", "c", "d"} {
+		if err := c.Leave(ctx, "t1", "model", n); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if ms, _ := c.Members(ctx, "t1", "model"); len(ms) != 0 {
-		t.Errorf("after reset: %+v", ms)
+		t.Errorf("after every node left: %+v", ms)
 	}
 }
 

@@ -55,8 +55,10 @@ func TestStreamRequests(t *testing.T) {
 			t.Errorf("%s: %q %q %v", tc.path, tenant, key, ok)
 		}
 	}
-	// Without a valid path or token nothing is served; /healthz answers.
-	n := &Node{cfg: Config{CorruptChunk: -1}, reg: registry{models: map[string]*local{}}}
+	// Without a valid path or token nothing is served; /healthz answers. The node serves a
+	// model of tenant "team" (not "abc"): the right token gets 404 for another model, and a
+	// tenant the node serves nothing of gets 401 whatever the token.
+	n := &Node{cfg: Config{}, reg: registry{models: map[string]*local{"team/other": {tenant: "team", key: "other"}}}}
 	s := &server{node: n, tokens: map[string]string{"team": "secret"}, refreshed: map[string]time.Time{}}
 	for _, tc := range []struct {
 		method, path, auth string
@@ -66,6 +68,7 @@ func TestStreamRequests(t *testing.T) {
 		{"GET", "/v1/team/models/abc/stream?chunk=0&offset=0", "", 401},
 		{"GET", "/v1/team/models/abc/stream?chunk=0&offset=0", "Bearer secret", 404},
 		{"POST", "/v1/team/models/abc/stream", "Bearer secret", 404},
+		{"POST", "/v1/elsewhere/models/abc/stream", "Bearer secret", 401},
 		{"GET", "/other", "Bearer secret", 404},
 	} {
 		rec := httptest.NewRecorder()

@@ -52,6 +52,7 @@ type local struct {
 	changed     chan struct{}  // closed (and replaced) when a chunk is verified or the model closes
 	samples     []rateSample   // verified bytes over the last rateWindow, oldest first
 	steppedBack bool           // moved to its chain's tail for being slow (once per staging)
+	writers     int            // receivers writing into the files now (see beginWrite)
 	moved       chan struct{}  // closed when the node moves in its chain: streams to successors end
 	sums        map[int]uint64 // CRC-64s the OSS reader published, as read from Redis
 	sumsRead    time.Time
@@ -85,7 +86,7 @@ func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local
 		}
 		f, err := os.OpenFile(filepath.Join(dir, filepath.FromSlash(m.Path(i))), os.O_RDWR, 0)
 		if err != nil {
-			l.closeFiles()
+			l.closeFilesLocked()
 			return nil, err
 		}
 		l.files[i] = f
@@ -100,7 +101,7 @@ func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local
 			}
 			data, err := unix.Mmap(int(f.Fd()), 0, int(m.Objects[i].Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 			if err != nil {
-				l.closeFiles()
+				l.closeFilesLocked()
 				return nil, fmt.Errorf("map %s: %w", m.Path(i), err)
 			}
 			l.maps[i] = data
@@ -110,25 +111,18 @@ func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local
 	return l, nil
 }
 
-// region returns where chunk c's bytes [from, from+n) are received: the object's mapping,
-// or nil when the node writes with pwrite.
-func (l *local) region(c ossclient.Chunk, from, n int64) []byte {
-	if l.maps == nil {
-		return nil
-	}
-	return l.maps[c.Object][c.Offset+from : c.Offset+from+n]
-}
-
-func (l *local) closeFiles() {
+// closeFilesLocked unmaps and closes the model's files (once).
+func (l *local) closeFilesLocked() {
 	for i, data := range l.maps {
 		if data != nil {
 			_ = unix.Munmap(data)
 			l.maps[i] = nil
 		}
 	}
-	for _, f := range l.files {
+	for i, f := range l.files {
 		if f != nil {
 			_ = f.Close()
+			l.files[i] = nil
 		}
 	}
 }
@@ -174,11 +168,11 @@ func (l *local) allLocked(first, end int) bool {
 	return true
 }
 
-// has reports whether chunk i is verified.
-func (l *local) has(i int) bool {
+// objectVerified reports whether object o passed OSS's CRC-64.
+func (l *local) objectVerified(o int) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.have[i]
+	return l.objVerified[o]
 }
 
 // partialOf returns the bytes of chunk i already received (zero when none).
@@ -367,7 +361,8 @@ func (l *local) origin() origin {
 type origin struct {
 	peer         string // the predecessor; "" with oss or when not known
 	oss          bool
-	position, of int // 1-based rank in the chain, and the chain's length (0: unknown)
+	position, of int    // 1-based rank in the chain, and the chain's length (0: unknown)
+	note         string // why, when it is not what broadcasting would give
 }
 
 // name is what the node publishes in Redis: "OSS", the peer's name, or "".
@@ -383,6 +378,9 @@ func (o origin) String() string {
 	from := o.name()
 	if o.peer != "" {
 		from = "node " + o.peer
+	}
+	if o.note != "" {
+		return from + " directly (" + o.note + ")"
 	}
 	if o.position == 0 {
 		return from
@@ -436,8 +434,13 @@ func (l *local) crc(i int) uint64 {
 
 // reader opens object o anew, so a stream reads with an offset of its own (and sendfile): the
 // handle is reopened through /proc, which keeps working after the cache renames or removes
-// the file.
+// the file. It holds the lock close takes, so the descriptor it reopens is the object's.
 func (l *local) reader(o int) (*os.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, errReleased
+	}
 	f := l.files[o]
 	if f == nil {
 		return nil, fmt.Errorf("object %d is empty", o)
@@ -445,15 +448,44 @@ func (l *local) reader(o int) (*os.File, error) {
 	return os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
 }
 
-// close releases the model: waiting streams end, files close (open readers keep theirs).
+// beginWrite lets a receiver write chunk c's bytes [from, from+n): it returns where (the
+// object's mapping, or nil to write with pwrite) and false once the model is closed. Every
+// true must be followed by endWrite: a closed model unmaps its files only when the last
+// writer is done.
+func (l *local) beginWrite(c ossclient.Chunk, from, n int64) ([]byte, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, false
+	}
+	l.writers++
+	if l.maps == nil {
+		return nil, true
+	}
+	return l.maps[c.Object][c.Offset+from : c.Offset+from+n], true
+}
+
+func (l *local) endWrite() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.writers--
+	if l.closed && l.writers == 0 {
+		l.closeFilesLocked()
+	}
+}
+
+// close releases the model: waiting streams end, files close (open readers keep theirs) once
+// no receiver writes into them any more.
 func (l *local) close() {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if !l.closed {
 		l.closed = true
 		l.notifyLocked()
 	}
-	l.mu.Unlock()
-	l.closeFiles()
+	if l.writers == 0 {
+		l.closeFilesLocked()
+	}
 }
 
 // registry holds the models this node can serve, by tenant and key.
@@ -470,10 +502,16 @@ func (r *registry) get(tenant, key string) *local {
 	return r.models[regKey(tenant, key)]
 }
 
+// add registers l. A copy of the same model it replaces (released by the cache, which tells
+// the node only after removing its files) is closed: its chain membership is l's now.
 func (r *registry) add(l *local) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	old := r.models[regKey(l.tenant, l.key)]
 	r.models[regKey(l.tenant, l.key)] = l
+	r.mu.Unlock()
+	if old != nil && old != l {
+		old.close()
+	}
 }
 
 // remove drops the model if it is still l.
@@ -483,6 +521,18 @@ func (r *registry) remove(l *local) {
 	if r.models[regKey(l.tenant, l.key)] == l {
 		delete(r.models, regKey(l.tenant, l.key))
 	}
+}
+
+// hasTenant reports whether the node holds or stages a model of tenant.
+func (r *registry) hasTenant(tenant string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, l := range r.models {
+		if l.tenant == tenant {
+			return true
+		}
+	}
+	return false
 }
 
 // byKey returns every tenant's entry for a cache key.

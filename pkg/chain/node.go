@@ -55,8 +55,6 @@ type Config struct {
 	StallTimeout time.Duration
 	// ManifestTTL: how long a published manifest pins a model's version for new nodes.
 	ManifestTTL time.Duration
-	// CorruptChunk is a test hook: send this chunk with one byte flipped, once (-1: off).
-	CorruptChunk int
 }
 
 func (c *Config) defaults() {
@@ -95,6 +93,8 @@ type RedisConfig struct {
 	Username, Password string
 	TLS                bool
 	CACert             []byte // PEM; the system's roots when empty
+	// ClientCert is presented to servers that require a client certificate.
+	ClientCert *tls.Certificate
 }
 
 // NewRedisClient builds a client for rc. It connects lazily and reconnects by itself (a Redis
@@ -117,8 +117,11 @@ func NewRedisClient(rc RedisConfig) (*redis.Client, error) {
 	if opts.Addr == "" {
 		return nil, errors.New("redis: no address (broadcast.db.host or broadcast.db.url)")
 	}
-	if rc.TLS && opts.TLSConfig == nil {
+	if (rc.TLS || len(rc.CACert) > 0 || rc.ClientCert != nil) && opts.TLSConfig == nil {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if opts.TLSConfig != nil && rc.ClientCert != nil {
+		opts.TLSConfig.Certificates = []tls.Certificate{*rc.ClientCert}
 	}
 	if opts.TLSConfig != nil && len(rc.CACert) > 0 {
 		pool := x509.NewCertPool()
@@ -168,6 +171,7 @@ type Node struct {
 
 	directBytes sync.Map // model key → bytes fetched from OSS without the chain
 	stats       stats
+	health      health
 }
 
 // stats are the node's counters (Stats is their snapshot).
@@ -183,8 +187,11 @@ type Stats struct {
 	Relinks int64
 	// Takeovers: times the node became a chain's head midway, every node before it gone.
 	Takeovers int64
-	// Fallbacks: stagings that went straight to OSS because Redis was out of reach.
+	// Fallbacks: stagings that went straight to OSS because Redis was out of reach or refused
+	// this node.
 	Fallbacks int64
+	// Coordination is the node's state with Redis (CoordinationOK, …).
+	Coordination string
 	// CorruptChunks: chunks from peers that failed their checksum (fetched again).
 	CorruptChunks int64
 	// StepBacks: times the node moved to a chain's tail for receiving slower than the nodes
@@ -199,11 +206,13 @@ type Stats struct {
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
-	return Stats{
+	s := Stats{
 		Joins: n.stats.joins.Load(), Relinks: n.stats.relinks.Load(), Takeovers: n.stats.takeovers.Load(),
 		Fallbacks: n.stats.fallbacks.Load(), CorruptChunks: n.stats.corrupt.Load(), StepBacks: n.stats.stepBacks.Load(),
 		AuthFailures: n.srv.authFailed.Load(), Served: n.srv.served.Load(), Streams: n.srv.streams.Load(),
 	}
+	s.Coordination, _ = n.Coordination()
+	return s
 }
 
 type failures struct {
@@ -295,12 +304,16 @@ func (n *Node) Close() {
 }
 
 // Release is the cache's hook for a model it released (expired, evicted): the node stops
-// serving it and leaves its chains, so successors re-link.
+// serving it and leaves its chains, so successors re-link. Only complete copies go: the cache
+// releases committed models, and a staging of the same key that began meanwhile (a pod asked
+// for the model again) is a new copy that must go on.
 func (n *Node) Release(key string) {
 	ctx, cancel := context.WithTimeout(n.ctx, 3*time.Second)
 	defer cancel()
 	for _, l := range n.reg.byKey(key) {
-		n.drop(ctx, l)
+		if l.isComplete() {
+			n.drop(ctx, l)
+		}
 	}
 }
 
@@ -335,14 +348,29 @@ func (n *Node) heartbeat() {
 	for {
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.Heartbeat)
 		for _, tenant := range n.tenants() {
-			if err := n.coord.Register(ctx, tenant, n.cfg.NodeID, n.cfg.Addr, n.cfg.NodeTTL); err != nil {
+			err := n.coord.Register(ctx, tenant, n.cfg.NodeID, n.cfg.Addr, n.cfg.NodeTTL)
+			if ctx.Err() == nil || err == nil {
+				n.observe(err)
+			}
+			if err != nil {
 				klog.V(2).InfoS("Heartbeat failed", "tenant", tenant, "err", err)
 			}
 		}
 		for _, l := range n.reg.all() {
-			if _, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress(), int(l.pos.Load())); err != nil {
-				klog.V(2).InfoS("Could not renew a chain", "model", l.key, "err", err)
+			if l.isClosed() {
+				continue
 			}
+			pos, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress(), int(l.pos.Load()))
+			if err != nil {
+				klog.V(2).InfoS("Could not renew a chain", "model", l.key, "err", err)
+				continue
+			}
+			if l.isClosed() {
+				// Dropped while this renewal was on its way: its Leave may have come first.
+				_ = n.coord.Leave(ctx, l.tenant, l.key, n.cfg.NodeID)
+				continue
+			}
+			l.pos.Store(int64(pos))
 		}
 		cancel()
 		select {

@@ -3,6 +3,7 @@ package chain
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -59,7 +60,7 @@ func newOrderWorld(t *testing.T, size int64) *orderWorld {
 
 func (w *orderWorld) node(t *testing.T, id string) *Node {
 	t.Helper()
-	n, err := NewNode(Config{NodeID: id, Addr: "127.0.0.1:0", Tenant: "team", Heartbeat: 200 * time.Millisecond, CorruptChunk: -1}, w.rdb)
+	n, err := NewNode(Config{NodeID: id, Addr: "127.0.0.1:0", Tenant: "team", Heartbeat: 200 * time.Millisecond}, w.rdb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,5 +218,65 @@ func TestTakeoverFetchesOnlyMissingChunks(t *testing.T) {
 	}
 	if got := lb.fromOSS.Load(); got != w.m.Size()-present {
 		t.Errorf("counted %d bytes from OSS, want %d", got, w.m.Size()-present)
+	}
+}
+
+// TestReleaseSparesANewStaging: the cache tells the node it released a model only after
+// removing its files; if a pod asked for the model again meanwhile, a new staging of the same
+// key is under way. The release closes the old copy (replaced when the new one registered) and
+// leaves the new one alone.
+func TestReleaseSparesANewStaging(t *testing.T) {
+	w := newOrderWorld(t, 2<<20)
+	n := w.node(t, "a")
+	old := w.local(t, n, 1)
+	for i := range w.layout.Len() {
+		w.put(t, old, i, w.layout.Chunk(i).Size)
+	}
+	fresh := w.local(t, n, 1) // a new staging of the same model registers
+	if !old.isClosed() {
+		t.Errorf("the replaced copy is still open")
+	}
+	if _, err := old.reader(0); !errors.Is(err, errReleased) {
+		t.Errorf("reading a closed copy: %v, want errReleased (its descriptors may be reused)", err)
+	}
+	n.Release("k")
+	if fresh.isClosed() || n.reg.get("team", "k") != fresh {
+		t.Errorf("the release of the old copy dropped the new staging")
+	}
+	for i := range w.layout.Len() {
+		w.put(t, fresh, i, w.layout.Chunk(i).Size)
+	}
+	n.Release("k")
+	if !fresh.isClosed() || n.reg.get("team", "k") != nil {
+		t.Errorf("a release of the complete model left it registered")
+	}
+}
+
+// TestBadReadTakesBackItsSums: when an object read from OSS fails its CRC-64, the checksums
+// the head published for its chunks are taken back, so a retry is not refused for them.
+func TestBadReadTakesBackItsSums(t *testing.T) {
+	w := newOrderWorld(t, 4<<20)
+	n := w.node(t, "a")
+	l := w.local(t, n, 1)
+	big := 0
+	for o, obj := range w.m.Objects {
+		if obj.Size > w.m.Objects[big].Size {
+			big = o
+		}
+	}
+	w.emu.InjectFault(ossemu.Fault{Kind: ossemu.FaultCorrupt, Key: w.m.Objects[big].Key, After: 100, Count: -1})
+	oss := cache.OSSSource{Client: w.oss, Options: ossclient.DownloadOptions{Concurrency: 4, PartSize: 1 << 20}}
+	if err := n.head(t.Context(), l, oss); !errors.Is(err, ossclient.ErrIntegrity) {
+		t.Fatalf("head: %v, want ErrIntegrity", err)
+	}
+	first, end := w.layout.ObjectChunks(big)
+	sums, err := n.coord.Sums(t.Context(), "team", "k", first, end-first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j, crc := range sums {
+		if crc != 0 {
+			t.Errorf("chunk %d of the object that failed keeps its published CRC %x", first+j, crc)
+		}
 	}
 }

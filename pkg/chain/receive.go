@@ -156,7 +156,11 @@ func (n *Node) request(ctx context.Context, l *local, peer Member, body []byte, 
 func (n *Node) receiveChunk(ctx context.Context, l *local, r io.Reader, f frame, buf []byte, peer Member) error {
 	c := l.layout.Chunk(f.index)
 	p := l.partialOf(f.index)
-	mapped := l.region(c, p.bytes, f.size)
+	mapped, ok := l.beginWrite(c, p.bytes, f.size)
+	if !ok {
+		return errReleased
+	}
+	defer l.endWrite()
 	if mapped != nil {
 		_ = unix.Madvise(mapped, unix.MADV_POPULATE_WRITE) // fault the pages in at once (best effort)
 	}

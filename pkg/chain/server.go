@@ -27,10 +27,10 @@ type server struct {
 	tokens    map[string]string    // tenant → token, as last read from Redis
 	refreshed map[string]time.Time // when a tenant's token was last re-read on a mismatch
 
-	served      atomic.Int64 // bytes of chunks sent
-	streams     atomic.Int64 // streams being served
-	authFailed  atomic.Int64
-	corruptOnce sync.Once // test hook (Config.CorruptChunk)
+	served     atomic.Int64 // bytes of chunks sent
+	streams    atomic.Int64 // streams being served
+	authFailed atomic.Int64
+	corrupt    atomic.Int64 // test hook: 1 + the chunk to send with a byte flipped, once (0: off)
 }
 
 const streamPrefix = "/v1/"
@@ -100,11 +100,14 @@ func parseStreamPath(p string) (tenant, key string, ok bool) {
 	return parts[0], parts[2], true
 }
 
-// authorized compares the bearer token with the tenant's, reading it again from Redis (at most
-// once a second) when it does not match: Redis may have lost and remade it.
+// authorized compares the bearer token with the tenant's. Only tenants this node serves a model
+// of are considered: a request naming any other tenant is refused without a look at Redis, so
+// requests from anyone who reaches the port neither write keys into Redis nor grow this node's
+// state. On a mismatch the token is read again from Redis (at most once a second per tenant, and
+// never created here): Redis may have lost it and a node remade it.
 func (s *server) authorized(ctx context.Context, tenant, header string) bool {
 	got, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok || got == "" {
+	if !ok || got == "" || !s.node.reg.hasTenant(tenant) {
 		return false
 	}
 	s.mu.Lock()
@@ -120,8 +123,19 @@ func (s *server) authorized(ctx context.Context, tenant, header string) bool {
 	}
 	s.refreshed[tenant] = time.Now()
 	s.mu.Unlock()
-	fresh, err := s.node.token(ctx, tenant, true)
-	return err == nil && subtle.ConstantTimeCompare([]byte(got), []byte(fresh)) == 1
+	if s.node.coord == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	fresh, err := s.node.coord.ReadToken(ctx, tenant)
+	if err != nil || fresh == "" {
+		return false
+	}
+	s.mu.Lock()
+	s.tokens[tenant] = fresh
+	s.mu.Unlock()
+	return subtle.ConstantTimeCompare([]byte(got), []byte(fresh)) == 1
 }
 
 // stream writes a frame for every chunk the receiver lacks, in the order this node verified
@@ -198,12 +212,8 @@ func immediate(ctx context.Context) context.Context {
 
 // sendChunk copies n bytes at off of src to w (sendfile through net/http's ReaderFrom).
 func (s *server) sendChunk(w io.Writer, src *fileAt, chunk int, off, n int64) error {
-	if s.node.cfg.CorruptChunk >= 0 && chunk == s.node.cfg.CorruptChunk {
-		corrupted := false
-		s.corruptOnce.Do(func() { corrupted = true })
-		if corrupted {
-			return s.sendCorrupted(w, src, off, n)
-		}
+	if c := s.corrupt.Load(); c > 0 && int64(chunk) == c-1 && s.corrupt.CompareAndSwap(c, 0) {
+		return s.sendCorrupted(w, src, chunk, off, n)
 	}
 	if err := src.seek(off); err != nil {
 		return err
@@ -215,13 +225,13 @@ func (s *server) sendChunk(w io.Writer, src *fileAt, chunk int, off, n int64) er
 }
 
 // sendCorrupted is the test hook: the chunk's bytes with one of them flipped.
-func (s *server) sendCorrupted(w io.Writer, src *fileAt, off, n int64) error {
+func (s *server) sendCorrupted(w io.Writer, src *fileAt, chunk int, off, n int64) error {
 	b := make([]byte, n)
 	if _, err := src.f.ReadAt(b, off); err != nil {
 		return err
 	}
 	b[n/2] ^= 0x5a
-	klog.InfoS("Test hook: sending a corrupted chunk", "chunk", s.node.cfg.CorruptChunk)
+	klog.InfoS("Test hook: sending a corrupted chunk", "chunk", chunk)
 	src.pos = -1
 	k, err := w.Write(b)
 	s.served.Add(int64(k))

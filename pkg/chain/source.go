@@ -51,11 +51,23 @@ func (s *source) Fetch(ctx context.Context, m cache.Model, dir string, report fu
 		l.pos.Store(int64(pos))
 	}
 	cancel()
+	n.observe(err)
 	if err != nil {
-		l.close()
+		// Coordination is down: read OSS as the head of a chain of one. The node registers the
+		// model like any other, so its heartbeat joins the chain when Redis answers again and
+		// the model is served to peers from then on.
 		n.stats.fallbacks.Add(1)
 		klog.InfoS("Broadcast coordination unavailable; fetching from OSS directly", "model", m.String(), "err", err)
-		return n.direct(ctx, s.oss, m, dir, report)
+		n.reg.add(l)
+		_, problem := n.Coordination()
+		l.setOrigin(origin{oss: true, note: "broadcast off: " + problem})
+		stop := l.reportEvery(100*time.Millisecond, report)
+		err := n.head(ctx, l, s.oss)
+		stop()
+		if err != nil {
+			n.drop(context.WithoutCancel(ctx), l)
+		}
+		return err
 	}
 	n.stats.joins.Add(1)
 	n.reg.add(l)
@@ -118,6 +130,7 @@ func (n *Node) publishEvery(l *local, d time.Duration) (stop func()) {
 
 // relay fills l from predecessors or OSS until it is complete.
 func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource) error {
+	confirm := false // a takeover waits for a second look (see below)
 	for !l.isComplete() {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -131,6 +144,18 @@ func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource) error {
 		}
 		pos := int(l.pos.Load())
 		rank, of := n.rank(members, pos)
+		if pred == nil && l.verifiedBytes() > 0 && !confirm {
+			// Before costing OSS a takeover, look again a heartbeat later: after a Redis
+			// restart the nodes before this one may not have rejoined yet.
+			confirm = true
+			select {
+			case <-time.After(n.cfg.Heartbeat):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		confirm = false
 		if pred == nil {
 			if l.verifiedBytes() > 0 {
 				n.stats.takeovers.Add(1)
@@ -210,6 +235,11 @@ func (n *Node) predecessor(ctx context.Context, l *local) (*Member, []Member, er
 	}
 	me := find(members, n.cfg.NodeID)
 	if me == nil {
+		// Redis lost the chain: come back with an address (a member without one looks dead
+		// to its successors) and at the position this node had.
+		if err := n.coord.Register(ctx, l.tenant, n.cfg.NodeID, n.cfg.Addr, n.cfg.NodeTTL); err != nil {
+			return nil, nil, err
+		}
 		pos, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress(), int(l.pos.Load()))
 		if err != nil {
 			return nil, nil, err
@@ -284,7 +314,7 @@ func (n *Node) rank(members []Member, pos int) (int, int) {
 // the successor as soon as it is verified, in whatever order the parts complete.
 func (n *Node) head(ctx context.Context, l *local, oss cache.OSSSource) error {
 	pub := &sumPublisher{n: n, l: l}
-	stop := pub.run()
+	stop := sync.OnceFunc(pub.run())
 	defer stop()
 	opts := oss.Options
 	opts.Layout = l.layout
@@ -301,11 +331,36 @@ func (n *Node) head(ctx context.Context, l *local, oss cache.OSSSource) error {
 	opts.Chunk = func(i int, crc uint64) {
 		if err := l.chunkDone(i, crc); err != nil {
 			klog.ErrorS(err, "A chunk from OSS failed its object's check", "model", l.key, "chunk", i)
+			return // not published: it is not what OSS holds
 		}
 		pub.add(i, crc)
 	}
 	klog.V(2).InfoS("Fetching from OSS as the chain's head", "model", l.key, "present", present, "concurrency", opts.Concurrency)
-	return oss.Client.Download(ctx, l.layout.Manifest(), l.dir, opts)
+	err := oss.Client.Download(ctx, l.layout.Manifest(), l.dir, opts)
+	if errors.Is(err, ossclient.ErrIntegrity) {
+		// The chunks of an object that failed OSS's CRC-64 were published before the object
+		// could be checked: take them back, so a retry is not refused for the bad read.
+		stop()
+		n.clearSums(l)
+	}
+	return err
+}
+
+// clearSums removes from Redis the published CRC-64s of every chunk of l's objects that did
+// not pass their object's check.
+func (n *Node) clearSums(l *local) {
+	ctx, cancel := context.WithTimeout(n.ctx, 3*time.Second)
+	defer cancel()
+	for o := range l.layout.Manifest().Objects {
+		if l.objectVerified(o) {
+			continue
+		}
+		first, end := l.layout.ObjectChunks(o)
+		if err := n.coord.PublishSums(ctx, l.tenant, l.key, first, make([]uint64, end-first)); err != nil {
+			klog.V(2).InfoS("Could not clear the checksums of a failed object", "model", l.key, "err", err)
+			return
+		}
+	}
 }
 
 // sumPublisher batches the CRC-64s of chunks read from OSS into Redis.

@@ -77,6 +77,12 @@ type DB struct {
 	// URL is an alternative to the fields above: redis://user:pass@host:port/db or rediss:// for TLS.
 	URL string `json:"url"`
 	TLS bool   `json:"tls"`
+	// CAFile is the PEM file of the CA that signed the server's certificate (Alibaba Cloud's
+	// Redis/Tair SSL CA, or a private one); empty: the system's roots. CertFile and KeyFile are
+	// a client certificate, for servers that require one. Any of them turns TLS on.
+	CAFile   string `json:"caFile"`
+	CertFile string `json:"certFile"`
+	KeyFile  string `json:"keyFile"`
 }
 
 // Cache configures the node's tmpfs cache.
@@ -186,6 +192,7 @@ func (c Config) validate() error {
 	check(c.BindPort > 0 && c.BindPort < 65536, "bindPort must be a TCP port, got %d", c.BindPort)
 	check(c.Broadcast.DB.Port > 0 && c.Broadcast.DB.Port < 65536, "broadcast.db.port must be a TCP port, got %d", c.Broadcast.DB.Port)
 	check(c.Cache.MemoryReserveGB >= 0, "cache.memoryReserveGB must not be negative")
+	check((c.Broadcast.DB.CertFile == "") == (c.Broadcast.DB.KeyFile == ""), "broadcast.db.certFile and broadcast.db.keyFile go together")
 	switch c.Cache.Huge {
 	case "never", "always", "within_size", "advise":
 	default:

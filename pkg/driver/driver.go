@@ -5,6 +5,7 @@ package driver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -58,10 +59,7 @@ type Options struct {
 	NodeIP string
 	// Mounter for pods' bind mounts; default: mount(2).
 	Mounter Mounter
-	// CorruptChunk is a test hook of the broadcast data plane: send this chunk with one byte
-	// flipped, once. nil: off.
-	CorruptChunk *int
-	Clock        clock.WithTickerAndDelayedExecution
+	Clock   clock.WithTickerAndDelayedExecution
 	// ManifestTTL: how long a listed manifest is reused for the same path and credentials.
 	ManifestTTL time.Duration
 	// PublishWait bounds one NodePublishVolume's wait for a staging; PublishMargin is how long
@@ -233,10 +231,7 @@ func (d *Driver) Metrics() *metrics.Metrics { return d.opts.Metrics }
 func newChainNode(opts Options) (*chain.Node, error) {
 	b := opts.Config.Broadcast
 	cc := chain.Config{NodeID: opts.NodeID, Tenant: b.Tenant, Chains: b.Chains, HeadConcurrency: b.HeadConcurrency,
-		Addr: net.JoinHostPort(opts.NodeIP, strconv.Itoa(opts.Config.BindPort)), CorruptChunk: -1}
-	if opts.CorruptChunk != nil {
-		cc.CorruptChunk = *opts.CorruptChunk
-	}
+		Addr: net.JoinHostPort(opts.NodeIP, strconv.Itoa(opts.Config.BindPort))}
 	if opts.NodeIP == "" {
 		cc.Addr, cc.Listen = net.JoinHostPort(hostIP(), strconv.Itoa(opts.Config.BindPort)), ":"+strconv.Itoa(opts.Config.BindPort)
 	}
@@ -247,19 +242,36 @@ func newChainNode(opts Options) (*chain.Node, error) {
 		klog.InfoS("Broadcast is enabled but no Redis is configured (broadcast.db.host): fetching from OSS directly")
 		return chain.NewNode(cc, nil)
 	}
-	rdb, err := chain.NewRedisClient(chain.RedisConfig{
+	rc := chain.RedisConfig{
 		Addr: net.JoinHostPort(b.DB.Host, strconv.Itoa(b.DB.Port)), URL: b.DB.URL,
 		Username: b.DB.Username, Password: b.DB.Password, TLS: b.DB.TLS,
-	})
+	}
+	if b.DB.CAFile != "" {
+		pem, err := os.ReadFile(b.DB.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("broadcast.db.caFile: %w", err)
+		}
+		rc.CACert = pem
+	}
+	if b.DB.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(b.DB.CertFile, b.DB.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("broadcast.db.certFile and keyFile: %w", err)
+		}
+		rc.ClientCert = &cert
+	}
+	rdb, err := chain.NewRedisClient(rc)
+	if err != nil {
+		return nil, err
+	}
+	n, err := chain.NewNode(cc, rdb)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if err := chain.Ping(ctx, rdb); err != nil {
-		klog.ErrorS(err, "Redis does not answer; models come from OSS directly until it does")
-	}
-	return chain.NewNode(cc, rdb)
+	n.CheckRedis(ctx) // says so at once, and clearly, if Redis refuses this node
+	return n, nil
 }
 
 // hostIP is the first non-loopback address of this host (the peer address without NodeIP).

@@ -25,6 +25,7 @@ var (
 	chainEvents   = desc("chain_events_total", "Broadcast chain events: join (a chain joined), relink (a predecessor replaced), takeover (became head midway), fallback (Redis out of reach: straight to OSS).", "event")
 	corruptChunks = desc("peer_corrupt_chunks_total", "Chunks from peers that failed their CRC-64 and were fetched again.")
 	authFailures  = desc("peer_auth_failures_total", "Peer data-plane requests refused for a missing or wrong tenant token.")
+	coordination  = desc("broadcast_coordination", "1 for the node's state with Redis: ok, unreachable (models come from OSS until it answers), refused (wrong user, password or certificate: a configuration to fix; models come from OSS), off (broadcast off or no Redis).", "state")
 
 	cacheModels     = desc("cache_models", "Models ready in the cache (staged, verified, committed).")
 	cacheReferenced = desc("cache_models_referenced", "Models in the cache held by at least one volume.")
@@ -39,7 +40,7 @@ var (
 )
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{receivedBytes, servedBytes, peerStreams, chainEvents, corruptChunks, authFailures,
+	for _, d := range []*prometheus.Desc{receivedBytes, servedBytes, peerStreams, chainEvents, corruptChunks, authFailures, coordination,
 		cacheModels, cacheReferenced, cacheStagings, cacheReferences, cacheBytes, cacheSoftCap, cacheFSSize, cacheFSFree, cacheReleases, cacheEvictions} {
 		ch <- d
 	}
@@ -77,4 +78,11 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(chainEvents, n.Fallbacks, "fallback")
 	counter(corruptChunks, n.CorruptChunks)
 	counter(authFailures, n.AuthFailures)
+	for _, st := range chain.CoordinationStates {
+		v := int64(0)
+		if st == n.Coordination {
+			v = 1
+		}
+		gauge(coordination, v, st)
+	}
 }

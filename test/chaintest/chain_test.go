@@ -2,9 +2,14 @@ package chaintest
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -218,15 +223,25 @@ func TestPeerAuthentication(t *testing.T) {
 	}
 	// Tenant B's own token does not open tenant A's model: B has no such model.
 	tokB := "Bearer " + tokenFor(t, rdb, "other-team")
-	if code, _ := get("/v1/other-team/models/"+key+"/stream?chunk=0&offset=0", tokB); code != 404 {
-		t.Errorf("tenant B asking for tenant A's model: HTTP %d, want 404", code)
+	if code, n := get("/v1/other-team/models/"+key+"/stream?chunk=0&offset=0", tokB); code != 401 || n > len("unauthorized\n") {
+		t.Errorf("tenant B asking for tenant A's model: HTTP %d with %d bytes, want 401 and no model byte", code, n)
 	}
 	if code, n := get(stream, "Bearer "+token); code != 200 || int64(n) < w.size {
 		t.Errorf("with the right token: HTTP %d, %d bytes", code, n)
 	}
+	// Requests for tenants the node serves nothing of are refused without a look at Redis:
+	// anyone who reaches the port cannot make keys there.
+	for i := range 50 {
+		if code, _ := get(fmt.Sprintf("/v1/junk-%d/models/%s/stream", i, key), "Bearer "+strings.Repeat("f", 64)); code != 401 {
+			t.Fatalf("a request for an unknown tenant: HTTP %d, want 401", code)
+		}
+	}
+	if keys, err := rdb.Keys(t.Context(), "modelcast:{junk-*").Result(); err != nil || len(keys) != 0 {
+		t.Errorf("requests for unknown tenants made Redis keys %v (%v)", keys, err)
+	}
 	s := a.metrics(t)
-	if got := s.Get("modelcast_peer_auth_failures_total"); got != 4 {
-		t.Errorf("%v refusals counted, want the 4 requests without the tenant's token", got)
+	if got := s.Get("modelcast_peer_auth_failures_total"); got != 55 {
+		t.Errorf("%v refusals counted, want the 55 requests without the tenant's token", got)
 	}
 	if got := s.Get("modelcast_served_bytes_total"); got != float64(w.size) {
 		t.Errorf("%v bytes served counted, want the one authorized stream's %d", got, w.size)
@@ -249,6 +264,8 @@ func tokenFor(t *testing.T, rdb *redis.Client, tn string) string {
 }
 
 // TestRedisDownBeforeJoin: with Redis gone, every node stages from OSS directly and succeeds.
+// When Redis is back, those nodes join the model's chain by their heartbeats, and a node that
+// needs the model then streams it from them: OSS serves no fourth copy.
 func TestRedisDownBeforeJoin(t *testing.T) {
 	w := newWorld(t, 8*mib, redistest.Options{})
 	w.redis.Stop()
@@ -264,6 +281,38 @@ func TestRedisDownBeforeJoin(t *testing.T) {
 	if served := w.emu.Stats().BytesServed; served != 3*w.size {
 		t.Errorf("OSS served %d bytes, want three copies", served)
 	}
+	w.redis.Restart()
+	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr()})
+	defer rdb.Close()
+	waitFor(t, "the three nodes in the model's chain", time.Minute, func() bool {
+		keys, err := rdb.Keys(t.Context(), "modelcast:{"+tenant+"/*}:chain").Result()
+		if err != nil || len(keys) != 1 {
+			return false
+		}
+		n, err := rdb.ZCard(t.Context(), keys[0]).Result()
+		return err == nil && n == 3
+	})
+	late := w.start(3, noHook())
+	e := late.ready(t)
+	w.checkModel(t, late.name, e)
+	if e.FromPeers != w.size || e.FromOSS != 0 {
+		t.Errorf("the node after Redis came back got %d bytes from peers and %d from OSS, want all from peers", e.FromPeers, e.FromOSS)
+	}
+	if served := w.emu.Stats().BytesServed; served != 3*w.size {
+		t.Errorf("OSS served %d bytes, want still three copies", served)
+	}
+}
+
+// waitFor polls cond every 50 ms until it holds, or fails the test after timeout.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %s", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond) // polling with a deadline
+	}
 }
 
 // TestRedisRestartMidTransfer: Redis restarts (losing everything) while the chain streams; no
@@ -271,11 +320,17 @@ func TestRedisDownBeforeJoin(t *testing.T) {
 func TestRedisRestartMidTransfer(t *testing.T) {
 	w := newWorld(t, 24*mib, redistest.Options{})
 	w.emu.SetEgressRate(8 * mib)
+	w.emu.ResetStats()
 	as := w.startChain(3, nil)
 	as[2].waitFor(t, "a quarter of the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/4 })
 	w.redis.Restart()
 	for _, a := range as {
 		w.checkModel(t, a.name, a.ready(t))
+	}
+	// The nodes rejoined at the positions they had: the chain went on as it was, and no node
+	// turned to OSS.
+	if served := w.emu.Stats().BytesServed; served != w.size {
+		t.Errorf("OSS served %d bytes for a %d-byte model across a Redis restart, want one copy", served, w.size)
 	}
 	// A node joining after the restart finds the chain again (the heartbeats rebuilt it).
 	late := w.start(3, noHook())
@@ -283,6 +338,62 @@ func TestRedisRestartMidTransfer(t *testing.T) {
 	w.checkModel(t, late.name, e)
 	if e.FromPeers != w.size {
 		t.Errorf("the late joiner got %d bytes from peers and %d from OSS, want all from a complete peer", e.FromPeers, e.FromOSS)
+	}
+}
+
+// TestRedisRestartThenHeadDies: Redis restarts mid-transfer (nodes rejoin in heartbeat order),
+// then the head dies. The survivors must not link into a cycle: one takes over from OSS and
+// both finish, OSS serving the model once plus what the head had in flight.
+func TestRedisRestartThenHeadDies(t *testing.T) {
+	w := newWorld(t, 32*mib, redistest.Options{})
+	w.emu.SetEgressRate(8 * mib)
+	w.emu.ResetStats()
+	as := w.startChain(3, nil)
+	as[2].waitFor(t, "a quarter of the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/4 })
+	w.redis.Restart()
+	as[2].waitFor(t, "a third of the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/3 })
+	as[0].kill()
+	for _, a := range as[1:] {
+		e := a.ready(t)
+		w.checkModel(t, a.name, e)
+		if e.FromOSS+e.FromPeers != w.size {
+			t.Errorf("%s received %d bytes in all, want %d", a.name, e.FromOSS+e.FromPeers, w.size)
+		}
+	}
+	bound := w.size + int64(w.headCon)*2*chain.DefaultChunkSize + 4*mib
+	if served := w.emu.Stats().BytesServed; served > bound {
+		t.Errorf("OSS served %d bytes, more than the model plus what the dead head had in flight (%d)", served, bound)
+	}
+}
+
+// TestFrozenPredecessorReplaced: the middle node is stopped (SIGSTOP) mid-transfer. Its
+// heartbeat expires and its successor re-links to the head within the node TTL (6 s) and a
+// little, long before the node thaws; OSS still serves one copy.
+func TestFrozenPredecessorReplaced(t *testing.T) {
+	w := newWorld(t, 32*mib, redistest.Options{})
+	w.emu.SetEgressRate(2 * mib) // 16 s of OSS: the freeze is well inside it
+	w.emu.ResetStats()
+	as := w.startChain(3, nil)
+	at := as[2].waitFor(t, "an eighth of the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/8 })
+	if err := as[1].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	thaw := sync.OnceFunc(func() { _ = as[1].cmd.Process.Signal(syscall.SIGCONT) })
+	defer thaw()
+	// node-2 had at most what node-1 had; once re-linked to node-0 it gets more.
+	as[2].waitFor(t, "progress past the frozen node", 30*time.Second, func(e event) bool {
+		return e.Event == "progress" && e.Done > at.Done+4*mib && strings.Contains(e.From, "node-0")
+	})
+	if d := time.Since(frozen); d > 15*time.Second {
+		t.Errorf("node-2 went on from node-0 %v after its predecessor froze, want within the node TTL and a little", d)
+	}
+	thaw()
+	for _, a := range as {
+		w.checkModel(t, a.name, a.ready(t))
+	}
+	if served := w.emu.Stats().BytesServed; served != w.size {
+		t.Errorf("OSS served %d bytes, want one copy (%d)", served, w.size)
 	}
 }
 
@@ -304,4 +415,112 @@ func TestRedisACL(t *testing.T) {
 	if e.FromOSS != w.size {
 		t.Errorf("the refused node got %d bytes from OSS, want all %d", e.FromOSS, w.size)
 	}
+	// A refusal is a configuration to fix, said as one: an error at level 0, the metric, and
+	// the staging's source (which the pod's Events show).
+	if !strings.Contains(log, "Redis refuses this node") {
+		t.Errorf("the refused node did not say Redis refuses it:\n%s", tail(log, 2000))
+	}
+	if !strings.Contains(e.From, "broadcast off") || !strings.Contains(e.From, "WRONGPASS") {
+		t.Errorf("the refused node's staging says it came from %q, want OSS with broadcast off and why", e.From)
+	}
+	s := bad.metrics(t)
+	if s.Get("modelcast_broadcast_coordination", "state", "refused") != 1 || s.Get("modelcast_broadcast_coordination", "state", "ok") != 0 {
+		t.Errorf("the refused node's coordination metric: refused %v, ok %v; want 1 and 0",
+			s.Get("modelcast_broadcast_coordination", "state", "refused"), s.Get("modelcast_broadcast_coordination", "state", "ok"))
+	}
+	if s := as[0].metrics(t); s.Get("modelcast_broadcast_coordination", "state", "ok") != 1 {
+		t.Errorf("a node with the right password: coordination ok = %v, want 1", s.Get("modelcast_broadcast_coordination", "state", "ok"))
+	}
+}
+
+// TestRedisTLSClientCertificate: a server that requires client certificates accepts a node
+// given one (broadcast.db.certFile, keyFile) and refuses one without, which says so.
+func TestRedisTLSClientCertificate(t *testing.T) {
+	w := newWorld(t, 4*mib, redistest.Options{TLS: true, ClientCerts: true})
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, w.redis.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert, key := w.redis.ClientCertFiles()
+	w.dbTLS = map[string]any{"caFile": ca, "certFile": cert, "keyFile": key}
+	as := w.startChain(2, nil)
+	for _, a := range as {
+		w.checkModel(t, a.name, a.ready(t))
+	}
+	if e := as[1].ready(t); e.FromPeers != w.size {
+		t.Errorf("the second node got %d bytes from peers, want the model", e.FromPeers)
+	}
+	w.dbTLS = map[string]any{"caFile": ca}
+	anonymous := w.start(2, noHook())
+	e := anonymous.ready(t)
+	if s := anonymous.metrics(t); s.Get("modelcast_broadcast_coordination", "state", "refused") != 1 {
+		t.Errorf("a node without a client certificate: refused = %v, want 1\n%s", s.Get("modelcast_broadcast_coordination", "state", "refused"), tail(anonymous.stderr.String(), 2000))
+	}
+	if e.FromOSS != w.size {
+		t.Errorf("the node without a certificate got %d bytes from OSS, want all", e.FromOSS)
+	}
+}
+
+// TestRedisTLSPrivateCA: Redis over TLS with a private CA. A node given the CA file
+// (broadcast.db.caFile) broadcasts; a node without it is refused, says so, and reads OSS.
+func TestRedisTLSPrivateCA(t *testing.T) {
+	w := newWorld(t, 8*mib, redistest.Options{TLS: true})
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, w.redis.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.dbTLS = map[string]any{"tls": true, "caFile": ca}
+	as := w.startChain(2, nil)
+	for _, a := range as {
+		w.checkModel(t, a.name, a.ready(t))
+	}
+	if e := as[1].ready(t); e.FromPeers != w.size {
+		t.Errorf("the second node got %d bytes from peers, want the model: broadcasting over TLS", e.FromPeers)
+	}
+	w.dbTLS = map[string]any{"tls": true}
+	untrusting := w.start(2, noHook())
+	e := untrusting.ready(t)
+	w.checkModel(t, untrusting.name, e)
+	if log := untrusting.stderr.String(); !strings.Contains(log, "Redis refuses this node") || !strings.Contains(log, "certificate") {
+		t.Errorf("a node that does not trust the server's certificate should say so:\n%s", tail(log, 2000))
+	}
+	if e.FromOSS != w.size || !strings.Contains(e.From, "broadcast off") {
+		t.Errorf("the node without the CA got %d bytes from OSS (from %q), want all, broadcast off", e.FromOSS, e.From)
+	}
+}
+
+// TestAgentLeavesNoMount: an agent whose cache is a tmpfs of its own unmounts it when it stops
+// (SIGTERM), so no memory stays charged behind it.
+func TestAgentLeavesNoMount(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the agent mounts a tmpfs")
+	}
+	w := newWorld(t, 4*mib, redistest.Options{})
+	a := w.start(0, agentOpt{corrupt: -1, tmpfs: true})
+	w.checkModel(t, a.name, a.ready(t))
+	if !mounted(t, a.cacheRoot) {
+		t.Fatalf("the agent's cache %s is not a mount: nothing to test", a.cacheRoot)
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-a.exited
+	if mounted(t, a.cacheRoot) {
+		_ = syscall.Unmount(a.cacheRoot, syscall.MNT_DETACH)
+		t.Errorf("the agent left its cache tmpfs mounted at %s", a.cacheRoot)
+	}
+}
+
+func mounted(t *testing.T, dir string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
+			return true
+		}
+	}
+	return false
 }

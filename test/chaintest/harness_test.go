@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -48,7 +49,7 @@ func pluginBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "csi-plugin")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/modelcast/modelcast/cmd/csi-plugin").CombinedOutput()
+		out, err := exec.Command("go", "build", "-tags", "modelcast_testhooks", "-o", binPath, "github.com/modelcast/modelcast/cmd/csi-plugin").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %w: %s", err, out)
 		}
@@ -69,6 +70,7 @@ type world struct {
 	size    int64
 	dbUser  string
 	dbPass  string
+	dbTLS   map[string]any // extra broadcast.db keys (tls, caFile, …) for agents started next
 	headCon int
 }
 
@@ -148,21 +150,23 @@ func (s *syncBuffer) String() string {
 
 // agent is one node agent process.
 type agent struct {
-	name   string
-	ip     string
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	mu     sync.Mutex
-	events []event
-	change chan struct{} // closed and replaced on every event
-	exited chan struct{}
+	name      string
+	ip        string
+	cacheRoot string
+	cmd       *exec.Cmd
+	stderr    *syncBuffer
+	mu        sync.Mutex
+	events    []event
+	change    chan struct{} // closed and replaced on every event
+	exited    chan struct{}
 }
 
 type agentOpt struct {
 	dbPass    string // overrides the world's
 	corrupt   int    // test hook chunk, -1 none
 	noRedis   bool
-	verbosity int // klog -v (at least 2)
+	tmpfs     bool // the cache on a tmpfs of its own (root only)
+	verbosity int  // klog -v (at least 2)
 }
 
 // start runs agent i (address 127.0.0.<10+i>) staging the model.
@@ -181,13 +185,15 @@ func (w *world) start(i int, o agentOpt) *agent {
 		host = ""
 	}
 	p, _ := strconv.Atoi(port)
+	db := map[string]any{"host": host, "port": p, "username": w.dbUser, "password": pass}
+	maps.Copy(db, w.dbTLS)
 	cfg := map[string]any{
 		"expireTimeSec": 600,
 		"prefetch":      map[string]any{"vcpus": 2, "workers": 4},
 		"broadcast": map[string]any{"enableBroadcast": true, "tenant": tenant, "headConcurrency": w.headCon,
-			"db": map[string]any{"host": host, "port": p, "username": w.dbUser, "password": pass}},
+			"db": db},
 		"bindPort": w.port,
-		"cache":    map[string]any{"root": filepath.Join(dir, "cache"), "tmpfs": false},
+		"cache":    map[string]any{"root": filepath.Join(dir, "cache"), "tmpfs": o.tmpfs, "tmpfsSize": "256m"},
 	}
 	b, _ := json.Marshal(cfg)
 	cfgPath := filepath.Join(dir, "config.json")
@@ -201,7 +207,7 @@ func (w *world) start(i int, o agentOpt) *agent {
 	}
 	cmd := exec.Command(pluginBinary(t), append(args, "oss://models/qwen/")...)
 	cmd.Env = append(os.Environ(), "OSS_ENDPOINT="+w.emu.Endpoint(), "OSS_REGION="+region, "OSS_ACCESS_KEY_ID="+ak, "OSS_ACCESS_KEY_SECRET="+sk)
-	a := &agent{name: name, ip: ip, cmd: cmd, stderr: &syncBuffer{}, change: make(chan struct{}), exited: make(chan struct{})}
+	a := &agent{name: name, ip: ip, cmd: cmd, cacheRoot: filepath.Join(dir, "cache"), stderr: &syncBuffer{}, change: make(chan struct{}), exited: make(chan struct{})}
 	cmd.Stderr = a.stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -356,6 +356,26 @@ func TestValues(t *testing.T) {
 		t.Errorf("config %+v", cfg)
 	}
 
+	// A private CA and a client certificate for Redis/Tair over TLS come from a Secret.
+	r = render(t, "redis.mode=external", "redis.external.host=r-bp1.redis.rds.aliyuncs.com",
+		"redis.external.tlsSecret=tair-tls", "redis.external.clientCertificate=true")
+	pod = find[*appsv1.DaemonSet](t, r, "mc-modelcast-node").Spec.Template.Spec
+	mounted := false
+	for _, m := range container(t, pod, "csi-plugin").VolumeMounts {
+		mounted = mounted || m.Name == "redis-tls" && m.MountPath == "/etc/modelcast-redis-tls"
+	}
+	secretVol := false
+	for _, v := range pod.Volumes {
+		secretVol = secretVol || v.Name == "redis-tls" && v.Secret != nil && v.Secret.SecretName == "tair-tls"
+	}
+	if !mounted || !secretVol {
+		t.Errorf("the Redis TLS Secret is not mounted (mount %v, volume %v)", mounted, secretVol)
+	}
+	if db := loadConfig(t, r, "mc-modelcast-config").Broadcast.DB; !db.TLS || db.CAFile != "/etc/modelcast-redis-tls/ca.crt" ||
+		db.CertFile != "/etc/modelcast-redis-tls/tls.crt" || db.KeyFile != "/etc/modelcast-redis-tls/tls.key" {
+		t.Errorf("Redis TLS config %+v", db)
+	}
+
 	// Inline OSS keys become a Secret of the release; no Redis turns broadcasting off.
 	r = render(t, "oss.accessKeyId=LTAIexample", "oss.accessKeySecret=example-secret", "redis.mode=none", "node.livenessProbe.sidecar=false")
 	s := find[*corev1.Secret](t, r, "mc-modelcast-oss")

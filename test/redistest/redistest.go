@@ -67,8 +67,11 @@ type Options struct {
 	// TLS makes the server accept TLS connections only (tls-port; port 0),
 	// with a certificate for 127.0.0.1 and localhost issued by a throwaway
 	// CA; CACertPEM returns the CA to trust. Clients are not asked for
-	// certificates.
+	// certificates unless ClientCerts.
 	TLS bool
+	// ClientCerts (with TLS) makes the server require a client certificate
+	// issued by its CA; ClientCertFiles returns one.
+	ClientCerts bool
 }
 
 func (o Options) validate() error {
@@ -157,6 +160,15 @@ func Start(t testing.TB, opts Options) *Server {
 // across Restart.
 func (s *Server) Addr() string { return s.addr }
 
+// ClientCertFiles returns the paths of a client certificate and its key,
+// issued by the server's CA; "" unless Options.TLS.
+func (s *Server) ClientCertFiles() (cert, key string) {
+	if !s.opts.TLS {
+		return "", ""
+	}
+	return filepath.Join(s.dir, clientCertFile), filepath.Join(s.dir, clientKeyFile)
+}
+
 // CACertPEM returns the PEM certificate of the CA that issued the server's
 // certificate; nil unless Options.TLS.
 func (s *Server) CACertPEM() []byte { return bytes.Clone(s.caPEM) }
@@ -229,7 +241,7 @@ func (s *Server) config(port int) []byte {
 		line("tls-cert-file", quote(filepath.Join(s.dir, serverCertFile)))
 		line("tls-key-file", quote(filepath.Join(s.dir, serverKeyFile)))
 		line("tls-ca-cert-file", quote(filepath.Join(s.dir, caCertFile)))
-		line("tls-auth-clients", "no")
+		line("tls-auth-clients", map[bool]string{true: "yes", false: "no"}[s.opts.ClientCerts])
 	} else {
 		line("port", strconv.Itoa(port))
 	}
@@ -334,6 +346,13 @@ func (s *Server) probe() error {
 		roots := x509.NewCertPool()
 		roots.AppendCertsFromPEM(s.caPEM)
 		opts.TLSConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		if s.opts.ClientCerts {
+			cert, err := tls.LoadX509KeyPair(s.ClientCertFiles())
+			if err != nil {
+				return fmt.Errorf("client certificate: %w", err)
+			}
+			opts.TLSConfig.Certificates = []tls.Certificate{cert}
+		}
 	}
 	c := redis.NewClient(opts)
 	defer c.Close()

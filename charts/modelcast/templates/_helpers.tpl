@@ -58,6 +58,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $db = dict "host" (printf "%s-redis.%s.svc" (include "modelcast.fullname" .) .Release.Namespace) "port" 6379 "username" .Values.redis.bundled.username -}}
 {{- else if eq .Values.redis.mode "external" -}}
 {{- $db = dict "host" .Values.redis.external.host "port" .Values.redis.external.port "username" .Values.redis.external.username "tls" .Values.redis.external.tls -}}
+{{- with .Values.redis.external.tlsSecret -}}
+{{- $_ := set $db "tls" true -}}
+{{- $_ := set $db "caFile" "/etc/modelcast-redis-tls/ca.crt" -}}
+{{- if $.Values.redis.external.clientCertificate -}}
+{{- $_ := set $db "certFile" "/etc/modelcast-redis-tls/tls.crt" -}}
+{{- $_ := set $db "keyFile" "/etc/modelcast-redis-tls/tls.key" -}}
+{{- end -}}
+{{- end -}}
 {{- else -}}
 {{- $_ := set $c.broadcast "enableBroadcast" false -}}
 {{- end -}}
