@@ -55,7 +55,7 @@ type Prefetch struct {
 	MaxCacheAdviseGB float64 `json:"maxCacheAdviseGB"`
 }
 
-// Broadcast configures the Redis-coordinated chain (see the seed's model broadcasting).
+// Broadcast configures the Redis-coordinated chain (OSS Connector's model broadcasting keys; docs/design.md).
 type Broadcast struct {
 	EnableBroadcast bool   `json:"enableBroadcast"`
 	Tenant          string `json:"tenant"`

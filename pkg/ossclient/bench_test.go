@@ -278,7 +278,7 @@ func BenchmarkDownload(b *testing.B) {
 		for r := range rounds {
 			// Every figure is the better of two back-to-back runs: this VM gives freed memory
 			// back to its host, and whoever touches it first pays for faulting it in again
-			// (DESIGN.md, performance facts); the second run finds it resident.
+			// (docs/design.md, the numbers it rests on); the second run finds it resident.
 			round := map[string]float64{}
 			for _, c := range append([]contender{{"tmpfs-write", nil}}, contenders...) {
 				if c.name == "sequential-get" && benchProfile() != ossemu.LoopbackProfile {

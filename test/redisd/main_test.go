@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/modelcast/modelcast/pkg/chain"
 	"github.com/modelcast/modelcast/test/redistest"
 )
 
@@ -224,6 +225,7 @@ func suite(t *testing.T, c *redis.Client) {
 	t.Run("lua", func(t *testing.T) { lua(t, c) })
 	t.Run("evalsha", func(t *testing.T) { evalsha(t, c) })
 	t.Run("chain join", func(t *testing.T) { chainJoin(t, c) })
+	t.Run("coordinator", func(t *testing.T) { coordinator(t, c) })
 	t.Run("expiry", func(t *testing.T) { expiry(t, c) })
 }
 
@@ -461,7 +463,7 @@ func evalsha(t *testing.T, c *redis.Client) {
 	check(t, "INCR + tonumber(ARGV)", n, err, 43)
 }
 
-// joinScript is the chain join of STYLE.md: idempotent, returns the
+// joinScript is a chain join in the style of pkg/chain's: idempotent, returns the
 // predecessor.
 const joinScript = `
 local pos = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -470,6 +472,43 @@ if not pos then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2]); redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. pos, '-inf', 'LIMIT', 0, 1)`
+
+// coordinator runs pkg/chain's own Coordinator (its Lua scripts included) against the server:
+// the demo's embedded Redis must run what the nodes run.
+func coordinator(t *testing.T, c *redis.Client) {
+	ctx := t.Context()
+	co := chain.NewCoordinator(c)
+	info := chain.ModelInfo{URI: "oss://b/m/", Size: 1, Files: 1}
+	join := func(node string, prefer int) int {
+		t.Helper()
+		pos, err := co.Join(ctx, "demo", "k", node, info, chain.NodeProgress{Bytes: 1}, prefer)
+		if err != nil {
+			t.Fatalf("join %s: %v", node, err)
+		}
+		return pos
+	}
+	for i, n := range []string{"a", "b", "c"} {
+		check(t, "join "+n, join(n, 0), nil, i+1)
+	}
+	check(t, "flush", c.FlushAll(ctx).Err(), nil, error(nil))
+	check(t, "rejoin c at its position", join("c", 3), nil, 3)
+	check(t, "a newcomer after every node present", join("d", 0), nil, 4)
+	check(t, "rejoin a at its position", join("a", 1), nil, 1)
+	pos, err := co.MoveToTail(ctx, "demo", "k", "a")
+	check(t, "move a to the tail", pos, err, 5)
+	ms, err := co.Members(ctx, "demo", "k")
+	var order []string
+	for _, m := range ms {
+		order = append(order, m.Node)
+	}
+	check(t, "chain order", strings.Join(order, ","), err, "c,d,a")
+	tok, err := co.Token(ctx, "demo")
+	read, rerr := co.ReadToken(ctx, "demo")
+	check(t, "token read back", read, errors.Join(err, rerr), tok)
+	check(t, "sums", co.PublishSums(ctx, "demo", "k", 2, []uint64{7, 9}), nil, error(nil))
+	sums, err := co.Sums(ctx, "demo", "k", 1, 3)
+	check(t, "sums read back", sums, err, []uint64{0, 7, 9})
+}
 
 // chainJoin runs joinScript for a few nodes, one of them twice.
 func chainJoin(t *testing.T, c *redis.Client) {
