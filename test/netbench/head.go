@@ -59,6 +59,21 @@ type HeadResult struct {
 	Rounds  []HeadRound
 	Runs    []HeadRun // every run, in order
 	Took    time.Duration
+	// Relays are the middle nodes of three-node chains on loopback (no namespaces, no
+	// shaping): what relaying costs without a simulated link's network stack.
+	Relays []*Relay
+}
+
+// RelayPerGB is the lowest middle-node figure of the loopback relay runs (this VM's noise
+// only ever adds).
+func (r *HeadResult) RelayPerGB() float64 {
+	best := 0.0
+	for _, x := range r.Relays {
+		if v := x.PerGB(); best == 0 || v < best {
+			best = v
+		}
+	}
+	return best
 }
 
 // HeadGBps and DirectGBps are the medians over rounds; Ratio the median of the rounds' ratios.
@@ -228,8 +243,65 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 		log("  round %d: head ÷ direct %.3f", r+1, round.Ratio())
 		res.Rounds = append(res.Rounds, round)
 	}
+	// A middle node alone: head, middle and tail on loopback, the middle's CPU while it
+	// received and forwarded the model, its --verify re-read left out.
+	for i := range 2 {
+		rl, err := relayLoopback(ctx, bin, dir, redis.Addr, oss, prefix, cfg.Size, i)
+		if err != nil {
+			return nil, fmt.Errorf("loopback relay: %w", err)
+		}
+		log("  loopback relay %d: middle node %.3f core-s per GB forwarded (%.2f core-s, %.2f of them verifying, %.2f GB)", i+1, rl.PerGB(), rl.CPU, rl.VerifyCPU, float64(rl.Served)/1e9)
+		res.Relays = append(res.Relays, rl)
+	}
 	res.Took = time.Since(start)
 	return res, nil
+}
+
+// relayLoopback runs a chain of three agents on loopback and returns its middle node's relay.
+func relayLoopback(ctx context.Context, bin Binaries, dir, redis string, oss *OSS, prefix string, size int64, seq int) (*Relay, error) {
+	if err := warmMemory(dir, 3*cacheSize(size)); err != nil {
+		return nil, err
+	}
+	tenant := fmt.Sprintf("relay-%d-%d", seq, time.Now().UnixNano()%1e6)
+	var agents []*agent
+	defer func() {
+		for _, a := range agents {
+			a.stop()
+		}
+	}()
+	for i := range 3 {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		spec := agentSpec{host: Host{IP: "127.0.0.1"}, name: fmt.Sprintf("relay-%d-%d", seq, i), plugin: bin.Plugin,
+			dir: filepath.Join(dir, fmt.Sprintf("relay-%d-%d", seq, i)), model: "oss://models/" + prefix, endpoint: oss.Endpoint,
+			redis: redis, tenant: tenant, cacheSize: cacheSize(size), bindPort: port}
+		defer os.RemoveAll(spec.dir)
+		a, err := startAgent(spec)
+		if err != nil {
+			return nil, err
+		}
+		agents = append(agents, a)
+		// Join in order: wait until this one knows its place before starting the next.
+		if err := a.waitUntil(ctx, time.Now().Add(time.Minute), func(a *agent) bool { return a.position > 0 }); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range agents {
+		if err := a.waitUntil(ctx, time.Now().Add(5*time.Minute), func(a *agent) bool { return a.ready != nil }); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range agents {
+		a.stop()
+	}
+	rl := middle(agents, 3)
+	agents = nil
+	if rl == nil || rl.Position != 2 {
+		return nil, fmt.Errorf("no middle node (relay %+v)", rl)
+	}
+	return rl, nil
 }
 
 // Markdown is the result as a section of docs/benchmarks.md; cmd is the command that ran it.
@@ -252,6 +324,13 @@ func (r *HeadResult) Markdown(cmd string) string {
 		fmt.Fprintf(&b, "| %d | %.3f | %.3f | %.3f | %s |\n", i+1, rd.Head.GBps(r.Size), rd.Direct.GBps(r.Size), rd.Ratio(), strings.Join(runs, ", "))
 	}
 	b.WriteString("\n")
+	if len(r.Relays) > 0 {
+		fmt.Fprintf(&b, "**A middle node alone, on loopback.** Three agents (head, middle, tail) on this machine's loopback, no namespaces and no shaping; the middle node's CPU (user + system) from its start to its stop, less its `--verify` re-read, over the bytes it forwarded: **%.3f core-s per GB** (lowest of %d runs:", r.RelayPerGB(), len(r.Relays))
+		for _, x := range r.Relays {
+			fmt.Fprintf(&b, " %.3f", x.PerGB())
+		}
+		b.WriteString("). On loopback the kernel runs the receiving side's TCP processing of every byte a node sends in the sending process's system time, so the figure holds both ends of each of the middle node's links.\n\n")
+	}
 	return b.String()
 }
 
