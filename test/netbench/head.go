@@ -325,7 +325,7 @@ func (r *HeadResult) Markdown(cmd string) string {
 	}
 	b.WriteString("\n")
 	if len(r.Relays) > 0 {
-		fmt.Fprintf(&b, "**A middle node alone, on loopback.** Three agents (head, middle, tail) on this machine's loopback, no namespaces and no shaping; the middle node's CPU (user + system) from its start to its stop, less its `--verify` re-read, over the bytes it forwarded: **%.3f core-s per GB** (lowest of %d runs:", r.RelayPerGB(), len(r.Relays))
+		fmt.Fprintf(&b, "**A middle node alone, on loopback.** Three agents (head, middle, tail) on this machine's loopback, no namespaces and no shaping; the middle node's CPU (user + system) from its start line to its stop, less its `--verify` re-read, over the bytes it forwarded: **%.3f core-s per GB** (lowest of %d runs:", r.RelayPerGB(), len(r.Relays))
 		for _, x := range r.Relays {
 			fmt.Fprintf(&b, " %.3f", x.PerGB())
 		}

@@ -214,7 +214,7 @@ func report(o Options, parts []part, results [][]*Result, head *HeadResult, took
 	fmt.Fprintf(&b, "Written by `%s` (test/netbench) on %s in %s: %d vCPU (%s), Linux %s.\n\n", o.Command, time.Now().UTC().Format("2006-01-02"), took.Round(time.Second), runtime.NumCPU(), cpuModel(), kernel())
 	fmt.Fprintf(&b, "Emulator profile: **%s** (%s) for every figure of this section; the loopback figures above (single-node download) are the emulator at loopback speed.\n\n", ossemu.ObjectStoreProfile, profileText(ossemu.ObjectStoreProfile))
 	fmt.Fprintf(&b, "Every host is a network namespace with a veth pair to one bridge; each host's link is shaped with `tc tbf` in both directions, and the OSS emulator has a namespace of its own with its egress shaped too. Redis is a real `redis-server` on the bridge. Each host runs one node agent (`csi-plugin agent`: the node plugin's cache on a tmpfs of its own, its chain part and data plane, the default prefetch concurrency), which re-reads every file and checks its CRC-64 against OSS's before it reports ready. The whole machine has %d vCPUs for all of them.\n\n", runtime.NumCPU())
-	fmt.Fprintf(&b, "Ready time is from a node's start to its model being staged and verified; nodes of a run start together (late joiners: the second half once the first half is ready, timed from their own start; one slow host: the head starts first, the slow host once the head has joined the chain, the others once the slow host has joined, so it is second in the chain, each timed from its own start, the slow host left out of the ready columns). OSS ÷ S is the emulator's egress over the model's size; agent CPU is user + system time of all agents over the bytes they forwarded to peers; the middle node's is its own CPU when it stopped serving, less its `--verify` re-read (the `cpu` and `verifyCPU` of its lines), over the bytes it forwarded.\n\n")
+	fmt.Fprintf(&b, "Ready time is from a node's start to its model being staged and verified; nodes of a run start together (late joiners: the second half once the first half is ready, timed from their own start; one slow host: the head starts first, the slow host once the head has joined the chain, the others once the slow host has joined, so it is second in the chain, each timed from its own start, the slow host left out of the ready columns). OSS ÷ S is the emulator's egress over the model's size; agent CPU is user + system time of all agents over the bytes they forwarded to peers; the middle node's is its own CPU from its start line to when it stopped serving, less its `--verify` re-read (the `cpu` and `verifyCPU` of its lines), over the bytes it forwarded.\n\n")
 	for i, p := range parts {
 		rs := results[i]
 		bound := float64(p.size) * 8 / p.linkBits
@@ -314,12 +314,12 @@ func targets(command string, parts []part, results [][]*Result, head *HeadResult
 	} else {
 		missing(name, "≤ 1.2")
 	}
-	name = fmt.Sprintf("Relay CPU, a middle node of chain N = %d: core-s per GB forwarded, without the head's download and the `--verify` re-read", label)
+	name = fmt.Sprintf("Relay CPU, a middle node of chain N = %d: core-s per GB forwarded, without its start-up and its `--verify` re-read", label)
 	if cn != nil && cn.Relay != nil {
 		r := cn.Relay
 		v := r.PerGB()
-		row(name, "≤ 0.5", fmt.Sprintf("%.3f (%s, position %d of %d: %.2f core-s less %.2f verifying, %.2f GB forwarded; %.2f core-s of it before its start line, so %.3f from there); all agents, all their CPU: %.2f",
-			v, r.Node, r.Position, r.Of, r.CPU, r.VerifyCPU, float64(r.Served)/1e9, r.StartCPU, (r.CPU-r.StartCPU-r.VerifyCPU)/(float64(r.Served)/1e9), cn.CPUPerGB()), v <= 0.5)
+		row(name, "≤ 0.5", fmt.Sprintf("%.3f (%s, position %d of %d: %.2f core-s, less %.2f of start-up and %.2f verifying, for %.2f GB forwarded); all agents, all their CPU: %.2f",
+			v, r.Node, r.Position, r.Of, r.CPU, r.StartCPU, r.VerifyCPU, float64(r.Served)/1e9, cn.CPUPerGB()), v <= 0.5)
 	} else {
 		missing(name, "≤ 0.5")
 	}

@@ -62,8 +62,11 @@ type Relay struct {
 	Served       int64   // bytes it forwarded
 }
 
-// PerGB is the relay's core-seconds per GB forwarded, the --verify re-read left out.
-func (r *Relay) PerGB() float64 { return (r.CPU - r.VerifyCPU) / (float64(r.Served) / 1e9) }
+// PerGB is the relay's core-seconds per GB forwarded: from its start line (the process and
+// driver start-up left out) to its stop, less its --verify re-read.
+func (r *Relay) PerGB() float64 {
+	return (r.CPU - r.StartCPU - r.VerifyCPU) / (float64(r.Served) / 1e9)
+}
 
 // Env is a built topology with its services, for a series of scenarios.
 type Env struct {
