@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -19,7 +19,9 @@ import (
 const fetchUsage = `usage: csi-plugin fetch [flags] oss://bucket/prefix/ DIR
 
 Downloads every object under the prefix into DIR (created if missing; must be empty), with
-parallel ranged GETs, every object's CRC-64 checked against OSS. Credentials come from
+parallel ranged GETs, every object's CRC-64 checked against OSS. Files are written under
+DIR/.modelcast-partial-* and moved into DIR once every one is verified: a fetch that fails
+or is interrupted leaves DIR empty. Credentials come from
 OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET and OSS_SESSION_TOKEN (anonymous when unset);
 OSS_ENDPOINT and OSS_REGION are the defaults of -endpoint and -region.
 
@@ -59,18 +61,29 @@ func runFetch(ctx context.Context, args []string) error {
 	}
 
 	start := time.Now()
+	stopNotes := noteSlow(os.Stderr, fmt.Sprintf("listing %s at %s (a LIST, then a HEAD per object)", uri, client.Endpoint()), slowAfter, slowEvery)
 	m, err := client.Manifest(ctx, uri)
+	stopNotes()
 	if err != nil {
 		return err
 	}
 	listed := time.Since(start)
 	fmt.Fprintf(os.Stdout, "modelcast fetch: %s -> %s: %d objects, %s (listed in %.2f s)\n", uri, dir, len(m.Objects), units.Bytes(m.Size()), listed.Seconds())
 
+	// Everything is written under a hidden directory of DIR and moved into DIR only once
+	// verified: files are preallocated at full size, so a failed fetch would otherwise leave
+	// complete-looking files with wrong bytes.
+	partial, err := os.MkdirTemp(dir, partialPrefix)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(partial) // empty after a commit; what a failure wrote otherwise
+
 	var done, verified atomic.Int64
 	bar := newProgressBar(os.Stderr, m.Size())
 	stopBar := bar.run(&done, &verified)
 	dlStart := time.Now()
-	err = client.Download(ctx, m, dir, ossclient.DownloadOptions{
+	err = client.Download(ctx, m, partial, ossclient.DownloadOptions{
 		Concurrency: *vcpus * *workers,
 		PartSize:    *partSize,
 		Progress: func(p ossclient.Progress) {
@@ -82,6 +95,9 @@ func runFetch(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := commitDir(partial, dir); err != nil {
+		return fmt.Errorf("move the verified model into %s: %w", dir, err)
+	}
 	secs := time.Since(dlStart).Seconds()
 	fmt.Fprintf(os.Stdout, "  size      %s (%d bytes)\n", units.Bytes(m.Size()), m.Size())
 	fmt.Fprintf(os.Stdout, "  time      %.2f s download, %.2f s total\n", secs, time.Since(start).Seconds())
@@ -90,23 +106,79 @@ func runFetch(ctx context.Context, args []string) error {
 	return nil
 }
 
-// emptyDir makes sure dir exists and holds nothing: a fetch never mixes with stale files.
+// partialPrefix names the directory under DIR a fetch writes into before its files are
+// verified.
+const partialPrefix = ".modelcast-partial-"
+
+// emptyDir makes sure dir exists and holds nothing: a fetch never mixes with stale files. What
+// an interrupted fetch left (a partial directory, when it was killed) is removed first.
 func emptyDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	f, err := os.Open(dir)
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	if _, err := f.Readdirnames(1); !errors.Is(err, io.EOF) {
-		if err == nil {
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), partialPrefix) {
 			return fmt.Errorf("directory %s is not empty", dir)
 		}
-		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("remove what an interrupted fetch left: %w", err)
+		}
 	}
 	return nil
+}
+
+// commitDir moves every entry of the verified partial directory into dir. If a move fails,
+// the entries already moved are removed again: dir holds the whole model or nothing.
+func commitDir(partial, dir string) error {
+	entries, err := os.ReadDir(partial)
+	if err != nil {
+		return err
+	}
+	for i, e := range entries {
+		if err := os.Rename(filepath.Join(partial, e.Name()), filepath.Join(dir, e.Name())); err != nil {
+			for _, moved := range entries[:i] {
+				_ = os.RemoveAll(filepath.Join(dir, moved.Name()))
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// Slow requests: fetch says what it is waiting for once a listing has taken slowAfter, and
+// again every slowEvery (the SDK waits up to 30 s for an answer, and tries 5 times).
+const (
+	slowAfter = 3 * time.Second
+	slowEvery = 10 * time.Second
+)
+
+// noteSlow prints a line to w when what it describes has taken after, then every every,
+// until the returned function is called.
+func noteSlow(w io.Writer, what string, after, every time.Duration) (stop func()) {
+	quit, finished := make(chan struct{}), make(chan struct{})
+	start := time.Now()
+	go func() {
+		defer close(finished)
+		t := time.NewTimer(after)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+				fmt.Fprintf(w, "modelcast fetch: still %s: no answer from OSS after %s; waiting (requests time out and are retried)\n",
+					what, time.Since(start).Round(time.Second))
+				t.Reset(every)
+			}
+		}
+	}()
+	return func() { close(quit); <-finished }
 }
 
 // progressBar draws download progress on a terminal, or prints a line every few seconds

@@ -387,6 +387,14 @@ func (s *Store) Holds(holder string) bool {
 	return ok
 }
 
+// Held returns the key of the model holder holds, if any.
+func (s *Store) Held(holder string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key, ok := s.holders[holder]
+	return key, ok
+}
+
 // Info returns the metadata of a staged model.
 func (s *Store) Info(key string) (Meta, bool) {
 	s.mu.Lock()
@@ -656,6 +664,14 @@ func (s *Store) makeRoom(st *staging) error {
 			st.fetching = true
 			s.mu.Unlock()
 			return nil
+		}
+		// Before evicting anything: could the model fit at all, once every model nobody holds
+		// is gone (their tmpfs pages become free space and available memory)? A model that
+		// cannot fails now, and the cache keeps what it has.
+		if evictable := committed - inUse; need > free+evictable || need > mem+evictable {
+			s.mu.Unlock()
+			return fmt.Errorf("%w: %s needs %s GB; the cache tmpfs has %s GB free of %s GB and the node %s GB of memory available (keeping %s GB in reserve), with %s GB more if every model not in use were evicted; %s GB of cached models are in use",
+				ErrNoSpace, st.model, gb(need), gb(max(0, free)), gb(room.FSTotal), gb(max(0, room.MemAvailable-inflight)), gb(s.cfg.MemoryReserve), gb(evictable), gb(inUse))
 		}
 		victim := s.lruVictimLocked()
 		if victim == nil {

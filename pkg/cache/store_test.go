@@ -480,3 +480,68 @@ func TestOnRelease(t *testing.T) {
 		t.Errorf("released %v, want a (evicted for b) then b (expired)", released)
 	}
 }
+
+// TestNoEvictionForAModelThatCannotFit: a model bigger than the tmpfs could ever give it,
+// even with every idle model evicted, fails at once and evicts nothing.
+func TestNoEvictionForAModelThatCannotFit(t *testing.T) {
+	requireRoot(t)
+	e := newEnv(t, 8<<20)
+	s := e.open(t)
+	small := sizedFiles(3 << 20)
+	ms := testModel(t, "small/", small)
+	if _, err := s.Acquire(t.Context(), ms, newMemSource(small), "/pods/a/mount"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release("/pods/a/mount"); err != nil {
+		t.Fatal(err)
+	}
+	huge := sizedFiles(9 << 20) // more than the whole 8 MiB tmpfs
+	src := newMemSource(huge)
+	_, err := s.Acquire(t.Context(), testModel(t, "huge/", huge), src, "/pods/b/mount")
+	if !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Acquire = %v, want ErrNoSpace", err)
+	}
+	if !s.Has(ms.Key()) {
+		t.Errorf("the idle model was evicted for a model that could not fit anyway")
+	}
+	if src.fetches.Load() != 0 {
+		t.Errorf("the source was asked for bytes")
+	}
+}
+
+// TestNoEvictionWhenMemoryCannotFit: the same with available memory as the limit.
+func TestNoEvictionWhenMemoryCannotFit(t *testing.T) {
+	e := newEnv(t, 0)
+	meminfo := filepath.Join(t.TempDir(), "meminfo")
+	setAvailable := func(kb int) {
+		t.Helper()
+		if err := os.WriteFile(meminfo, fmt.Appendf(nil, "MemTotal: 1000000 kB\nMemAvailable: %d kB\n", kb), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setAvailable(100000)
+	e.cfg.MemInfo = meminfo
+	e.cfg.MemoryReserve = 1000 << 10
+	s := e.open(t)
+	small := sizedFiles(1 << 20)
+	ms := testModel(t, "small/", small)
+	if _, err := s.Acquire(t.Context(), ms, newMemSource(small), "/pods/a/mount"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release("/pods/a/mount"); err != nil {
+		t.Fatal(err)
+	}
+	setAvailable(3000) // 2000 kB above the reserve, 3 MiB with the idle model evicted
+	big := sizedFiles(4 << 20)
+	src := newMemSource(big)
+	_, err := s.Acquire(t.Context(), testModel(t, "big/", big), src, "/pods/b/mount")
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "if every model not in use were evicted") {
+		t.Fatalf("Acquire = %v, want ErrNoSpace saying what eviction could free", err)
+	}
+	if !s.Has(ms.Key()) {
+		t.Errorf("the idle model was evicted for a model that could not fit anyway")
+	}
+	if src.fetches.Load() != 0 {
+		t.Errorf("the source was asked for bytes")
+	}
+}

@@ -62,6 +62,9 @@ type Options struct {
 	Clock   clock.WithTickerAndDelayedExecution
 	// ManifestTTL: how long a listed manifest is reused for the same path and credentials.
 	ManifestTTL time.Duration
+	// ListTimeout bounds one listing of a model (shared by every publish waiting for it);
+	// default DefaultListTimeout. A publish waits for it as for a staging (PublishWait).
+	ListTimeout time.Duration
 	// PublishWait bounds one NodePublishVolume's wait for a staging; PublishMargin is how long
 	// before the caller's deadline it answers with the staging's progress, when that comes first.
 	PublishWait, PublishMargin time.Duration
@@ -149,7 +152,7 @@ func New(opts Options) (*Driver, error) {
 	cfg := opts.Config
 	base := ossclient.EnvConfig(opts.Getenv)
 	base.OnRequestError = opts.Metrics.OSSRequestError
-	res := newResolver(base, ossclient.DownloadOptions{Concurrency: cfg.Concurrency()}, opts.ManifestTTL, opts.Clock)
+	res := newResolver(base, ossclient.DownloadOptions{Concurrency: cfg.Concurrency()}, opts.ManifestTTL, opts.ListTimeout, opts.Clock)
 	d.res = res
 
 	var events Events = noEvents{}
@@ -186,7 +189,7 @@ func New(opts Options) (*Driver, error) {
 		opts.Metrics.WatchNode(store, node)
 		csi.RegisterNodeServer(d.server, &nodeServer{
 			nodeID: opts.NodeID, store: store, mounter: opts.Mounter, res: res, events: events,
-			clock: opts.Clock, locks: newKeyLock(),
+			clock: opts.Clock, locks: newKeyLock(), cacheRoot: store.Root(), published: map[string]publication{},
 			maxWait: opts.PublishWait, margin: opts.PublishMargin, progressEvery: opts.ProgressEvery,
 		})
 	}
@@ -349,6 +352,7 @@ func (d *Driver) Serve(ctx context.Context) error {
 
 // Close releases what New acquired, without touching mounts.
 func (d *Driver) Close() {
+	d.res.close()
 	if d.store != nil {
 		d.store.Close()
 	}

@@ -17,6 +17,16 @@ var errInvalid = errors.New("invalid request")
 // errNotReady marks a service that cannot serve yet (Unavailable).
 var errNotReady = errors.New("not ready")
 
+// errPending marks work that goes on after the caller stopped waiting for it (a listing of
+// OSS): the caller's retry joins it (Unavailable).
+var errPending = errors.New("still in progress")
+
+// errAlreadyExists marks a target that already holds another volume or model (AlreadyExists).
+var errAlreadyExists = errors.New("target already in use")
+
+// errBusy marks a target with another operation in flight (Aborted): kubelet retries.
+var errBusy = errors.New("operation in progress")
+
 // toStatus is the one place where errors become gRPC codes. The message is the error's own:
 // domain errors are written to be read by a person (kubelet shows them in the pod's events).
 func toStatus(err error) error {
@@ -28,7 +38,7 @@ func toStatus(err error) error {
 	}
 	code := codes.Internal
 	switch {
-	case errors.Is(err, cache.ErrStaging), errors.Is(err, errNotReady), errors.Is(err, ossclient.ErrUnavailable):
+	case errors.Is(err, cache.ErrStaging), errors.Is(err, errNotReady), errors.Is(err, errPending), errors.Is(err, ossclient.ErrUnavailable):
 		// Staging goes on (or OSS is briefly unavailable): kubelet retries and the retry joins it.
 		code = codes.Unavailable
 	case errors.Is(err, errInvalid), errors.Is(err, ossclient.ErrInvalidURI), errors.Is(err, ossclient.ErrInvalidConfig):
@@ -47,6 +57,10 @@ func toStatus(err error) error {
 		code = codes.DataLoss
 	case errors.Is(err, cache.ErrHolderConflict):
 		code = codes.FailedPrecondition
+	case errors.Is(err, errAlreadyExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, errBusy):
+		code = codes.Aborted
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):

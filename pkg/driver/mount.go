@@ -39,7 +39,8 @@ func (kernelMounter) BindReadOnly(dir, target string) error {
 	return nil
 }
 
-func (kernelMounter) Unmount(target string) error { return unix.Unmount(target, 0) }
+// Unmount never follows a symbolic link at target: it unmounts what is at that path or nothing.
+func (kernelMounter) Unmount(target string) error { return unix.Unmount(target, unix.UMOUNT_NOFOLLOW) }
 
 func (kernelMounter) IsMountPoint(path string) (bool, error) { return mountinfo.Mounted(path) }
 

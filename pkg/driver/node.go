@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -23,6 +25,7 @@ type ModelStore interface {
 	Release(holder string) error
 	Has(key string) bool
 	Holds(holder string) bool
+	Held(holder string) (string, bool)
 	Staging(key string) (cache.Progress, bool)
 	Info(key string) (cache.Meta, bool)
 }
@@ -36,11 +39,22 @@ type nodeServer struct {
 	events  Events
 	clock   clock.WithTicker
 	locks   *keyLock
+	// cacheRoot is the cache's directory (symlink-free): no target may lie in it or above it.
+	cacheRoot string
+	// published remembers the volume each target was published for (since this process
+	// started), so another volume on the same target is refused.
+	pubMu     sync.Mutex
+	published map[string]publication
 	// maxWait bounds a NodePublishVolume without a deadline; margin is how long before the
 	// deadline it answers (with the staging's progress) so kubelet gets the message, not a
 	// timeout of its own.
 	maxWait, margin time.Duration
 	progressEvery   time.Duration
+}
+
+// publication is what a target was published for.
+type publication struct {
+	volumeID, model, endpoint string
 }
 
 func (n *nodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
@@ -79,9 +93,12 @@ func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	}
 	unlock, ok := n.locks.TryLock(target)
 	if !ok {
-		return status.Errorf(codes.Aborted, "an operation on target %s is already in progress", target)
+		return fmt.Errorf("%w: an operation on target %s is already in progress", errBusy, target)
 	}
 	defer unlock()
+	if err := n.checkTarget(target); err != nil {
+		return err
+	}
 	logger := klog.FromContext(ctx).WithValues("volumeID", req.GetVolumeId(), "targetPath", target, "model", spec.URI.String())
 
 	_, mounted, corrupted, err := mountState(n.mounter, target)
@@ -95,12 +112,16 @@ func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequ
 			return err
 		}
 	case mounted && n.store.Holds(target):
-		return nil // published already: kubelet's retry after a success
+		// Published already: kubelet's retry after a success, if it asks for the same volume.
+		return n.samePublication(target, req.GetVolumeId(), spec, req.GetSecrets())
 	case mounted:
 		return fmt.Errorf("%w: target %s is already a mount point that modelcast did not make", errInvalid, target)
 	}
 
-	model, src, err := n.res.model(ctx, spec, req.GetSecrets())
+	// Listing and staging share one wait: maxWait, or until shortly before the deadline.
+	wctx, cancel := n.waitContext(ctx)
+	defer cancel()
+	model, src, err := n.res.model(wctx, spec, req.GetSecrets())
 	if err != nil {
 		return err
 	}
@@ -110,9 +131,7 @@ func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	if !staged {
 		stopReports = n.reportStaging(spec.Pod, model, src)
 	}
-	wctx, cancel := n.waitContext(ctx)
 	dir, err := n.store.Acquire(wctx, model, src, target)
-	cancel()
 	stopReports()
 	if err != nil {
 		if !errors.Is(err, cache.ErrStaging) {
@@ -134,8 +153,86 @@ func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequ
 		}
 		return err
 	}
+	n.pubMu.Lock()
+	n.published[target] = publication{volumeID: req.GetVolumeId(), model: spec.URI.String(), endpoint: model.Endpoint}
+	n.pubMu.Unlock()
 	logger.V(2).Info("Published model", "key", key, "cacheHit", staged)
 	return nil
+}
+
+// samePublication accepts a publish on a target that holds a model already when it asks for
+// what is there (the same volume, the same model from the same endpoint), and refuses
+// anything else with errAlreadyExists: the CSI spec's answer to an incompatible publish.
+func (n *nodeServer) samePublication(target, volumeID string, spec VolumeSpec, secrets map[string]string) error {
+	n.pubMu.Lock()
+	pub, known := n.published[target]
+	n.pubMu.Unlock()
+	if known && pub.volumeID != volumeID {
+		return fmt.Errorf("%w: target %s holds volume %s (%s); refusing to publish volume %s there", errAlreadyExists, target, pub.volumeID, pub.model, volumeID)
+	}
+	endpoint, err := n.res.endpoint(spec, secrets)
+	if err != nil {
+		return err
+	}
+	held := publication{model: pub.model, endpoint: pub.endpoint}
+	if key, ok := n.store.Held(target); ok {
+		if meta, ok := n.store.Info(key); ok && meta.URI != "" {
+			held.model, held.endpoint = meta.URI, meta.Endpoint
+		}
+	}
+	if held.model != "" && (held.model != spec.URI.String() || held.endpoint != "" && held.endpoint != endpoint) {
+		return fmt.Errorf("%w: target %s holds model %s from %s; refusing to publish %s from %s there", errAlreadyExists, target, held.model, held.endpoint, spec.URI, endpoint)
+	}
+	return nil
+}
+
+// checkTarget refuses a target path the node must not mount at or unmount: one that is a
+// symbolic link or lies under one (the mount would land on the link's destination), and one
+// inside the cache (or above it: the mount would hide the cache). target is clean and
+// absolute.
+func (n *nodeServer) checkTarget(target string) error {
+	if fi, err := os.Lstat(target); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%w: target path %s is a symbolic link; modelcast mounts only at a real directory", errInvalid, target)
+	}
+	parent := filepath.Dir(target)
+	real, err := resolveExisting(parent)
+	if err != nil {
+		return fmt.Errorf("check target %s: %w", target, err)
+	}
+	if real != parent {
+		return fmt.Errorf("%w: target path %s lies under a symbolic link (%s resolves to %s); modelcast mounts only at a path without links", errInvalid, target, parent, real)
+	}
+	if n.cacheRoot != "" && (within(target, n.cacheRoot) || within(n.cacheRoot, target)) {
+		return fmt.Errorf("%w: target path %s is inside the model cache %s (or contains it); a pod's volume must be elsewhere", errInvalid, target, n.cacheRoot)
+	}
+	return nil
+}
+
+// resolveExisting resolves the symbolic links of the longest existing prefix of p and joins
+// the rest to it: a path whose directories do not all exist yet (they are made before the
+// mount) resolves to itself unless an existing part of it is a link.
+func resolveExisting(p string) (string, error) {
+	rest := ""
+	for {
+		real, err := filepath.EvalSymlinks(p)
+		if err == nil {
+			return filepath.Join(real, rest), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return "", err
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+		p = parent
+	}
+}
+
+// within reports whether path p is dir or lies under it (both clean and absolute).
+func within(p, dir string) bool {
+	return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
 }
 
 // waitContext bounds the wait for a staging: maxWait, and shortly before the caller's deadline.
@@ -258,25 +355,40 @@ func readyMessage(m cache.Meta) string {
 }
 
 func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	if err := n.unpublish(ctx, req); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+func (n *nodeServer) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
 	target := req.GetTargetPath()
 	switch {
 	case req.GetVolumeId() == "":
-		return nil, toStatus(fmt.Errorf("%w: volume ID is required", errInvalid))
+		return fmt.Errorf("%w: volume ID is required", errInvalid)
 	case target == "":
-		return nil, toStatus(fmt.Errorf("%w: target path is required", errInvalid))
+		return fmt.Errorf("%w: target path is required", errInvalid)
+	case !filepath.IsAbs(target):
+		return fmt.Errorf("%w: target path %q is not absolute", errInvalid, target)
 	}
 	target = filepath.Clean(target)
 	unlock, ok := n.locks.TryLock(target)
 	if !ok {
-		return nil, status.Errorf(codes.Aborted, "an operation on target %s is already in progress", target)
+		return fmt.Errorf("%w: an operation on target %s is already in progress", errBusy, target)
 	}
 	defer unlock()
+	if err := n.checkTarget(target); err != nil {
+		return err
+	}
 	if err := unmountTarget(n.mounter, target); err != nil {
-		return nil, toStatus(err)
+		return err
 	}
 	if err := n.store.Release(target); err != nil {
-		return nil, toStatus(err)
+		return err
 	}
+	n.pubMu.Lock()
+	delete(n.published, target)
+	n.pubMu.Unlock()
 	klog.FromContext(ctx).V(2).Info("Unpublished", "volumeID", req.GetVolumeId(), "targetPath", target)
-	return &csi.NodeUnpublishVolumeResponse{}, nil
+	return nil
 }

@@ -294,8 +294,8 @@ func TestPublishBadInput(t *testing.T) {
 			}
 		})
 	}
-	// Unpublish needs its IDs too.
-	for _, r := range []*csi.NodeUnpublishVolumeRequest{{TargetPath: "/x"}, {VolumeId: "v"}} {
+	// Unpublish needs its IDs too, and an absolute target path.
+	for _, r := range []*csi.NodeUnpublishVolumeRequest{{TargetPath: "/x"}, {VolumeId: "v"}, {VolumeId: "v", TargetPath: "pods/x/mount"}} {
 		if _, err := p.node.NodeUnpublishVolume(t.Context(), r); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("unpublish %+v: %v, want InvalidArgument", r, err)
 		}

@@ -31,6 +31,15 @@ type resolver struct {
 	broadcast bool
 	tenant    string
 
+	// listTimeout bounds one shared listing (a manifest, with its HEADs): it runs under the
+	// resolver's context, not under any caller's, so one caller giving up fails nobody else.
+	listTimeout time.Duration
+
+	ctx    context.Context // ends with close: shared listings run under it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // shared listings in flight; added to under mu while not closed
+	closed bool           // guarded by mu
+
 	mu        sync.Mutex
 	clients   map[string]*ossclient.Client
 	manifests map[string]manifestEntry
@@ -45,8 +54,26 @@ type manifestEntry struct {
 // maxClients bounds the clients kept (one per endpoint and credentials).
 const maxClients = 256
 
-func newResolver(base ossclient.Config, download ossclient.DownloadOptions, ttl time.Duration, clk clock.PassiveClock) *resolver {
-	return &resolver{base: base, download: download, ttl: ttl, clock: clk, clients: map[string]*ossclient.Client{}, manifests: map[string]manifestEntry{}}
+// DefaultListTimeout bounds one listing of a model (LIST pages and a HEAD per object, with
+// the SDK's retries) shared by the publishes waiting for it.
+const DefaultListTimeout = 5 * time.Minute
+
+func newResolver(base ossclient.Config, download ossclient.DownloadOptions, ttl, listTimeout time.Duration, clk clock.PassiveClock) *resolver {
+	if listTimeout <= 0 {
+		listTimeout = DefaultListTimeout
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &resolver{base: base, download: download, ttl: ttl, listTimeout: listTimeout, clock: clk, ctx: ctx, cancel: cancel,
+		clients: map[string]*ossclient.Client{}, manifests: map[string]manifestEntry{}}
+}
+
+// close stops the shared listings in flight and waits for them.
+func (r *resolver) close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.cancel()
+	r.wg.Wait()
 }
 
 // config merges the volume's endpoint, region and secret credentials over the node's
@@ -93,6 +120,19 @@ func (r *resolver) client(cfg ossclient.Config) (*ossclient.Client, string, erro
 	return c, key, nil
 }
 
+// endpoint is the normalized endpoint a volume's model is read from (no request is made).
+func (r *resolver) endpoint(spec VolumeSpec, secrets map[string]string) (string, error) {
+	cfg, err := r.config(spec, secrets)
+	if err != nil {
+		return "", err
+	}
+	c, _, err := r.client(cfg)
+	if err != nil {
+		return "", err
+	}
+	return c.Endpoint(), nil
+}
+
 // configKey identifies a configuration, secrets included, without keeping them in clear.
 func configKey(c ossclient.Config) string {
 	h := sha256.New()
@@ -136,24 +176,55 @@ func (r *resolver) model(ctx context.Context, spec VolumeSpec, secrets map[strin
 	if ok && now.Sub(cached.at) < r.ttl {
 		return cache.Model{Endpoint: c.Endpoint(), Manifest: cached.m}, src, nil
 	}
-	v, err, _ := r.flight.Do(mkey, func() (any, error) {
+	v, err := r.shared(ctx, mkey, spec.URI, func(ctx context.Context) (any, error) {
 		m, err := list(ctx)
 		if err != nil {
 			return nil, err
 		}
 		r.mu.Lock()
-		r.manifests[mkey] = manifestEntry{m: m, at: now}
+		r.manifests[mkey] = manifestEntry{m: m, at: r.clock.Now()}
 		r.mu.Unlock()
 		return m, nil
 	})
 	if err != nil {
-		if ok && errors.Is(err, ossclient.ErrUnavailable) {
+		if ok && (errors.Is(err, ossclient.ErrUnavailable) || errors.Is(err, errPending)) {
 			klog.FromContext(ctx).Info("OSS unavailable; using the manifest listed before", "model", spec.URI.String(), "listedAt", cached.at, "err", err)
 			return cache.Model{Endpoint: c.Endpoint(), Manifest: cached.m}, src, nil
 		}
 		return cache.Model{}, nil, err
 	}
 	return cache.Model{Endpoint: c.Endpoint(), Manifest: v.(*ossclient.Manifest)}, src, nil
+}
+
+// shared runs fn once for every caller asking for key at the same time. fn runs under the
+// resolver's context (with the first caller's values, not its cancellation) bounded by
+// listTimeout; each caller waits only as long as its own ctx allows, and one that stops
+// waiting gets an error saying the listing goes on (errPending): its retry joins it.
+func (r *resolver) shared(ctx context.Context, key string, uri ossclient.URI, fn func(context.Context) (any, error)) (any, error) {
+	began := r.clock.Now()
+	ch := r.flight.DoChan(key, func() (any, error) {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return nil, fmt.Errorf("%w: list %s: the driver is stopping", errNotReady, uri)
+		}
+		r.wg.Add(1)
+		r.mu.Unlock()
+		defer r.wg.Done()
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.listTimeout)
+		defer cancel()
+		stop := context.AfterFunc(r.ctx, cancel) // the resolver closing ends it too
+		defer stop()
+		return fn(lctx)
+	})
+	select {
+	case res := <-ch:
+		return res.Val, res.Err
+	case <-ctx.Done():
+		waited := r.clock.Since(began).Round(100 * time.Millisecond)
+		return nil, fmt.Errorf("%w: still listing %s: OSS has not answered the listing and HEAD requests in %v; the listing goes on and a retry joins it",
+			errPending, uri, waited)
+	}
 }
 
 // broadcastFor says whether the volume's model goes through the chain, and for which tenant.

@@ -24,6 +24,9 @@ const (
 	FaultCorrupt
 	// FaultReset closes the connection without any response.
 	FaultReset
+	// FaultHang accepts the request and never answers: no status, no headers, until the
+	// client goes away (or the server closes). An endpoint that stalls.
+	FaultHang
 )
 
 func (k FaultKind) String() string {
@@ -38,11 +41,13 @@ func (k FaultKind) String() string {
 		return "corrupt"
 	case FaultReset:
 		return "reset"
+	case FaultHang:
+		return "hang"
 	}
 	return fmt.Sprintf("FaultKind(%d)", int(k))
 }
 
-func (k FaultKind) valid() bool { return k >= FaultStatus && k <= FaultReset }
+func (k FaultKind) valid() bool { return k >= FaultStatus && k <= FaultHang }
 
 // MarshalText encodes the kind by name (e.g. "truncate").
 func (k FaultKind) MarshalText() ([]byte, error) {
@@ -60,7 +65,7 @@ func (k *FaultKind) UnmarshalText(b []byte) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("unknown fault kind %q (want status, slow-first-byte, truncate, corrupt or reset)", b)
+	return fmt.Errorf("unknown fault kind %q (want status, slow-first-byte, truncate, corrupt, reset or hang)", b)
 }
 
 // Fault is a failure injected into matching requests. Empty match fields

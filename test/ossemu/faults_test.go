@@ -311,3 +311,35 @@ func TestEgressLimit(t *testing.T) {
 		t.Errorf("stats = %+v", st)
 	}
 }
+
+// TestFaultHang: a hung request gets no answer at all until its client gives up; then the
+// request ends on the server too, and the next request is served.
+func TestFaultHang(t *testing.T) {
+	srv := Start(t, Options{})
+	srv.PutObject("bkt", "k", []byte("data"))
+	srv.InjectFault(Fault{Op: OpList, Kind: FaultHang})
+	c := newClient(srv, withRetries(1))
+	ctx, cancel := context.WithCancel(ctxT(t))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.ListObjectsV2(ctx, &oss.ListObjectsV2Request{Bucket: oss.Ptr("bkt")})
+		errc <- err
+	}()
+	waitFor(t, "the LIST held", func() bool { return srv.Stats().FaultsHit == 1 })
+	select {
+	case err := <-errc:
+		t.Fatalf("a hung LIST answered: %v", err)
+	default:
+	}
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Errorf("hung LIST after the client gave up: %v, want context.Canceled", err)
+	}
+	if got, _ := getBytes(t, newClient(srv), "bkt", "k"); string(got) != "data" {
+		t.Errorf("GetObject after a hang = %q", got)
+	}
+	var k FaultKind
+	if err := k.UnmarshalText([]byte("hang")); err != nil || k != FaultHang {
+		t.Errorf("UnmarshalText(hang) = %v, %v", k, err)
+	}
+}

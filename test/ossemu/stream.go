@@ -75,6 +75,9 @@ func (s *Server) injectFault(rq *request, bodyLen int64) (bf bodyFault, done boo
 		}
 		_ = conn.Close()
 		return bf, true
+	case FaultHang:
+		<-rq.r.Context().Done() // the client gave up, or the server closed the connection
+		return bf, true
 	case FaultTruncate, FaultCorrupt:
 		return bodyFault{fault: f}, false
 	}
