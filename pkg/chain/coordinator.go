@@ -104,10 +104,14 @@ end
 
 // joinScript gives a node its position in a model's chain: the one it has, the one it asks
 // for (ARGV[5] > 0: the position it had before Redis lost the chain, so that the chain keeps
-// its order and who streams from whom), or the next one. It records the node's progress and
-// the model's description, and renews the model's keys.
+// its order and who streams from whom), or the next one. A fresh staging (ARGV[5] = 0) always
+// goes to the end: an entry the node has already belongs to a process of it that is gone (a
+// crash leaves no Leave), and a node with no bytes at an early position would read OSS while
+// the nodes after it hold the model. It records the node's progress and the model's
+// description, and renews the model's keys.
 var joinScript = redis.NewScript(nextPosLua + `
 local pos = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if pos and tonumber(ARGV[5]) == 0 then pos = nil end
 if not pos then
   pos = tonumber(ARGV[5])
   if pos <= 0 then pos = nextpos() end

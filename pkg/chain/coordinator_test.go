@@ -52,7 +52,8 @@ func TestCoordinator(t *testing.T) {
 		t.Errorf("two tenants share a token")
 	}
 
-	// Positions: in join order, stable for a node that joins again.
+	// Positions: in join order, stable for a node that renews its place (the heartbeat joins
+	// again with the position it has).
 	info := ModelInfo{URI: "oss://models/qwen/", Size: 99, Files: 3}
 	for i, n := range []string{"a", "b", "c"} {
 		pos, err := c.Join(ctx, "t1", "model", n, info, NodeProgress{Bytes: int64(i)}, 0)
@@ -60,7 +61,7 @@ func TestCoordinator(t *testing.T) {
 			t.Fatalf("join %s: position %d, %v; want %d", n, pos, err, i+1)
 		}
 	}
-	if pos, _ := c.Join(ctx, "t1", "model", "b", info, NodeProgress{Bytes: 7, From: "peer a"}, 0); pos != 2 {
+	if pos, _ := c.Join(ctx, "t1", "model", "b", info, NodeProgress{Bytes: 7, From: "peer a"}, 2); pos != 2 {
 		t.Errorf("re-join of b: position %d, want 2", pos)
 	}
 	for _, n := range []string{"a", "c"} {
@@ -243,8 +244,11 @@ func TestChainOrderSurvivesRedisLoss(t *testing.T) {
 	if pos := join("e", 0); pos != 5 {
 		t.Errorf("a second newcomer joined at %d, want 5", pos)
 	}
-	if pos, err := c.MoveToTail(ctx, "t1", "model", "b"); err != nil || pos != 6 {
-		t.Errorf("b moved to the tail at %d (%v), want 6", pos, err)
+	if pos := join("c", 0); pos != 6 {
+		t.Errorf("a fresh staging of c (its process restarted) joined at %d, want 6: the end, not its old 3", pos)
+	}
+	if pos, err := c.MoveToTail(ctx, "t1", "model", "b"); err != nil || pos != 7 {
+		t.Errorf("b moved to the tail at %d (%v), want 7", pos, err)
 	}
 	ms, err := c.Members(ctx, "t1", "model")
 	if err != nil {
@@ -254,7 +258,7 @@ func TestChainOrderSurvivesRedisLoss(t *testing.T) {
 	for _, m := range ms {
 		order = append(order, m.Node)
 	}
-	if got := strings.Join(order, ","); got != "a,c,d,e,b" {
-		t.Errorf("chain order %s, want a,c,d,e,b", got)
+	if got := strings.Join(order, ","); got != "a,d,e,c,b" {
+		t.Errorf("chain order %s, want a,d,e,c,b", got)
 	}
 }
