@@ -35,13 +35,17 @@ func (c *Coordinator) addr() string {
 	return "redis"
 }
 
+// tokenTTL is how long a tenant's peer secret outlives its last node's heartbeat: no key
+// modelcast writes lives forever.
+const tokenTTL = 24 * time.Hour
+
 // Token returns the tenant's peer secret, creating it (once, SET NX) if needed.
 func (c *Coordinator) Token(ctx context.Context, tenant string) (string, error) {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return "", err
 	}
-	if err := c.rdb.SetNX(ctx, tokenKey(tenant), hex.EncodeToString(b), 0).Err(); err != nil {
+	if err := c.rdb.SetNX(ctx, tokenKey(tenant), hex.EncodeToString(b), tokenTTL).Err(); err != nil {
 		return "", err
 	}
 	return c.rdb.Get(ctx, tokenKey(tenant)).Result()
@@ -57,9 +61,15 @@ func (c *Coordinator) ReadToken(ctx context.Context, tenant string) (string, err
 	return tok, err
 }
 
-// Register announces the node's peer address for ttl (the heartbeat renews it).
+// Register announces the node's peer address for ttl (the heartbeat renews it) and renews
+// the tenant's secret.
 func (c *Coordinator) Register(ctx context.Context, tenant, node, addr string, ttl time.Duration) error {
-	return c.rdb.Set(ctx, nodeKey(tenant, node), addr, ttl).Err()
+	_, err := c.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.Set(ctx, nodeKey(tenant, node), addr, ttl)
+		pipe.PExpire(ctx, tokenKey(tenant), tokenTTL)
+		return nil
+	})
+	return err
 }
 
 // Deregister removes the node's address (a clean shutdown).
