@@ -357,20 +357,7 @@ func (n *Node) heartbeat() {
 			}
 		}
 		for _, l := range n.reg.all() {
-			if l.isClosed() {
-				continue
-			}
-			pos, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress(), int(l.pos.Load()))
-			if err != nil {
-				klog.V(2).InfoS("Could not renew a chain", "model", l.key, "err", err)
-				continue
-			}
-			if l.isClosed() {
-				// Dropped while this renewal was on its way: its Leave may have come first.
-				_ = n.coord.Leave(ctx, l.tenant, l.key, n.cfg.NodeID)
-				continue
-			}
-			l.pos.Store(int64(pos))
+			n.renew(ctx, l)
 		}
 		cancel()
 		select {
@@ -379,6 +366,27 @@ func (n *Node) heartbeat() {
 		case <-t.C:
 		}
 	}
+}
+
+// renew renews the node's place in l's chain and its progress there. A copy dropped while the
+// renewal was on its way (its Leave may have landed first) is taken out again, unless another
+// copy of the model took its place.
+func (n *Node) renew(ctx context.Context, l *local) {
+	if l.isClosed() {
+		return
+	}
+	pos, err := n.coord.Join(ctx, l.tenant, l.key, n.cfg.NodeID, l.info, l.progress(), int(l.pos.Load()))
+	if err != nil {
+		klog.V(2).InfoS("Could not renew a chain", "model", l.key, "err", err)
+		return
+	}
+	if l.isClosed() {
+		if n.reg.get(l.tenant, l.key) == nil {
+			_ = n.coord.Leave(ctx, l.tenant, l.key, n.cfg.NodeID)
+		}
+		return
+	}
+	l.pos.Store(int64(pos))
 }
 
 // token returns the tenant's peer secret (from Redis, cached; refresh reads it again).

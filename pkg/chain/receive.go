@@ -280,15 +280,17 @@ func (n *Node) watch(ctx context.Context, cancel context.CancelCauseFunc, l *loc
 }
 
 // Slow-node detection: a node that has streamed from its predecessor for at least
-// slowAfter, receiving at under slowFraction of the predecessor's own receive rate and
-// slowLag or more behind it, while a successor waits on it, steps back to the chain's tail.
-// A node on a slower link (a quarter of the others' rate, say) shows a ratio far below the
-// fraction within two seconds; nodes of one chain that share a bottleneck receive at about
-// the same rate and never do.
+// slowAfter, receiving (over the last rateWindow) at under slowFraction of the predecessor's
+// own receive rate, and has fallen behind it by slowBehindFor of that rate (and slowLag), while
+// a successor waits on it, steps back to the chain's tail. A node on a slower link (a quarter
+// of the others' rate, say) meets all three within about two seconds and keeps meeting them;
+// a node of one chain that a busy machine slows for a moment does not fall that far behind.
+// Each second of detection costs the successors a second at the slow node's rate.
 const (
-	slowFraction       = 0.4
-	slowAfter          = 2 * time.Second
-	slowLag      int64 = 16 << 20
+	slowFraction        = 0.4
+	slowAfter           = time.Second
+	slowBehindFor       = 1500 * time.Millisecond
+	slowLag       int64 = 16 << 20
 )
 
 // slowBehind reports whether this node (me) holds its chain back behind pred (see the
@@ -306,8 +308,9 @@ func (n *Node) slowBehind(l *local, me, pred Member, members []Member) bool {
 		}
 	}
 	rate, span := l.rate()
+	lag := pred.Progress.Bytes - l.verifiedBytes()
 	return successor && span >= rateWindow*2/3 && rate < slowFraction*pred.Progress.Rate &&
-		pred.Progress.Bytes-l.verifiedBytes() >= slowLag
+		lag >= max(slowLag, int64(slowBehindFor.Seconds()*pred.Progress.Rate))
 }
 
 type countingReader struct {

@@ -373,11 +373,14 @@ const boundsText = `**What bounds these figures.** Every simulated host's networ
 vCPUs. During chain N = 8 the machine is 75–80 % busy (perf record -a), the agents' user time is
 a small share (CRC-64 about 1 %), and the rest is the kernel: the receive copy (` + "`_copy_to_iter`" + `,
 about 7 %), zeroing new tmpfs pages (` + "`clear_page_erms`" + `, about 4 %), and the veth, bridge, tc tbf and TCP
-processing of every byte. A veth delivers a packet in the sending process's context, so each node
-also pays, in its own system time, for its successor's receive processing: the middle-node figure
-holds both ends of two links. Under that load the head itself reads OSS more slowly than a direct
-fetch alone does, and N = 8's ready time grows with it; on loopback, with no simulated link, a
-middle node costs much less (the row above).
+processing of every byte. A veth (and loopback) delivers a packet in the sending process's
+context, so each node also pays, in its own system time, for its successor's receive processing:
+a middle node's figure holds both ends of two links. On top of that, this VM gives memory back to
+its host and faults it in again on first touch, up to 2 s of system time per GiB: a relay whose
+cache pages had to be faulted in costs several times one whose pages were resident (measured with
+the same binaries on loopback: 0.6 core-s per GB resident, 2–3 not), and the harness's warm-up
+does not always hold the memory. Under that load the head itself reads OSS more slowly than a
+direct fetch alone does, and the chain's ready time grows with it.
 
 `
 

@@ -47,7 +47,7 @@ func TestHeadQuick(t *testing.T) {
 		t.Skip("needs root: tmpfs mounts")
 	}
 	const size = 256 << 20
-	res, err := RunHead(t.Context(), HeadConfig{Size: size, Rounds: 3, Log: t.Logf})
+	res, err := RunHead(t.Context(), HeadConfig{Size: size, Rounds: 3, RelayRuns: 1, Log: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
