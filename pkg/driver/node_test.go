@@ -266,6 +266,9 @@ func TestPublishBadInput(t *testing.T) {
 		{"alias disagrees", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext["OSS_PATH"] = "oss://models/other/" }, codes.InvalidArgument, "given twice"},
 		{"bad broadcast", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext["broadcast"] = "maybe" }, codes.InvalidArgument, "true or false"},
 		{"half a secret", func(r *csi.NodePublishVolumeRequest) { r.Secrets = map[string]string{"akId": ak} }, codes.InvalidArgument, "no access key secret"},
+		{"secret keys of another spelling", func(r *csi.NodePublishVolumeRequest) {
+			r.Secrets = map[string]string{"accessKeyId": ak, "accessKeySecret": sk}
+		}, codes.InvalidArgument, "unknown key(s) accessKeyId, accessKeySecret"},
 		{"wrong credentials", func(r *csi.NodePublishVolumeRequest) { r.Secrets = map[string]string{"akId": ak, "akSecret": "wrong"} }, codes.PermissionDenied, "access denied"},
 		{"anonymous on a private bucket", func(r *csi.NodePublishVolumeRequest) { r.Secrets = nil }, codes.PermissionDenied, "access denied"},
 		{"missing model", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext["ossPath"] = "oss://models/nothing-here/" }, codes.NotFound, "oss://models/nothing-here/: not found"},

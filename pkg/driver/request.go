@@ -160,6 +160,19 @@ func credentialsFrom(secrets map[string]string) (c ossclient.Credentials, ok boo
 		return "", ""
 	}
 
+	// A key of another spelling (accessKeyId, say) would be ignored and the node's own
+	// credentials used instead: refuse it, as unknown volume attributes are refused.
+	var unknown []string
+	for k := range secrets {
+		if !slices.Contains(secretIDKeys, k) && !slices.Contains(secretSecretKeys, k) && !slices.Contains(secretTokenKeys, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return c, false, fmt.Errorf("%w: the volume's secret has unknown key(s) %s; known: %s", errInvalid, strings.Join(unknown, ", "),
+			strings.Join(slices.Concat(secretIDKeys, secretSecretKeys, secretTokenKeys), ", "))
+	}
 	_, id := pick(secretIDKeys)
 	_, sec := pick(secretSecretKeys)
 	_, tok := pick(secretTokenKeys)
