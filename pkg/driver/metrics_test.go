@@ -68,6 +68,8 @@ func TestMetricsAndHealth(t *testing.T) {
 		{"modelcast_csi_operation_duration_seconds_count", []string{"method", "NodePublishVolume", "code", "InvalidArgument"}, 1},
 		{"modelcast_oss_request_errors_total", []string{"op", "get", "code", "ServiceUnavailable"}, 1},
 		{"modelcast_chain_events_total", []string{"event", "join"}, 0},
+		{"modelcast_chain_events_total", []string{"event", "stepback"}, 0},
+		{"modelcast_broadcast_coordination", []string{"state", "off"}, 1},
 		{"modelcast_build_info", []string{"version", version.Get()}, 1},
 	} {
 		if got := s.Get(c.name, c.labels...); got != c.want || !s.Has(c.name, c.labels...) {

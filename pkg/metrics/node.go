@@ -22,7 +22,7 @@ var (
 	receivedBytes = desc("received_bytes_total", "Model bytes this node received, by source (oss, peer).", "source")
 	servedBytes   = desc("served_bytes_total", "Model bytes this node sent to peers along broadcast chains.")
 	peerStreams   = desc("peer_streams", "Streams this node is serving to peers now.")
-	chainEvents   = desc("chain_events_total", "Broadcast chain events: join (a chain joined), relink (a predecessor replaced), takeover (became head midway), fallback (Redis out of reach: straight to OSS).", "event")
+	chainEvents   = desc("chain_events_total", "Broadcast chain events: join (a chain joined), relink (a predecessor replaced), takeover (became head midway), fallback (Redis out of reach: straight to OSS), stepback (a slow node moved to its chain's tail).", "event")
 	corruptChunks = desc("peer_corrupt_chunks_total", "Chunks from peers that failed their CRC-64 and were fetched again.")
 	authFailures  = desc("peer_auth_failures_total", "Peer data-plane requests refused for a missing or wrong tenant token.")
 	coordination  = desc("broadcast_coordination", "1 for the node's state with Redis: ok, unreachable (models come from OSS until it answers), refused (wrong user, password or certificate: a configuration to fix; models come from OSS), off (broadcast off or no Redis).", "state")
@@ -76,6 +76,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(chainEvents, n.Relinks, "relink")
 	counter(chainEvents, n.Takeovers, "takeover")
 	counter(chainEvents, n.Fallbacks, "fallback")
+	counter(chainEvents, n.StepBacks, "stepback")
 	counter(corruptChunks, n.CorruptChunks)
 	counter(authFailures, n.AuthFailures)
 	for _, st := range chain.CoordinationStates {

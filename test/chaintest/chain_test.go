@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -437,10 +436,7 @@ func TestRedisACL(t *testing.T) {
 // given one (broadcast.db.certFile, keyFile) and refuses one without, which says so.
 func TestRedisTLSClientCertificate(t *testing.T) {
 	w := newWorld(t, 4*mib, redistest.Options{TLS: true, ClientCerts: true})
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, w.redis.CACertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ca := w.redis.CACertFile()
 	cert, key := w.redis.ClientCertFiles()
 	w.dbTLS = map[string]any{"caFile": ca, "certFile": cert, "keyFile": key}
 	as := w.startChain(2, nil)
@@ -465,10 +461,7 @@ func TestRedisTLSClientCertificate(t *testing.T) {
 // (broadcast.db.caFile) broadcasts; a node without it is refused, says so, and reads OSS.
 func TestRedisTLSPrivateCA(t *testing.T) {
 	w := newWorld(t, 8*mib, redistest.Options{TLS: true})
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, w.redis.CACertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ca := w.redis.CACertFile()
 	w.dbTLS = map[string]any{"tls": true, "caFile": ca}
 	as := w.startChain(2, nil)
 	for _, a := range as {

@@ -160,6 +160,15 @@ func Start(t testing.TB, opts Options) *Server {
 // across Restart.
 func (s *Server) Addr() string { return s.addr }
 
+// CACertFile returns the path of the CA certificate's PEM file (see CACertPEM); "" unless
+// Options.TLS.
+func (s *Server) CACertFile() string {
+	if !s.opts.TLS {
+		return ""
+	}
+	return filepath.Join(s.dir, caCertFile)
+}
+
 // ClientCertFiles returns the paths of a client certificate and its key,
 // issued by the server's CA; "" unless Options.TLS.
 func (s *Server) ClientCertFiles() (cert, key string) {
