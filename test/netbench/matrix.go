@@ -153,6 +153,7 @@ func RunMatrix(ctx context.Context, o Options) error {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return err
 	}
+	defer HoldMemory(o.Log)()
 	start := time.Now()
 	var head *HeadResult
 	if o.selected("head", "", 0) {
@@ -375,11 +376,16 @@ a small share (CRC-64 about 1 %), and the rest is the kernel: the receive copy (
 about 7 %), zeroing new tmpfs pages (` + "`clear_page_erms`" + `, about 4 %), and the veth, bridge, tc tbf and TCP
 processing of every byte. A veth (and loopback) delivers a packet in the sending process's
 context, so each node also pays, in its own system time, for its successor's receive processing:
-a middle node's figure holds both ends of two links. On top of that, this VM gives memory back to
-its host and faults it in again on first touch, up to 2 s of system time per GiB: a relay whose
-cache pages had to be faulted in costs several times one whose pages were resident (measured with
-the same binaries on loopback: 0.6 core-s per GB resident, 2–3 not), and the harness's warm-up
-does not always hold the memory. Under that load the head itself reads OSS more slowly than a
+a middle node's figure holds both ends of two links. This VM also hands freed memory back to its
+host (free page reporting) and faults it in again on first touch, up to 2 s of system time per
+GiB against 0.05 s for resident memory; the harness turns the reporting off for its run
+(` + "`HoldMemory`" + `) and touches the memory a run will use first, so the figures measure modelcast
+rather than the hypervisor (before that, a relay's figure varied 4 × from run to run). What is
+left of a middle node's CPU on loopback, from ` + "`perf record -g`" + ` of that process alone: the
+receive ` + "`read`" + ` about half (the copy into the cache, ` + "`_copy_to_iter`" + `, about 27 %, at memory
+speed, since the bytes were last touched on another core), ` + "`sendfile`" + ` to the successor about
+17 %, the CRC-64 about 9 %, zeroing the cache's new pages under 2 %, and scheduling and softirq
+work the rest. Under that load the head itself reads OSS more slowly than a
 direct fetch alone does, and the chain's ready time grows with it.
 
 `
