@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -278,5 +279,69 @@ func TestBadReadTakesBackItsSums(t *testing.T) {
 		if crc != 0 {
 			t.Errorf("chunk %d of the object that failed keeps its published CRC %x", first+j, crc)
 		}
+	}
+}
+
+// dropDuringJoin is a Redis hook that, once armed, drops a copy from its node just before the
+// first chain join reaches Redis: the race between the heartbeat's renewal and a release.
+type dropDuringJoin struct {
+	armed atomic.Bool
+	drop  func()
+}
+
+func (h *dropDuringJoin) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *dropDuringJoin) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); (name == "evalsha" || name == "eval") && len(cmd.Args()) > 1 &&
+			cmd.Args()[1] == joinScript.Hash() && h.armed.CompareAndSwap(true, false) {
+			h.drop()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *dropDuringJoin) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestHeartbeatDoesNotResurrectADroppedCopy: a copy released while the heartbeat's renewal of
+// it is on its way to Redis (the release's Leave lands first, then the Join) must not stay in
+// the chain as a phantom member that answers 404.
+func TestHeartbeatDoesNotResurrectADroppedCopy(t *testing.T) {
+	w := newOrderWorld(t, 2<<20)
+	rdb := redis.NewClient(&redis.Options{Addr: w.rdb.Options().Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	hook := &dropDuringJoin{}
+	rdb.AddHook(hook)
+	n, err := NewNode(Config{NodeID: "a", Addr: "127.0.0.1:0", Tenant: "team", Heartbeat: time.Hour}, rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	l := w.local(t, n, 0)
+	for i := range w.layout.Len() {
+		w.put(t, l, i, w.layout.Chunk(i).Size)
+	}
+	n.renew(t.Context(), l)
+	members, err := n.coord.Members(t.Context(), "team", "k")
+	if err != nil || find(members, "a") == nil {
+		t.Fatalf("the copy did not join its chain: %v %v", members, err)
+	}
+
+	hook.drop = func() { n.Release("k") }
+	hook.armed.Store(true)
+	n.renew(t.Context(), l)
+	if hook.armed.Load() {
+		t.Fatal("the renewal never joined: the race was not staged")
+	}
+	if !l.isClosed() || n.reg.get("team", "k") != nil {
+		t.Fatal("the release did not drop the copy")
+	}
+	if members, err = n.coord.Members(t.Context(), "team", "k"); err != nil {
+		t.Fatal(err)
+	}
+	if m := find(members, "a"); m != nil {
+		t.Errorf("a dropped copy is back in its chain after a heartbeat raced the release: %+v", *m)
 	}
 }
