@@ -2,52 +2,57 @@ package cache
 
 import (
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
 
-	"k8s.io/mount-utils"
+	"github.com/moby/sys/mountinfo"
 )
 
-// mountTable is the part of /proc/self/mountinfo the store cares about.
+// mountTable is the part of /proc/self/mountinfo the store cares about. Every reader of the
+// mount table in modelcast goes through github.com/moby/sys/mountinfo.
 type mountTable struct {
-	entries []mount.MountInfo
+	entries []*mountinfo.Info
 }
 
 func readMountTable(file string) (*mountTable, error) {
-	entries, err := mount.ParseMountInfo(file)
+	f, err := os.Open(file)
 	if err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	defer f.Close()
+	entries, err := mountinfo.GetMountsFromReader(f, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read mount table %s: %w", file, err)
 	}
 	return &mountTable{entries: entries}, nil
 }
 
 // at returns the topmost mount at exactly dir, if any.
-func (t *mountTable) at(dir string) (mount.MountInfo, bool) {
-	var found mount.MountInfo
-	ok := false
+func (t *mountTable) at(dir string) (*mountinfo.Info, bool) {
+	var found *mountinfo.Info
 	for _, e := range t.entries {
-		if e.MountPoint == dir {
-			found, ok = e, true
+		if e.Mountpoint == dir {
+			found = e
 		}
 	}
-	return found, ok
+	return found, found != nil
 }
 
 // locate returns the file system (major, minor) holding dir and dir's path inside that file
 // system, which is what the Root field of a bind mount of dir shows.
 func (t *mountTable) locate(dir string) (major, minor int, fsPath string, err error) {
-	var best mount.MountInfo
-	found := false
+	var best *mountinfo.Info
 	for _, e := range t.entries {
-		if within(dir, e.MountPoint) && (!found || len(e.MountPoint) >= len(best.MountPoint)) {
-			best, found = e, true
+		if within(dir, e.Mountpoint) && (best == nil || len(e.Mountpoint) >= len(best.Mountpoint)) {
+			best = e
 		}
 	}
-	if !found {
+	if best == nil {
 		return 0, 0, "", fmt.Errorf("no mount holds %s", dir)
 	}
-	rel := strings.TrimPrefix(dir, best.MountPoint)
+	rel := strings.TrimPrefix(dir, best.Mountpoint)
 	return best.Major, best.Minor, path.Join(best.Root, rel), nil
 }
 
@@ -67,7 +72,7 @@ func (t *mountTable) bindsOf(dir string) (map[string]string, error) {
 		if !ok || rel == "" || strings.Contains(rel, "/") {
 			continue
 		}
-		binds[e.MountPoint] = rel
+		binds[e.Mountpoint] = rel
 	}
 	return binds, nil
 }

@@ -326,7 +326,7 @@ func TestTmpfsMountedThenAdopted(t *testing.T) {
 		t.Fatal(err)
 	}
 	mi, ok := table.at(root)
-	if !ok || mi.FsType != "tmpfs" || !strings.Contains(strings.Join(mi.SuperOptions, ","), "huge=within_size") {
+	if !ok || mi.FSType != "tmpfs" || !strings.Contains(mi.VFSOptions, "huge=within_size") {
 		t.Fatalf("cache root mount: %+v, %v", mi, ok)
 	}
 	files := sizedFiles(1000)
@@ -344,7 +344,7 @@ func TestTmpfsMountedThenAdopted(t *testing.T) {
 	table, _ = readMountTable("/proc/self/mountinfo")
 	count := 0
 	for _, e := range table.entries {
-		if e.MountPoint == root {
+		if e.Mountpoint == root {
 			count++
 		}
 	}

@@ -13,10 +13,10 @@ import (
 // A mount of another kind at root is an error: the cache would silently live on disk.
 func ensureTmpfs(table *mountTable, root string, cfg TmpfsConfig) error {
 	if e, ok := table.at(root); ok {
-		if e.FsType != "tmpfs" {
-			return fmt.Errorf("cache root %s is a %s mount, not tmpfs; unmount it or disable the cache's tmpfs mount", root, e.FsType)
+		if e.FSType != "tmpfs" {
+			return fmt.Errorf("cache root %s is a %s mount, not tmpfs; unmount it or disable the cache's tmpfs mount", root, e.FSType)
 		}
-		klog.InfoS("Adopted the cache tmpfs", "root", root, "options", strings.Join(e.SuperOptions, ","))
+		klog.InfoS("Adopted the cache tmpfs", "root", root, "options", e.VFSOptions)
 		return nil
 	}
 	opts := []string{"mode=0755"}

@@ -1,10 +1,10 @@
 package ossclient
 
 import (
-	"bufio"
-	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // HugeTmpfs reports whether dir lies on a tmpfs that allocates huge pages (huge=always or
@@ -18,35 +18,21 @@ func HugeTmpfs(dir string) bool {
 	if abs, err = filepath.Abs(abs); err != nil {
 		return false
 	}
-	f, err := os.Open("/proc/self/mountinfo")
+	// The mount holding dir is the longest mount point it lies under (the last one of that path:
+	// the topmost).
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return !within(abs, m.Mountpoint), false
+	})
 	if err != nil {
 		return false
 	}
-	defer f.Close()
-	best, huge := "", false
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
+	var best *mountinfo.Info
+	for _, m := range mounts {
+		if best == nil || len(m.Mountpoint) >= len(best.Mountpoint) {
+			best = m
 		}
-		if sep < 5 || len(fields) < sep+4 {
-			continue
-		}
-		mp := unescapeMountPath(fields[4])
-		if !within(abs, mp) || len(mp) < len(best) {
-			continue
-		}
-		best = mp
-		huge = fields[sep+1] == "tmpfs" && hasHugeOption(fields[sep+3])
 	}
-	return huge
+	return best != nil && best.FSType == "tmpfs" && hasHugeOption(best.VFSOptions)
 }
 
 func within(path, mountpoint string) bool {
@@ -61,22 +47,3 @@ func hasHugeOption(opts string) bool {
 	}
 	return false
 }
-
-// unescapeMountPath undoes the octal escapes (\040 for a space, …) of /proc/self/mountinfo.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }

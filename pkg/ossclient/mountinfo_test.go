@@ -7,19 +7,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestUnescapeMountPath(t *testing.T) {
-	for in, want := range map[string]string{
-		`/var/lib/modelcast/cache`: "/var/lib/modelcast/cache",
-		`/mnt/with\040space`:       "/mnt/with space",
-		`/mnt/tab\011and\134slash`: "/mnt/tab\tand\\slash",
-		`/mnt/trailing\04`:         `/mnt/trailing\04`,
-	} {
-		if got := unescapeMountPath(in); got != want {
-			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestHugeTmpfs(t *testing.T) {
 	if HugeTmpfs("/nonexistent/dir") {
 		t.Errorf("a missing directory is reported as huge-page tmpfs")
