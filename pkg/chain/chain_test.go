@@ -96,6 +96,37 @@ func (w *world) node(t *testing.T, id string, mutate ...func(*chain.Config)) *no
 	return n
 }
 
+// key is the cache key of the world's model as n stages it.
+func (w *world) key(t *testing.T, n *node) string {
+	t.Helper()
+	m, err := n.oss.Manifest(t.Context(), ossclient.URI{Bucket: "models", Prefix: "qwen/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cache.Model{Endpoint: n.oss.Endpoint(), Manifest: m}.Key()
+}
+
+// waitJoined waits until node id has a place in the chain of key (or fails the test).
+func (w *world) waitJoined(t *testing.T, key, id string) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr()})
+	defer rdb.Close()
+	coord := chain.NewCoordinator(rdb)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		members, err := coord.Members(t.Context(), "team", key)
+		for _, m := range members {
+			if m.Node == id {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never joined the chain of %s (members %+v, %v)", id, key, members, err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
+}
+
 // stage resolves the model through the chain (published manifest) and stages it.
 func (n *node) stage(ctx context.Context) (string, string, error) {
 	u := ossclient.URI{Bucket: "models", Prefix: "qwen/"}
@@ -133,14 +164,14 @@ func TestChainInProcess(t *testing.T) {
 	dirs := make([]string, len(nodes))
 	keys := make([]string, len(nodes))
 	errs := make([]error, len(nodes))
+	key := w.key(t, nodes[0])
 	for i, n := range nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Staggered by a little, as pods start: join order decides the chain.
-			time.Sleep(time.Duration(i) * 50 * time.Millisecond)
 			dirs[i], keys[i], errs[i] = n.stage(ctx)
 		}()
+		w.waitJoined(t, key, n.id) // one after another, as pods start: join order decides the chain
 	}
 	wg.Wait()
 	var fromOSS, fromPeers int64
@@ -174,7 +205,7 @@ func TestSeveralChains(t *testing.T) {
 		nodes = append(nodes, w.node(t, fmt.Sprintf("n%d", i), func(c *chain.Config) { c.Chains = 2 }))
 	}
 	w.emu.ResetStats()
-	results := stageAll(t, nodes, 50*time.Millisecond)
+	results := w.stageAll(t, nodes)
 	heads := 0
 	for i, r := range results {
 		w.checkDir(t, r.dir)
@@ -202,13 +233,14 @@ func TestReleasedPredecessor(t *testing.T) {
 		err      error
 	}
 	out := make([]chan res, 3)
+	key := w.key(t, n0)
 	for i, n := range []*node{n0, n1, n2} {
 		out[i] = make(chan res, 1)
 		go func() {
 			d, k, err := n.stage(ctx)
 			out[i] <- res{d, k, err}
 		}()
-		time.Sleep(50 * time.Millisecond)
+		w.waitJoined(t, key, n.id)
 	}
 	// n1 shuts down once n2 has a few chunks from it (and n1 must not have finished: then
 	// there would be nothing to test).
@@ -229,7 +261,7 @@ func TestReleasedPredecessor(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("n2 never got going")
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
 	}
 	for i, n := range []*node{n0, n2} {
 		r := <-out[i*2]
@@ -301,21 +333,23 @@ type stageResult struct {
 	tr       chain.Transfer
 }
 
-func stageAll(t *testing.T, nodes []*node, gap time.Duration) []stageResult {
+// stageAll stages the model on every node, starting each once the one before it joined.
+func (w *world) stageAll(t *testing.T, nodes []*node) []stageResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	out := make([]stageResult, len(nodes))
 	errs := make([]error, len(nodes))
+	key := w.key(t, nodes[0])
 	var wg sync.WaitGroup
 	for i, n := range nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			time.Sleep(time.Duration(i) * gap)
 			out[i].dir, out[i].key, errs[i] = n.stage(ctx)
 			out[i].tr, _ = n.chain.Transfer(out[i].key)
 		}()
+		w.waitJoined(t, key, n.id)
 	}
 	wg.Wait()
 	for i, err := range errs {

@@ -22,7 +22,8 @@ const mib = 1 << 20
 
 func noHook() agentOpt { return agentOpt{corrupt: -1} }
 
-// startChain starts n agents a little apart, as pods do, so join order is start order.
+// startChain starts n agents one after another, each once the one before it has its place in
+// the chain (or is ready), so join order is start order.
 func (w *world) startChain(n int, opts func(i int) agentOpt) []*agent {
 	var as []*agent
 	for i := range n {
@@ -31,8 +32,9 @@ func (w *world) startChain(n int, opts func(i int) agentOpt) []*agent {
 			o = opts(i)
 		}
 		as = append(as, w.start(i, o))
-		as[i].waitFor(w.t, "start", 30*time.Second, func(e event) bool { return e.Event == "start" })
-		time.Sleep(100 * time.Millisecond) // keep the join order: node-0 first
+		as[i].waitFor(w.t, "a place in the chain", 30*time.Second, func(e event) bool {
+			return strings.Contains(e.From, "(position ") || e.Event == "ready"
+		})
 	}
 	return as
 }
