@@ -7,13 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 )
 
 const sumUsage = `usage: csi-plugin sum DIR
 
 Prints the CRC-64/ECMA (as OSS reports it in x-oss-hash-crc64ecma), the size and the path of
 every regular file under DIR, one per line, sorted by path: compare a mounted model with
-its objects in OSS.
+its objects in OSS. A path that holds a character that is not plainly printable (control
+characters, bidirectional formatting, invisible or non-ASCII spaces, invalid UTF-8) or that
+starts with a double quote is printed quoted and escaped, as a Go string literal.
 
 `
 
@@ -47,7 +51,19 @@ func runSum(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		_, err = fmt.Printf("%s %d %s\n", strconv.FormatUint(crc, 10), n, filepath.ToSlash(rel))
+		_, err = fmt.Printf("%s %d %s\n", strconv.FormatUint(crc, 10), n, displayPath(filepath.ToSlash(rel)))
 		return err
 	})
+}
+
+// displayPath is p as sum prints it: unchanged when every character is plainly printable
+// (strconv.IsPrint: letters, marks, numbers, punctuation, symbols, the ASCII space), else
+// quoted with strconv.Quote, so that a name cannot break a line, move the cursor or show
+// as another name (a bidirectional override, a C1 control). A quoted path starts with '"',
+// so a path that does is quoted too: the two never read alike.
+func displayPath(p string) string {
+	if strings.HasPrefix(p, `"`) || !utf8.ValidString(p) || strings.ContainsFunc(p, func(r rune) bool { return !strconv.IsPrint(r) }) {
+		return strconv.Quote(p)
+	}
+	return p
 }

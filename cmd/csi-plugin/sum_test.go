@@ -3,9 +3,11 @@ package main
 import (
 	"fmt"
 	"hash/crc64"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -48,5 +50,43 @@ func TestSum(t *testing.T) {
 	}
 	if err := exec.Command(buildPlugin(t), "sum", filepath.Join(dir, "missing")).Run(); err == nil {
 		t.Error("sum of a missing directory succeeded")
+	}
+}
+
+// TestSumEscapesNames: a name that could break a line, move the terminal's cursor or read as
+// another name is printed quoted and escaped (strconv.Quote); plain names, spaces and
+// non-ASCII letters included, are printed as they are.
+func TestSumEscapesNames(t *testing.T) {
+	dir := t.TempDir()
+	names := map[string]string{ // on disk → printed
+		"plain 模型.json":        "plain 模型.json",
+		"new\nline 0 0 forged": `"new\nline 0 0 forged"`,
+		"c1\u0085nel":          `"c1\u0085nel"`,
+		"c1\u009b31mred":       `"c1\u009b31mred"`,
+		"tab\there":            `"tab\there"`,
+		"bidi\u202egnp.exe":    `"bidi\u202egnp.exe"`,
+		"isolate\u2066x\u2069": `"isolate\u2066x\u2069"`,
+		"mark\u200fx":          `"mark\u200fx"`,
+		"\ufeffbom.json":       `"\ufeffbom.json"`,
+		"nbsp\u00a0x":          `"nbsp\u00a0x"`,
+		"bad\xffutf8":          `"bad\xffutf8"`,
+		`"quoted"`:             `"\"quoted\""`,
+	}
+	for name := range names {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(buildPlugin(t), "sum", dir).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := crc64.MakeTable(crc64.ECMA)
+	var want []string
+	for _, name := range slices.Sorted(maps.Keys(names)) { // sum walks in lexical order
+		want = append(want, fmt.Sprintf("%d %d %s", crc64.Checksum([]byte(name), table), len(name), names[name]))
+	}
+	if got := strings.TrimSuffix(string(out), "\n"); got != strings.Join(want, "\n") {
+		t.Errorf("csi-plugin sum printed\n%s\nwant\n%s", got, strings.Join(want, "\n"))
 	}
 }

@@ -1,6 +1,6 @@
 // Package config loads modelcast's node configuration: /etc/modelcast/config.json with the keys
 // of OSS Connector's config file (expireTimeSec, prefetch.*, broadcast.*, bindPort, logLevel)
-// plus modelcast's own cache section, and the environment variables OSS Connector honours.
+// plus modelcast's own cache and model sections, and the environment variables OSS Connector honours.
 // Precedence, as OSS Connector's: environment over file over defaults.
 package config
 
@@ -39,6 +39,7 @@ type Config struct {
 	// BindPort: the peer data plane's port (default 19898).
 	BindPort int   `json:"bindPort"`
 	Cache    Cache `json:"cache"`
+	Model    Model `json:"model"`
 
 	// Keys of OSS Connector's file that modelcast reads but has no use for (it logs through
 	// klog to stderr); accepted so an existing config.json can be reused as it is.
@@ -94,8 +95,21 @@ type Cache struct {
 	TmpfsSize string `json:"tmpfsSize"`
 	// Huge: the tmpfs huge option (default "within_size"; "never" to disable).
 	Huge string `json:"huge"`
-	// MemoryReserveGB: memory a new model must leave available (default 1).
+	// MemoryReserveGB: memory a new model must leave available, in GB (10^9 bytes; default 1).
 	MemoryReserveGB float64 `json:"memoryReserveGB"`
+}
+
+// Model bounds what one model may be: a path that is not a model's directory (a mistyped
+// prefix, or oss://bucket/ for the whole bucket) is refused past them, while it is listed and
+// before anything is fetched, with FailedPrecondition naming the bound.
+type Model struct {
+	// MaxObjects: the most objects one model may have (default 100000). It also bounds the
+	// pages of its listing: 2 per 1000 objects, plus 1 (201 by default), against a server
+	// that keeps answering IsTruncated.
+	MaxObjects int `json:"maxObjects"`
+	// MaxSizeGB: the most bytes one model may have, in GB (10^9 bytes; default 4000). The
+	// cache tmpfs and the node's memory bound a staging as well (cache.tmpfsSize).
+	MaxSizeGB float64 `json:"maxSizeGB"`
 }
 
 // Default returns the configuration with every default filled in.
@@ -139,6 +153,12 @@ func (c *Config) fill() {
 	}
 	if c.Cache.MemoryReserveGB == 0 {
 		c.Cache.MemoryReserveGB = 1
+	}
+	if c.Model.MaxObjects == 0 {
+		c.Model.MaxObjects = 100_000
+	}
+	if c.Model.MaxSizeGB == 0 {
+		c.Model.MaxSizeGB = 4000
 	}
 }
 
@@ -192,6 +212,8 @@ func (c Config) validate() error {
 	check(c.BindPort > 0 && c.BindPort < 65536, "bindPort must be a TCP port, got %d", c.BindPort)
 	check(c.Broadcast.DB.Port > 0 && c.Broadcast.DB.Port < 65536, "broadcast.db.port must be a TCP port, got %d", c.Broadcast.DB.Port)
 	check(c.Cache.MemoryReserveGB >= 0, "cache.memoryReserveGB must not be negative")
+	check(c.Model.MaxObjects > 0, "model.maxObjects must be positive, got %d", c.Model.MaxObjects)
+	check(c.Model.MaxSizeGB > 0 && c.Model.MaxSizeGB <= 9e9, "model.maxSizeGB must be positive (and at most 9e9), got %g", c.Model.MaxSizeGB)
 	check((c.Broadcast.DB.CertFile == "") == (c.Broadcast.DB.KeyFile == ""), "broadcast.db.certFile and broadcast.db.keyFile go together")
 	switch c.Cache.Huge {
 	case "never", "always", "within_size", "advise":
@@ -206,6 +228,9 @@ func (c Config) ExpireAfter() time.Duration { return time.Duration(c.ExpireTimeS
 
 // SoftCapBytes is MaxCacheAdviseGB in bytes (0: no cap).
 func (c Config) SoftCapBytes() int64 { return int64(c.Prefetch.MaxCacheAdviseGB * 1e9) }
+
+// MaxModelBytes is Model.MaxSizeGB in bytes.
+func (c Config) MaxModelBytes() int64 { return int64(c.Model.MaxSizeGB * 1e9) }
 
 // Concurrency is the number of parallel ranged GETs: vcpus × workers.
 func (c Config) Concurrency() int { return c.Prefetch.VCPUs * c.Prefetch.Workers }

@@ -29,8 +29,20 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("missing file: %+v, want the defaults %+v", c, Default())
 	}
 	if c.ExpireAfter().Seconds() != 120 || c.Concurrency() != 256 || c.BindPort != 19898 || c.SoftCapBytes() != 0 ||
-		c.Broadcast.Chains != 1 || c.Broadcast.DB.Port != 6379 || !*c.Cache.Tmpfs || c.HugeOption() != "within_size" {
+		c.Broadcast.Chains != 1 || c.Broadcast.DB.Port != 6379 || !*c.Cache.Tmpfs || c.HugeOption() != "within_size" ||
+		c.Model.MaxObjects != 100_000 || c.MaxModelBytes() != 4000e9 {
 		t.Errorf("defaults: %+v", c)
+	}
+}
+
+// TestModelBounds: model.maxObjects and model.maxSizeGB come from the file.
+func TestModelBounds(t *testing.T) {
+	c, err := Load(write(t, `{"model": {"maxObjects": 250000, "maxSizeGB": 1500.5}}`), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Model.MaxObjects != 250_000 || c.MaxModelBytes() != 1500.5e9 {
+		t.Errorf("model bounds %+v, %d bytes; want 250000 objects and 1500.5 GB", c.Model, c.MaxModelBytes())
 	}
 }
 
@@ -104,6 +116,10 @@ func TestRejects(t *testing.T) {
 		{`{"bindPort": 70000}`, "bindPort must be a TCP port"},
 		{`{"cache": {"huge": "sometimes"}}`, "cache.huge"},
 		{`{"prefetch": {"maxCacheAdviseGB": -5}}`, "maxCacheAdviseGB"},
+		{`{"model": {"maxObjects": -1}}`, "model.maxObjects must be positive"},
+		{`{"model": {"maxSizeGB": -1}}`, "model.maxSizeGB must be positive"},
+		{`{"model": {"maxSizeGB": 1e10}}`, "model.maxSizeGB must be positive (and at most 9e9)"},
+		{`{"model": {"maxObject": 10}}`, `unknown field "maxObject"`},
 		{`{"bindPort": "19898"}`, "cannot unmarshal"},
 		{`{`, "unexpected EOF"},
 	} {

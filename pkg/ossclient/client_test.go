@@ -235,6 +235,9 @@ func TestManifestRejectsUnsafeKeys(t *testing.T) {
 		"tr/nul\x00byte",
 		"tr/ctl\x01char",
 		"tr/new\nline",
+		"tr/c1\u0085nel",
+		"tr/bidi\u202eoverride.bin",
+		"tr/\ufeffbom.json",
 		"tr/ends/..",
 	} {
 		t.Run(fmt.Sprintf("%q", bad), func(t *testing.T) {
@@ -837,5 +840,117 @@ func TestCheck(t *testing.T) {
 	srv.DeleteObject("models", "m/a.bin")
 	if err := c.Check(t.Context(), m); !errors.Is(err, ossclient.ErrNotFound) {
 		t.Errorf("Check after a delete: %v, want ErrNotFound", err)
+	}
+}
+
+// withLimits sets the client's bounds on a model.
+func withLimits(objects int, bytes int64) func(*ossclient.Config) {
+	return func(c *ossclient.Config) { c.Limits = ossclient.Limits{MaxObjects: objects, MaxBytes: bytes} }
+}
+
+// TestManifestBounds: a model with more objects or bytes than the client's Limits is refused
+// while listing, before a single HEAD, with ErrTooLarge naming the bound, its value and the
+// config key; a model at the bounds is fine. An empty prefix (the whole bucket) is allowed
+// within the same bounds, and refused past them saying it is the whole bucket.
+func TestManifestBounds(t *testing.T) {
+	srv := newEmu(t)
+	putModel(srv, "m/", map[string][]byte{"a.bin": []byte("aaaa"), "b.bin": []byte("bbbb"), "c/d.bin": []byte("dddd")})
+	srv.PutObject("models", "m/c/", nil) // a "directory" placeholder: not an object
+	ctx := t.Context()
+	for _, tc := range []struct {
+		name       string
+		uri        string
+		objects    int
+		bytes      int64
+		want       []string // in the error; none: the manifest is taken
+		wantObject int
+	}{
+		{"at the bounds", "oss://models/m/", 3, 12, nil, 3},
+		{"one object too many", "oss://models/m/", 2, 12, []string{"more than 2 objects", "model.maxObjects = 2", "if oss://models/m/ is one model's directory, raise the bound"}, 0},
+		{"one byte too many", "oss://models/m/", 3, 11, []string{"more than 11 B", "model.maxSizeGB = 1.1e-08"}, 0},
+		{"the whole bucket within the bounds", "oss://models/", 3, 12, nil, 3},
+		{"the whole bucket past them", "oss://models", 2, 1e9, []string{"more than 2 objects", "oss://models/ is the whole bucket"}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv.ResetStats()
+			m, err := newClient(t, srv, withLimits(tc.objects, tc.bytes)).Manifest(ctx, mustURI(t, tc.uri))
+			if tc.want == nil {
+				if err != nil || len(m.Objects) != tc.wantObject {
+					t.Fatalf("Manifest = %v, %v; want %d objects", m, err, tc.wantObject)
+				}
+				return
+			}
+			if !errors.Is(err, ossclient.ErrTooLarge) {
+				t.Fatalf("Manifest = %v, want ErrTooLarge", err)
+			}
+			for _, w := range append(tc.want, "model exceeds a configured bound") {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if heads := srv.Stats().Requests[ossemu.OpHead]; heads != 0 {
+				t.Errorf("%d HEAD requests: a model past the bounds is refused while listing", heads)
+			}
+		})
+	}
+
+	// A manifest another node published (with other bounds) is checked against this client's.
+	m, err := newClient(t, srv).Manifest(ctx, mustURI(t, "oss://models/m/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.ResetStats()
+	if err := newClient(t, srv, withLimits(2, 0)).Check(ctx, m); !errors.Is(err, ossclient.ErrTooLarge) || !strings.Contains(err.Error(), "model.maxObjects = 2") {
+		t.Errorf("Check of a manifest past the bounds: %v, want ErrTooLarge naming model.maxObjects", err)
+	}
+	if err := newClient(t, srv, withLimits(0, 11)).Check(ctx, m); !errors.Is(err, ossclient.ErrTooLarge) || !strings.Contains(err.Error(), "model.maxSizeGB") {
+		t.Errorf("Check of a manifest past the byte bound: %v, want ErrTooLarge naming model.maxSizeGB", err)
+	}
+	if heads := srv.Stats().Requests[ossemu.OpHead]; heads != 0 {
+		t.Errorf("%d HEAD requests for manifests past the bounds", heads)
+	}
+}
+
+// TestManifestEndlessListing: a server that keeps answering IsTruncated is not followed
+// forever. Pages that repeat keys are refused at the first repeat (ErrUnavailable: the
+// listing does not advance); empty pages without end at the page bound the object bound
+// sets (ErrTooLarge; by default 201 pages, for 100000 objects).
+func TestManifestEndlessListing(t *testing.T) {
+	srv := newEmu(t)
+	putModel(srv, "m/", map[string][]byte{"a.bin": []byte("a"), "b.bin": []byte("b")})
+	srv.InjectFault(ossemu.Fault{Op: ossemu.OpList, Kind: ossemu.FaultEndlessList, Count: -1})
+	// Without the bounds these listings never end: the deadline turns a hang into a failure.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	c := newClient(t, srv)
+
+	_, err := c.Manifest(ctx, mustURI(t, "oss://models/m/"))
+	if !errors.Is(err, ossclient.ErrUnavailable) || !strings.Contains(err.Error(), `OSS listed "m/a.bin" after "m/b.bin" (page 2): the listing does not advance`) {
+		t.Errorf("a listing repeating its page: %v, want ErrUnavailable saying it does not advance", err)
+	}
+	if st := srv.Stats(); st.Requests[ossemu.OpList] != 2 || st.Requests[ossemu.OpHead] != 0 {
+		t.Errorf("requests %v: want 2 LIST pages and no HEAD", st.Requests)
+	}
+
+	srv.ResetStats()
+	_, err = c.Manifest(ctx, mustURI(t, "oss://models/empty/"))
+	want := fmt.Sprintf("the listing goes on past %d pages of up to 1000 keys", ossclient.Limits{MaxObjects: ossclient.DefaultMaxObjects}.MaxListPages())
+	if !errors.Is(err, ossclient.ErrTooLarge) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "model.maxObjects = 100000") {
+		t.Errorf("an endless empty listing: %v, want ErrTooLarge saying %q and naming model.maxObjects", err, want)
+	}
+	if n := srv.Stats().Requests[ossemu.OpList]; n != 201 {
+		t.Errorf("%d LIST pages, want the default bound of 201", n)
+	}
+
+	srv.ResetStats()
+	_, err = newClient(t, srv, withLimits(1500, 0)).Manifest(ctx, mustURI(t, "oss://models/empty/"))
+	if !errors.Is(err, ossclient.ErrTooLarge) || !strings.Contains(err.Error(), "past 5 pages") || srv.Stats().Requests[ossemu.OpList] != 5 {
+		t.Errorf("an endless empty listing, 1500 objects at most: %v after %d pages, want ErrTooLarge after 5", err, srv.Stats().Requests[ossemu.OpList])
+	}
+
+	// The same model once the server behaves.
+	srv.ClearFaults()
+	if m, err := c.Manifest(ctx, mustURI(t, "oss://models/m/")); err != nil || len(m.Objects) != 2 {
+		t.Errorf("Manifest without the fault = %v, %v", m, err)
 	}
 }

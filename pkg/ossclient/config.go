@@ -45,10 +45,42 @@ type Config struct {
 	ReadTimeout time.Duration
 	// Retry bounds the retries of one ranged GET.
 	Retry RetryPolicy
+	// Limits bound one model: its objects, its bytes and the pages of its listing.
+	Limits Limits
 	// OnRequestError, if set, is told of every failed request as this package sees it (each
 	// ranged GET attempt; a list or HEAD after the SDK's own retries) with the error's code
 	// (ErrorCode). Requests abandoned because their context ended are not failures.
 	OnRequestError func(op, code string)
+}
+
+// Limits bound what one model may be, so that a path that is not a model's directory (a
+// mistyped prefix, or oss://bucket/ for the whole bucket) or a listing that never ends is
+// refused with ErrTooLarge, naming the bound, instead of listed, HEADed and staged without
+// end. The node plugin sets them from its config's model.maxObjects and model.maxSizeGB,
+// the keys the errors name.
+type Limits struct {
+	// MaxObjects is the most objects one model may have; default DefaultMaxObjects. It also
+	// bounds the listing's pages (MaxListPages).
+	MaxObjects int
+	// MaxBytes is the most bytes one model may have; default DefaultMaxBytes.
+	MaxBytes int64
+}
+
+// Default Limits: far above any model (models have at most a few thousand files, and 4 TB is
+// more RAM than nearly any node has for its tmpfs cache), far below a data lake.
+const (
+	DefaultMaxObjects       = 100_000
+	DefaultMaxBytes   int64 = 4000e9
+)
+
+// listPageKeys is the keys asked for per listing page (OSS's most).
+const listPageKeys = 1000
+
+// MaxListPages is how many pages a model's listing may take: twice what MaxObjects objects
+// fill, plus one (room for "directory" placeholder keys and short pages). A listing that goes
+// on past it (a server that keeps answering IsTruncated) fails with ErrTooLarge.
+func (l Limits) MaxListPages() int {
+	return 2*((l.MaxObjects+listPageKeys-1)/listPageKeys) + 1
 }
 
 // RetryPolicy: a part is retried after transient failures (5xx, throttling, timeouts, resets,
@@ -181,6 +213,12 @@ func (c Config) normalized() (Config, error) {
 	if c.Retry.MaxDelay <= 0 {
 		c.Retry.MaxDelay = 5 * time.Second
 	}
+	if c.Limits.MaxObjects <= 0 {
+		c.Limits.MaxObjects = DefaultMaxObjects
+	}
+	if c.Limits.MaxBytes <= 0 {
+		c.Limits.MaxBytes = DefaultMaxBytes
+	}
 	return c, nil
 }
 
@@ -228,4 +266,16 @@ func regionOf(host string) string {
 		return r
 	}
 	return ""
+}
+
+// EndpointRegion is the region an OSS endpoint names ("oss-cn-beijing-internal.aliyuncs.com"
+// and "https://cn-beijing.oss.aliyuncs.com" name "cn-beijing"), or "" for any other endpoint
+// (an IP address, a custom domain, a global acceleration endpoint). An endpoint New would
+// refuse is ErrInvalidConfig.
+func EndpointRegion(endpoint string) (string, error) {
+	u, err := normalizeEndpoint(endpoint)
+	if err != nil {
+		return "", err
+	}
+	return regionOf(u.Hostname()), nil
 }

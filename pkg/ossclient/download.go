@@ -483,28 +483,56 @@ func (d *download) getRange(ctx context.Context, i int, dst *objectFile, st *ran
 }
 
 // checkRange makes sure the answer is the requested range of the manifest's version, even
-// behind a proxy that ignores If-Match or Range.
+// behind a proxy that ignores If-Match or Range. A server that ignores Range (200 with the
+// whole object, or a Content-Range other than the one asked for, of the same object) is
+// ErrRangeIgnored, not ErrChanged: the object is what the manifest says, the server is not.
 func checkRange(res *oss.GetObjectResult, o *Object, off, end int64) error {
 	changed := func(format string, args ...any) error {
 		return &Error{Op: "get", Kind: ErrChanged, Err: fmt.Errorf(format, args...)}
 	}
+	ignored := func(format string, args ...any) error {
+		return &Error{Op: "get", Kind: ErrRangeIgnored, Err: fmt.Errorf(format, args...)}
+	}
 	if etag := oss.ToString(res.ETag); etag != "" && etag != o.ETag {
 		return changed("ETag is %s, the manifest has %s", etag, o.ETag)
 	}
+	whole := off == 0 && end == o.Size-1
 	switch res.StatusCode {
 	case 206:
 		want := fmt.Sprintf("bytes %d-%d/%d", off, end, o.Size)
-		if cr := oss.ToString(res.ContentRange); cr != want {
-			return changed("asked for %q, got Content-Range %q", want, cr)
+		cr := oss.ToString(res.ContentRange)
+		switch total, ok := contentRangeTotal(cr); {
+		case cr == want:
+		case ok && total != o.Size:
+			return changed("asked for %q, got Content-Range %q: the object is no longer %d bytes", want, cr, o.Size)
+		case cr == "":
+			return ignored("asked for bytes %d-%d of %d, got HTTP 206 without a Content-Range", off, end, o.Size)
+		default:
+			return ignored("asked for %q, got Content-Range %q", want, cr)
 		}
 	case 200:
-		if off != 0 || end != o.Size-1 || res.ContentLength != o.Size {
-			return changed("asked for bytes %d-%d of %d, got the whole object of %d bytes", off, end, o.Size, res.ContentLength)
+		switch {
+		case whole && res.ContentLength == o.Size:
+		case whole:
+			return changed("asked for the whole object of %d bytes, got %d bytes", o.Size, res.ContentLength)
+		default:
+			return ignored("asked for bytes %d-%d of %d, got HTTP 200 with %d bytes instead of 206 Partial Content (a proxy between this node and OSS may drop the header)",
+				off, end, o.Size, res.ContentLength)
 		}
 	default:
 		return fmt.Errorf("unexpected HTTP status %d for a ranged GET", res.StatusCode)
 	}
 	return nil
+}
+
+// contentRangeTotal is the complete length in a Content-Range header ("bytes a-b/total").
+func contentRangeTotal(cr string) (int64, bool) {
+	_, total, ok := strings.Cut(cr, "/")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(total, 10, 64)
+	return n, err == nil
 }
 
 // verifyObject combines the CRCs of object o's chunks and compares with the manifest.

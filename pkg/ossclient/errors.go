@@ -19,7 +19,9 @@ import (
 var (
 	// ErrInvalidURI: the model path is not a valid oss://bucket/prefix/.
 	ErrInvalidURI = errors.New("invalid OSS path")
-	// ErrInvalidConfig: endpoint, region or credentials are unusable.
+	// ErrInvalidConfig: endpoint, region or credentials are unusable; an endpoint whose host
+	// name does not exist in DNS is one (the cause is then a *net.DNSError with IsNotFound; a
+	// DNS server failing or timing out is ErrUnavailable).
 	ErrInvalidConfig = errors.New("invalid OSS configuration")
 	// ErrInvalidKey: an object key cannot become a file inside the model directory.
 	ErrInvalidKey = errors.New("unsafe object key")
@@ -33,6 +35,13 @@ var (
 	ErrIntegrity = errors.New("integrity check failed")
 	// ErrUnavailable: OSS kept failing (5xx, throttling, timeouts, resets) after retries.
 	ErrUnavailable = errors.New("OSS unavailable")
+	// ErrRangeIgnored: the server answered a ranged GET with something else than the range
+	// asked for (200 with the whole object, or another Content-Range): it, or a proxy in
+	// front of it, does not implement Range. Retrying does not help.
+	ErrRangeIgnored = errors.New("the server ignored the Range header")
+	// ErrTooLarge: the model has more objects or bytes than Config.Limits allow (or its
+	// listing more pages): a path that is not a model's directory, such as a whole bucket.
+	ErrTooLarge = errors.New("model exceeds a configured bound")
 )
 
 // Error describes one failed OSS operation on one target in a single line.
@@ -127,11 +136,35 @@ func opError(ctx context.Context, op, target string, err error) error {
 		e.Kind = kindOfStatus(se.StatusCode)
 		return e
 	}
+	if hostNotFound(err) {
+		e.Kind, e.Err = ErrInvalidConfig, &noSuchHostError{err: err}
+		return e
+	}
 	if retryableTransport(err) {
 		e.Kind = ErrUnavailable
 	}
 	return e
 }
+
+// hostNotFound reports whether err says the endpoint's host name does not exist (NXDOMAIN, or
+// no address records): a configuration error. A DNS server that fails (SERVFAIL, unreachable)
+// or times out is a transient failure like any other, and so is not this.
+func hostNotFound(err error) bool {
+	var dns *net.DNSError
+	return errors.As(err, &dns) && dns.IsNotFound && !dns.IsTemporary && !dns.IsTimeout
+}
+
+// noSuchHostError is the cause of an ErrInvalidConfig for an endpoint whose host name does
+// not resolve; the *net.DNSError stays reachable with errors.As.
+type noSuchHostError struct{ err error }
+
+func (e *noSuchHostError) Error() string {
+	var dns *net.DNSError
+	errors.As(e.err, &dns)
+	return "the endpoint's host name does not resolve: " + dns.Error()
+}
+
+func (e *noSuchHostError) Unwrap() error { return e.err }
 
 func contextCause(ctx context.Context) error {
 	if cause := context.Cause(ctx); cause != nil {
@@ -174,6 +207,8 @@ func retryable(ctx context.Context, err error) bool {
 func retryableTransport(err error) bool {
 	var ne net.Error
 	switch {
+	case hostNotFound(err):
+		return false // no retry makes a name exist
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED),
 		errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED),
@@ -189,7 +224,8 @@ func retryableTransport(err error) bool {
 // ErrorCode names the cause of a failed request in a few bounded words, for metrics: the OSS
 // error code ("NoSuchKey", "SlowDown"), "HTTP<status>" for an answer without one, or the
 // transport's trouble ("Timeout", "ConnectionReset", "ConnectionRefused", "ShortBody",
-// "Network"); "Other" otherwise.
+// "NoSuchHost", "Network"), "RangeIgnored" or "Changed" for an answer that is not what was
+// asked; "Other" otherwise.
 func ErrorCode(err error) string {
 	var se *oss.ServiceError
 	if errors.As(err, &se) {
@@ -208,8 +244,12 @@ func ErrorCode(err error) string {
 		return "ConnectionRefused"
 	case errors.Is(err, errShortBody), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return "ShortBody"
+	case hostNotFound(err):
+		return "NoSuchHost"
 	case errors.As(err, &ne):
 		return "Network"
+	case errors.Is(err, ErrRangeIgnored):
+		return "RangeIgnored"
 	case errors.Is(err, ErrChanged):
 		return "Changed"
 	}

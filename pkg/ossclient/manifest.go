@@ -13,6 +13,8 @@ import (
 	"github.com/aliyun/alibabacloud-oss-go-sdk-v2/oss"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
+
+	"github.com/modelcast/modelcast/internal/units"
 )
 
 // Manifest pins one version of a model: every object under a prefix with the size, ETag and
@@ -166,28 +168,54 @@ const headConcurrency = 32
 // Manifest lists every object under u and HEADs each one (with bounded parallelism) for its
 // size, ETag and CRC-64. Zero-byte "directory" keys (ending in "/") are skipped. A key that
 // cannot be a safe path inside the model directory fails the whole manifest (ErrInvalidKey);
-// a prefix with no objects is ErrNotFound.
+// a prefix with no objects is ErrNotFound. A model past Config.Limits — more objects or bytes,
+// or a listing that goes on past Limits.MaxListPages pages — is ErrTooLarge, found while
+// listing, before any HEAD. A listing that does not advance (a key that does not come after
+// the one before it, when OSS lists each key once, in order) is ErrUnavailable at once.
 func (c *Client) Manifest(ctx context.Context, u URI) (*Manifest, error) {
 	logger := klog.FromContext(ctx)
-	var objects []Object
+	lim := c.cfg.Limits
+	var (
+		objects []Object
+		size    int64  // the bytes of objects, as the listing reports them
+		last    string // the last key listed
+		pages   int
+	)
 	p := c.sdk.NewListObjectsV2Paginator(&oss.ListObjectsV2Request{
 		Bucket:  oss.Ptr(u.Bucket),
 		Prefix:  oss.Ptr(u.Prefix),
-		MaxKeys: 1000,
+		MaxKeys: listPageKeys,
 	})
 	for p.HasNext() {
+		if pages == lim.MaxListPages() {
+			return nil, tooLarge(u, fmt.Errorf("the listing goes on past %d pages of up to %d keys, OSS answering IsTruncated each time (the bound follows %s: 2 pages per %d objects, plus 1)",
+				pages, listPageKeys, lim.objectsSetting(), listPageKeys))
+		}
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			c.observe(ctx, "list", err)
 			return nil, opError(ctx, "list", u.String(), err)
 		}
+		pages++
 		for _, o := range page.Contents {
 			key := oss.ToString(o.Key)
+			if last != "" && key <= last {
+				// OSS lists each key once, in order: this listing repeats itself.
+				return nil, &Error{Op: "list", Target: u.String(), Kind: ErrUnavailable,
+					Err: fmt.Errorf("OSS listed %q after %q (page %d): the listing does not advance", key, last, pages)}
+			}
+			last = key
 			if o.Size == 0 && (strings.HasSuffix(key, "/") || key == u.Prefix) {
 				continue // a "directory" placeholder
 			}
 			if _, err := relPath(u.Prefix, key); err != nil {
 				return nil, fmt.Errorf("%w %q in %s: %w", ErrInvalidKey, key, u, err)
+			}
+			if len(objects) == lim.MaxObjects {
+				return nil, tooLarge(u, lim.objectsError())
+			}
+			if size += o.Size; size > lim.MaxBytes {
+				return nil, tooLarge(u, lim.bytesError())
 			}
 			objects = append(objects, Object{Key: key})
 		}
@@ -226,16 +254,23 @@ func (c *Client) Manifest(ctx context.Context, u URI) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := c.checkLimits(m); err != nil {
+		return nil, err // the objects grew between the LIST and their HEADs
+	}
 	logger.V(2).Info("Listed model", "model", u.String(), "objects", len(m.Objects), "bytes", m.Size(), "fingerprint", m.Fingerprint())
 	return m, nil
 }
 
 // Check makes sure these credentials can read m as pinned: one HEAD of its first object, with
 // If-Match on the manifest's ETag. A manifest published by another node is used only after it
-// passes (ErrAccessDenied, or ErrChanged/ErrNotFound when OSS moved on).
+// passes (ErrAccessDenied, or ErrChanged/ErrNotFound when OSS moved on), and only within this
+// client's Limits (ErrTooLarge).
 func (c *Client) Check(ctx context.Context, m *Manifest) error {
 	if len(m.Objects) == 0 {
 		return &Error{Op: "head", Target: m.URI().String(), Kind: ErrNotFound, Err: fmt.Errorf("the manifest lists no objects")}
+	}
+	if err := c.checkLimits(m); err != nil {
+		return err // published by a node with other bounds
 	}
 	o := m.Objects[0]
 	res, err := c.sdk.HeadObject(ctx, &oss.HeadObjectRequest{Bucket: oss.Ptr(m.Bucket), Key: oss.Ptr(o.Key), IfMatch: oss.Ptr(o.ETag)})
@@ -248,4 +283,37 @@ func (c *Client) Check(ctx context.Context, m *Manifest) error {
 			Err: fmt.Errorf("OSS has ETag %s and %d bytes, the manifest %s and %d", etag, res.ContentLength, o.ETag, o.Size)}
 	}
 	return nil
+}
+
+// checkLimits refuses a manifest past the client's Limits.
+func (c *Client) checkLimits(m *Manifest) error {
+	switch lim := c.cfg.Limits; {
+	case len(m.Objects) > lim.MaxObjects:
+		return tooLarge(m.URI(), lim.objectsError())
+	case m.Size() > lim.MaxBytes:
+		return tooLarge(m.URI(), lim.bytesError())
+	}
+	return nil
+}
+
+// tooLarge is the error of a model at u past a bound: why (a bound's error), and what to do.
+func tooLarge(u URI, why error) error {
+	hint := "if " + u.String() + " is one model's directory, raise the bound"
+	if u.Prefix == "" {
+		hint = u.String() + " is the whole bucket: give the model's directory, " + u.String() + "<prefix>/"
+	}
+	return &Error{Op: "list", Target: u.String(), Kind: ErrTooLarge, Err: fmt.Errorf("%w; %s", why, hint)}
+}
+
+func (l Limits) objectsSetting() string {
+	return fmt.Sprintf("model.maxObjects = %d in the node's config", l.MaxObjects)
+}
+
+func (l Limits) objectsError() error {
+	return fmt.Errorf("more than %d objects under the prefix (the bound is %s)", l.MaxObjects, l.objectsSetting())
+}
+
+func (l Limits) bytesError() error {
+	return fmt.Errorf("more than %s under the prefix (the bound is model.maxSizeGB = %g in the node's config)",
+		units.Bytes(l.MaxBytes), float64(l.MaxBytes)/1e9)
 }

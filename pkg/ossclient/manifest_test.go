@@ -107,6 +107,17 @@ func TestNewManifestRejectsUnsafeKeys(t *testing.T) {
 		{"m/a\x00b", "control character"},
 		{"m/a\nb", "control character"},
 		{"m/a\x7fb", "control character"},
+		{"m/a\u0085b", "control character U+0085"}, // C1: NEL
+		{"m/a\u009bb", "control character U+009B"}, // C1: CSI, a terminal escape
+		{"m/a\u202eb", "bidirectional formatting character U+202E"},
+		{"m/a\u202ab", "bidirectional formatting character U+202A"},
+		{"m/a\u2066b", "bidirectional formatting character U+2066"},
+		{"m/a\u2069b", "bidirectional formatting character U+2069"},
+		{"m/a\u200eb", "bidirectional formatting character U+200E"},
+		{"m/a\u200fb", "bidirectional formatting character U+200F"},
+		{"m/a\u061cb", "bidirectional formatting character U+061C"},
+		{"m/\ufeffconfig.json", "byte order mark U+FEFF"},
+		{"m/a\u2028b", "line or paragraph separator U+2028"},
 		{"m/\xc3\x28", "UTF-8"},
 		{"m/dir/", `ends in "/"`},
 		{"m/", "model directory itself"},

@@ -3,6 +3,7 @@ package ossclient
 import (
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -78,14 +79,25 @@ func validatePrefix(p string) error {
 	return nil
 }
 
-// checkPathChars rejects invalid UTF-8 and control characters (NUL included).
+// checkPathChars rejects invalid UTF-8, control characters (C0 with NUL, DEL, C1) and the
+// characters that make a name display as another: bidirectional formatting (U+061C,
+// U+200E, U+200F, U+202A–U+202E, U+2066–U+2069), the byte order mark U+FEFF, and the line
+// and paragraph separators U+2028 and U+2029. None belongs in a model's file name; each can
+// make a path look like another in a log, an error or a listing.
 func checkPathChars(s string) error {
 	if !utf8.ValidString(s) {
 		return fmt.Errorf("not valid UTF-8")
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
+		switch {
+		case unicode.IsControl(r):
 			return fmt.Errorf("contains control character %U", r)
+		case unicode.Is(unicode.Bidi_Control, r):
+			return fmt.Errorf("contains bidirectional formatting character %U", r)
+		case r == '\ufeff':
+			return fmt.Errorf("contains byte order mark %U", r)
+		case r == '\u2028' || r == '\u2029':
+			return fmt.Errorf("contains line or paragraph separator %U", r)
 		}
 	}
 	return nil

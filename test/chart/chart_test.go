@@ -305,6 +305,7 @@ func TestValues(t *testing.T) {
 		"oss.existingSecret=oss-keys", "oss.endpoint=oss-cn-beijing-internal.aliyuncs.com", "oss.region=cn-beijing",
 		"image.tag=v9.9.9", "controller.enabled=false", "config.expireTimeSec=600", "config.prefetch.maxCacheAdviseGB=500",
 		"config.broadcast.tenant=team-a", "config.broadcast.chains=2", "config.cache.tmpfsSize=400g",
+		"config.model.maxObjects=250000", "config.model.maxSizeGB=1500",
 		"node.tolerations[0].key=nvidia.com/gpu", "node.tolerations[0].operator=Exists", "node.tolerations[0].effect=NoSchedule",
 	)
 	if has[*appsv1.Deployment](r, "mc-modelcast-controller") || has[*appsv1.Deployment](r, "mc-modelcast-redis") || has[*corev1.Secret](r, "mc-modelcast-redis") {
@@ -354,6 +355,9 @@ func TestValues(t *testing.T) {
 	if cfg.Broadcast.DB.Host != "r-bp1.redis.rds.aliyuncs.com" || cfg.Broadcast.DB.Port != 6380 || !cfg.Broadcast.DB.TLS || cfg.Broadcast.DB.Username != "mc" ||
 		cfg.Broadcast.Tenant != "team-a" || cfg.Broadcast.Chains != 2 || cfg.ExpireTimeSec != 600 || cfg.Prefetch.MaxCacheAdviseGB != 500 || cfg.Cache.TmpfsSize != "400g" {
 		t.Errorf("config %+v", cfg)
+	}
+	if cfg.Model.MaxObjects != 250_000 || cfg.MaxModelBytes() != 1500e9 {
+		t.Errorf("model bounds %+v", cfg.Model)
 	}
 
 	// A private CA and a client certificate for Redis/Tair over TLS come from a Secret.
@@ -418,6 +422,8 @@ func TestSchemaRejects(t *testing.T) {
 		{[]string{"redis.mode=external"}, "host"},
 		{[]string{"config.bindPort=70000"}, "bindPort"},
 		{[]string{"config.cache.tmpfsSize=lots"}, "tmpfsSize"},
+		{[]string{"config.model.maxObject=10"}, "maxObject"},
+		{[]string{"config.model.maxSizeGB=0"}, "maxSizeGB"},
 		{[]string{"oss.accessKeyId=LTAIexample"}, "accessKeySecret"},
 	} {
 		args := []string{"template", "mc", chartDir}

@@ -60,7 +60,7 @@
 // (SetEgressRate), the first-byte latency and per-connection cap
 // (SetProfile), injected faults (InjectFault: error statuses, a slow
 // first byte, truncated or corrupted bodies, connection resets, requests
-// never answered), counters
+// never answered, listings that never end, Range headers ignored), counters
 // (Stats), and synthetic Hugging-Face-shaped models of any size
 // (GenerateModel). With Options.Admin the same controls are served under
 // /-/, a path no bucket name can produce:

@@ -27,6 +27,16 @@ const (
 	// FaultHang accepts the request and never answers: no status, no headers, until the
 	// client goes away (or the server closes). An endpoint that stalls.
 	FaultHang
+	// FaultEndlessList answers a ListObjectsV2 page as usual but with IsTruncated true and,
+	// as its NextContinuationToken, the token the request sent (none for a first page): a
+	// listing that never advances, so a client following IsTruncated gets the same page
+	// (an empty one, past the end or under an empty prefix) for as long as the fault lasts.
+	// ListObjectsV2 only.
+	FaultEndlessList
+	// FaultIgnoreRange answers a ranged GetObject as a server that does not implement
+	// Range does: 200 OK with the whole object and no Content-Range (a proxy in front of
+	// OSS that drops the header answers so). Ranged GetObject requests only.
+	FaultIgnoreRange
 )
 
 func (k FaultKind) String() string {
@@ -43,11 +53,15 @@ func (k FaultKind) String() string {
 		return "reset"
 	case FaultHang:
 		return "hang"
+	case FaultEndlessList:
+		return "endless-list"
+	case FaultIgnoreRange:
+		return "ignore-range"
 	}
 	return fmt.Sprintf("FaultKind(%d)", int(k))
 }
 
-func (k FaultKind) valid() bool { return k >= FaultStatus && k <= FaultHang }
+func (k FaultKind) valid() bool { return k >= FaultStatus && k <= FaultIgnoreRange }
 
 // MarshalText encodes the kind by name (e.g. "truncate").
 func (k FaultKind) MarshalText() ([]byte, error) {
@@ -65,7 +79,7 @@ func (k *FaultKind) UnmarshalText(b []byte) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("unknown fault kind %q (want status, slow-first-byte, truncate, corrupt, reset or hang)", b)
+	return fmt.Errorf("unknown fault kind %q (want status, slow-first-byte, truncate, corrupt, reset, hang, endless-list or ignore-range)", b)
 }
 
 // Fault is a failure injected into matching requests. Empty match fields
@@ -74,7 +88,9 @@ func (k *FaultKind) UnmarshalText(b []byte) error {
 // resolved; the request still serves the version current at its start); a
 // matching request consumes one count of the first fault it matches.
 // FaultTruncate and FaultCorrupt match only GetObject responses whose body
-// is longer than After, so every hit truncates or corrupts a body.
+// is longer than After, so every hit truncates or corrupts a body;
+// FaultEndlessList matches only ListObjectsV2 requests; FaultIgnoreRange
+// only GetObject requests with a satisfiable Range.
 type Fault struct {
 	Op        Op     `json:"op,omitempty"`
 	Bucket    string `json:"bucket,omitempty"`
@@ -90,10 +106,17 @@ type Fault struct {
 }
 
 // matches reports whether the fault hits a request; bodyLen is the length
-// of the body the request would be sent, -1 for none.
-func (f *Fault) matches(op Op, bucket, key string, bodyLen int64) bool {
+// of the body the request would be sent, -1 for none; ranged tells a
+// GetObject answered with part of the object.
+func (f *Fault) matches(op Op, bucket, key string, bodyLen int64, ranged bool) bool {
 	if (f.Kind == FaultTruncate || f.Kind == FaultCorrupt) && (op != OpGet || f.After >= bodyLen) {
 		return false // body faults need a body that reaches offset After
+	}
+	if f.Kind == FaultEndlessList && op != OpList {
+		return false
+	}
+	if f.Kind == FaultIgnoreRange && (op != OpGet || !ranged) {
+		return false
 	}
 	return (f.Op == "" || f.Op == op) &&
 		(f.Bucket == "" || f.Bucket == bucket) &&
@@ -124,11 +147,11 @@ func (fs *faults) clear() {
 
 // take consumes one count of the first fault matching the request and
 // returns a copy of it, or nil.
-func (fs *faults) take(op Op, bucket, key string, bodyLen int64) *Fault {
+func (fs *faults) take(op Op, bucket, key string, bodyLen int64, ranged bool) *Fault {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	for i, f := range fs.list {
-		if !f.matches(op, bucket, key, bodyLen) {
+		if !f.matches(op, bucket, key, bodyLen, ranged) {
 			continue
 		}
 		hit := *f

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -341,5 +342,62 @@ func TestFaultHang(t *testing.T) {
 	var k FaultKind
 	if err := k.UnmarshalText([]byte("hang")); err != nil || k != FaultHang {
 		t.Errorf("UnmarshalText(hang) = %v, %v", k, err)
+	}
+}
+
+// TestFaultEndlessList: a hit LIST page claims more pages and points back at itself, so a
+// client following IsTruncated gets the same page again; other requests are not hit, and
+// once the fault is used up the listing ends as usual.
+func TestFaultEndlessList(t *testing.T) {
+	srv := Start(t, Options{})
+	for _, k := range []string{"m/a", "m/b", "m/c"} {
+		srv.PutObject("bkt", k, []byte(k))
+	}
+	c := newClient(srv)
+	list := func(token *string) (*oss.ListObjectsV2Result, []string) {
+		t.Helper()
+		res, err := c.ListObjectsV2(ctxT(t), &oss.ListObjectsV2Request{Bucket: oss.Ptr("bkt"), Prefix: oss.Ptr("m/"), MaxKeys: 2, ContinuationToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, o := range res.Contents {
+			keys = append(keys, oss.ToString(o.Key))
+		}
+		return res, keys
+	}
+
+	srv.InjectFault(Fault{Bucket: "bkt", Kind: FaultEndlessList})
+	if got, _ := getBytes(t, c, "bkt", "m/a"); string(got) != "m/a" {
+		t.Errorf("GetObject with a pending endless-list fault = %q", got)
+	}
+	// A first page: truncated, with no token to go on with (the client starts over).
+	if res, keys := list(nil); !res.IsTruncated || res.NextContinuationToken != nil || !slices.Equal(keys, []string{"m/a", "m/b"}) {
+		t.Errorf("first page under the fault: truncated %v, token %v, keys %v; want truncated, no token, [m/a m/b]",
+			res.IsTruncated, res.NextContinuationToken, keys)
+	}
+	res, _ := list(nil)
+	token := res.NextContinuationToken
+	if !res.IsTruncated || token == nil {
+		t.Fatalf("a normal first page of 2 of 3 keys: truncated %v, token %v", res.IsTruncated, token)
+	}
+	// The last page, twice: it points back at itself.
+	srv.InjectFault(Fault{Kind: FaultEndlessList, Count: 2})
+	for i := range 2 {
+		res, keys := list(token)
+		if !res.IsTruncated || oss.ToString(res.NextContinuationToken) != oss.ToString(token) || !slices.Equal(keys, []string{"m/c"}) {
+			t.Errorf("last page under the fault, hit %d: truncated %v, token %q, keys %v; want truncated, the token sent %q, [m/c]",
+				i+1, res.IsTruncated, oss.ToString(res.NextContinuationToken), keys, oss.ToString(token))
+		}
+	}
+	if res, keys := list(token); res.IsTruncated || res.NextContinuationToken != nil || !slices.Equal(keys, []string{"m/c"}) {
+		t.Errorf("last page once the fault is used up: truncated %v, token %v, keys %v", res.IsTruncated, res.NextContinuationToken, keys)
+	}
+	if st := srv.Stats(); st.FaultsHit != 3 {
+		t.Errorf("FaultsHit = %d, want 3", st.FaultsHit)
+	}
+	var k FaultKind
+	if err := k.UnmarshalText([]byte("endless-list")); err != nil || k != FaultEndlessList {
+		t.Errorf("UnmarshalText(endless-list) = %v, %v", k, err)
 	}
 }

@@ -155,7 +155,12 @@ func (s *Server) listObjects(rq *request) {
 		IsTruncated:       res.truncated,
 		KeyCount:          len(res.objects) + len(res.prefixes),
 	}
-	if res.truncated {
+	switch {
+	case rq.endlessList:
+		// FaultEndlessList: the page claims more and points back at itself.
+		out.IsTruncated = true
+		out.NextContinuationToken = optional("continuation-token")
+	case res.truncated:
 		t := enc(encodeToken(res.last, res.lastIsPrefix))
 		out.NextContinuationToken = &t
 	}

@@ -96,9 +96,13 @@ func (s *Server) getObject(rq *request) {
 	}
 	var bf bodyFault
 	if rq.op == OpGet {
+		rq.ranged = p.err == nil && p.partial
 		var done bool
 		if bf, done = s.injectFault(rq, p.bodyLen(rq.op)); done {
 			return
+		}
+		if bf.fault != nil && bf.fault.Kind == FaultIgnoreRange {
+			p.start, p.n, p.partial = 0, o.size, false // as if Range had not been sent
 		}
 	}
 	h := rq.w.Header()

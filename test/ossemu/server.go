@@ -176,6 +176,11 @@ type request struct {
 	written int64
 	// latency is the first-byte latency in force when the request arrived.
 	latency time.Duration
+	// endlessList: a FaultEndlessList hit this ListObjectsV2 request.
+	endlessList bool
+	// ranged: this GetObject is answered with part of the object (FaultIgnoreRange
+	// matches only such requests).
+	ranged bool
 }
 
 // writeHeader writes the response status and headers after the first-byte

@@ -43,7 +43,7 @@ func (bf bodyFault) plan(n int64) (truncateAt, corruptAt int64) {
 // before the answer. It reports done when the request has been answered
 // (or dropped); otherwise the request proceeds, carrying body faults.
 func (s *Server) injectFault(rq *request, bodyLen int64) (bf bodyFault, done bool) {
-	f := s.faults.take(rq.op, rq.bucket, rq.key, bodyLen)
+	f := s.faults.take(rq.op, rq.bucket, rq.key, bodyLen, rq.ranged)
 	if f == nil {
 		return bf, false
 	}
@@ -78,8 +78,11 @@ func (s *Server) injectFault(rq *request, bodyLen int64) (bf bodyFault, done boo
 	case FaultHang:
 		<-rq.r.Context().Done() // the client gave up, or the server closed the connection
 		return bf, true
-	case FaultTruncate, FaultCorrupt:
+	case FaultTruncate, FaultCorrupt, FaultIgnoreRange:
 		return bodyFault{fault: f}, false
+	case FaultEndlessList:
+		rq.endlessList = true
+		return bf, false
 	}
 	return bf, false
 }
