@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,8 +29,10 @@ const agentUsage = `usage: csi-plugin agent [flags] oss://bucket/prefix/
 Runs this node's model code without CSI: the tmpfs cache, the broadcast chain and its data
 plane. It stages the model (from OSS or peers, as the chain decides), prints one JSON line per
 event on stdout (start, progress, ready or error), and then keeps serving the model to peers
-until SIGTERM/SIGINT, when it leaves the chain. The demo and the benchmarks run one agent per
-node. Credentials and endpoint as for fetch (OSS_* variables).
+until SIGTERM/SIGINT, when it leaves the chain (stop). Its last line, however it ends, is exit:
+why it stopped (reason signal, done or error) and what it was doing (phase); a signal is a clean
+stop (exit status 0). The demo and the benchmarks run one agent per node. Credentials and
+endpoint as for fetch (OSS_* variables).
 
 flags:
 `
@@ -59,9 +62,17 @@ type agentEvent struct {
 	// (the thread that re-read every file: getrusage RUSAGE_THREAD after minus before), so
 	// benchmarks can leave the check out of what a node spends on the model.
 	VerifyCPU float64 `json:"verifyCPU,omitempty"`
+	// Reason, Signal and Phase are the exit line's (event "exit", always the last line): why
+	// the agent stopped ("signal", with Signal "terminated" or "interrupt"; "done", ready with
+	// --exit; "error", with Error) and what it was doing then ("starting", "staging",
+	// "verifying", "ready", "serving"). Its fromOSS and fromPeers are the bytes received by
+	// then.
+	Reason string `json:"reason,omitempty"`
+	Signal string `json:"signal,omitempty"`
+	Phase  string `json:"phase,omitempty"`
 }
 
-func runAgent(ctx context.Context, args []string) error {
+func runAgent(ctx context.Context, args []string) (err error) {
 	fs := newFlagSet("agent")
 	opts := driver.Options{Mode: driver.ModeNode, Endpoint: driver.AgentEndpoint()}
 	fs.StringVar(&opts.NodeID, "node-id", os.Getenv("NODE_NAME"), "this node's ID (default: $NODE_NAME)")
@@ -82,108 +93,168 @@ func runAgent(ctx context.Context, args []string) error {
 		fs.Usage()
 		os.Exit(2)
 	}
-	cfg, err := config.Load(*configPath, os.Getenv)
-	if err != nil {
-		return err
-	}
-	opts.Config = cfg
-	d, err := driver.New(opts)
-	if err != nil {
-		return err
-	}
-	applyHooks(d)
-	holder := "agent:" + opts.NodeID
-	defer func() {
-		// An agent holds its model only while it runs: on the way out it lets go, closes,
-		// and unmounts the cache tmpfs it mounted, so no memory stays charged behind it.
-		_ = d.Store().Release(holder)
-		d.Close()
-		if _, err := d.Store().UnmountIfIdle(); err != nil {
-			klog.ErrorS(err, "Could not unmount the cache tmpfs")
-		}
-	}()
 
+	var d *driver.Driver // set once built: the lines say what it served
 	out := json.NewEncoder(os.Stdout)
 	var outMu sync.Mutex
 	emit := func(e agentEvent) {
 		e.Node = opts.NodeID
-		e.Served = d.Chain().ServedBytes()
+		if d != nil {
+			e.Served = d.Chain().ServedBytes()
+		}
 		e.CPU = cpuSeconds(unix.RUSAGE_SELF)
 		outMu.Lock()
 		defer outMu.Unlock()
 		_ = out.Encode(e)
 	}
-	attrs := map[string]string{driver.AttrOSSPath: fs.Arg(0)}
-	if *tenant != "" {
-		attrs[driver.AttrTenant] = *tenant
-	}
-	var httpAddr string
-	if *httpEndpoint != "" {
-		var done <-chan struct{}
-		if httpAddr, done, err = metrics.Serve(ctx, *httpEndpoint, d.HTTPHandler()); err != nil {
+	// The exit line is the last one, whatever ends the agent, printed once everything is let
+	// go (so after the stop line). A signal is a requested stop, not a failure: the agent
+	// then exits 0.
+	phase := phaseStarting
+	var sofar agentEvent // the bytes received, as last reported
+	defer func() {
+		e := agentEvent{Event: "exit", Phase: phase, FromOSS: sofar.FromOSS, FromPeers: sofar.FromPeers}
+		switch {
+		case ctx.Err() != nil:
+			e.Reason, e.Signal, err = exitSignal, signalName(context.Cause(ctx)), nil
+		case err != nil:
+			e.Reason, e.Error = exitError, err.Error()
+		default:
+			e.Reason = exitDone
+		}
+		emit(e)
+	}()
+	return func() error {
+		cfg, err := config.Load(*configPath, os.Getenv)
+		if err != nil {
 			return err
 		}
-		defer func() { <-done }() // after ctx ends: the server stops with it
-	}
-	start := time.Now()
-	emit(agentEvent{Event: "start", Model: fs.Arg(0), Addr: d.Chain().Addr(), HTTP: httpAddr})
+		opts.Config = cfg
+		built, err := driver.New(opts)
+		if err != nil {
+			return err
+		}
+		d = built
+		applyHooks(d)
+		holder := "agent:" + opts.NodeID
+		defer func() {
+			// An agent holds its model only while it runs: on the way out it lets go, closes,
+			// and unmounts the cache tmpfs it mounted, so no memory stays charged behind it.
+			_ = d.Store().Release(holder)
+			d.Close()
+			if _, err := d.Store().UnmountIfIdle(); err != nil {
+				klog.ErrorS(err, "Could not unmount the cache tmpfs")
+			}
+		}()
 
-	type result struct {
-		dir, key string
-		err      error
-	}
-	res := make(chan result, 1)
-	key := make(chan string, 1)
-	go func() {
-		dir, k, err := d.Stage(ctx, attrs, nil, holder)
-		res <- result{dir, k, err}
-	}()
-	var r result
-	t := time.NewTicker(*interval)
-	defer t.Stop()
-	var lastDone int64
-	lastAt := start
-wait:
-	for {
-		select {
-		case r = <-res:
-			break wait
-		case <-ctx.Done():
-			return ctx.Err()
-		case now := <-t.C:
-			for _, m := range d.Store().StagingModels() {
-				p := m.Progress
-				rate := float64(p.Done-lastDone) / now.Sub(lastAt).Seconds()
-				lastDone, lastAt = p.Done, now
-				emit(agentEvent{Event: "progress", Done: p.Done, Total: p.Total, From: p.From, Rate: rate, FromOSS: p.FromOSS, FromPeers: p.FromPeers})
+		attrs := map[string]string{driver.AttrOSSPath: fs.Arg(0)}
+		if *tenant != "" {
+			attrs[driver.AttrTenant] = *tenant
+		}
+		var httpAddr string
+		if *httpEndpoint != "" {
+			var done <-chan struct{}
+			if httpAddr, done, err = metrics.Serve(ctx, *httpEndpoint, d.HTTPHandler()); err != nil {
+				return err
+			}
+			defer func() { <-done }() // after ctx ends: the server stops with it
+		}
+		start := time.Now()
+		emit(agentEvent{Event: "start", Model: fs.Arg(0), Addr: d.Chain().Addr(), HTTP: httpAddr})
+
+		type result struct {
+			dir, key string
+			err      error
+		}
+		res := make(chan result, 1)
+		phase = phaseStaging
+		go func() {
+			dir, k, err := d.Stage(ctx, attrs, nil, holder)
+			res <- result{dir, k, err}
+		}()
+		var r result
+		t := time.NewTicker(*interval)
+		defer t.Stop()
+		var lastDone int64
+		lastAt := start
+	wait:
+		for {
+			select {
+			case r = <-res:
+				break wait
+			case <-ctx.Done():
+				// Stage returns at once (the staging stops when the driver closes); it
+				// must have, before the holder is let go.
+				r = <-res
+				return r.err
+			case now := <-t.C:
+				for _, m := range d.Store().StagingModels() {
+					p := m.Progress
+					rate := float64(p.Done-lastDone) / now.Sub(lastAt).Seconds()
+					lastDone, lastAt = p.Done, now
+					sofar.FromOSS, sofar.FromPeers = p.FromOSS, p.FromPeers
+					emit(agentEvent{Event: "progress", Done: p.Done, Total: p.Total, From: p.From, Rate: rate, FromOSS: p.FromOSS, FromPeers: p.FromPeers})
+				}
 			}
 		}
-	}
-	close(key)
-	if r.err != nil {
-		emit(agentEvent{Event: "error", Error: r.err.Error()})
-		return r.err
-	}
-	secs := time.Since(start).Seconds()
-	ready := agentEvent{Event: "ready", Seconds: secs, Dir: r.dir}
-	if meta, ok := d.Store().Info(r.key); ok {
-		ready.Total, ready.From, ready.FromOSS, ready.FromPeers = meta.Size, meta.From, meta.FromOSS, meta.FromPeers
-	}
-	if *verify {
-		cpu, err := verifyDirCPU(ctx, d, r.key, r.dir)
-		if err != nil {
-			emit(agentEvent{Event: "error", Error: err.Error()})
-			return err
+		if r.err != nil {
+			if ctx.Err() == nil {
+				emit(agentEvent{Event: "error", Error: r.err.Error()})
+			}
+			return r.err
 		}
-		ready.Verified, ready.VerifyCPU = true, cpu
-	}
-	emit(ready)
-	if *exit {
+		secs := time.Since(start).Seconds()
+		ready := agentEvent{Event: "ready", Seconds: secs, Dir: r.dir}
+		if meta, ok := d.Store().Info(r.key); ok {
+			ready.Total, ready.From, ready.FromOSS, ready.FromPeers = meta.Size, meta.From, meta.FromOSS, meta.FromPeers
+			sofar.FromOSS, sofar.FromPeers = meta.FromOSS, meta.FromPeers
+		}
+		if *verify {
+			phase = phaseVerifying
+			cpu, err := verifyDirCPU(ctx, d, r.key, r.dir)
+			if err != nil {
+				if ctx.Err() == nil {
+					emit(agentEvent{Event: "error", Error: err.Error()})
+				}
+				return err
+			}
+			ready.Verified, ready.VerifyCPU = true, cpu
+		}
+		emit(ready)
+		phase = phaseReady
+		if *exit {
+			return nil
+		}
+		phase = phaseServing
+		<-ctx.Done()
+		emit(agentEvent{Event: "stop", FromOSS: ready.FromOSS, FromPeers: ready.FromPeers})
 		return nil
+	}()
+}
+
+// What the agent was doing when it stopped (the exit line's phase).
+const (
+	phaseStarting  = "starting"  // reading its configuration, opening the cache, the chain, the HTTP server
+	phaseStaging   = "staging"   // listing the model and receiving its bytes
+	phaseVerifying = "verifying" // --verify: reading every file again
+	phaseReady     = "ready"     // ready, exiting (--exit)
+	phaseServing   = "serving"   // ready, serving peers until a signal
+)
+
+// Why the agent stopped (the exit line's reason).
+const (
+	exitSignal = "signal" // SIGTERM or SIGINT (signal names it): a requested stop, exit status 0
+	exitDone   = "done"   // ready, with --exit
+	exitError  = "error"  // error says what failed; exit status 1
+)
+
+// signalName is the signal that ended ctx, from its cause ("terminated signal received", as
+// signal.NotifyContext puts it): "terminated", "interrupt".
+func signalName(cause error) string {
+	if cause == nil {
+		return ""
 	}
-	<-ctx.Done()
-	emit(agentEvent{Event: "stop", FromOSS: ready.FromOSS, FromPeers: ready.FromPeers})
-	return nil
+	return strings.TrimSuffix(cause.Error(), " signal received")
 }
 
 // verifyDirCPU is verifyDir on a thread of its own, and the CPU time that thread spent on it.

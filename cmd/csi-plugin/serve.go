@@ -36,8 +36,9 @@ func runServe(ctx context.Context, mode string, args []string) error {
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for posting pod Events (default: in-cluster, when running in a pod)")
 	var reg registration.Config
 	if mode == driver.ModeNode {
-		fs.DurationVar(&opts.PublishWait, "publish-wait", 90*time.Second, "the longest one NodePublishVolume waits for a staging before it answers Unavailable "+
-			"with the progress (kubelet retries and the staging goes on); never past kubelet's own deadline")
+		fs.DurationVar(&opts.PublishWait, "publish-wait", 0, "the longest one NodePublishVolume waits for the listing and the staging before it answers Unavailable "+
+			"with the progress (kubelet retries and the staging goes on); 0: until shortly before kubelet's deadline (2 minutes), "+
+			"which starts the pod as soon as the staging ends; never past that deadline")
 		fs.DurationVar(&opts.ProgressEvery, "progress-every", 30*time.Second, "how often a staging posts a StagingProgress Event on its pods")
 		fs.StringVar(&reg.Dir, "kubelet-registration-dir", "", "register with kubelet through this directory, kubelet's plugins_registry "+
 			"(e.g. /registration, the host's /var/lib/kubelet/plugins_registry mounted there), instead of node-driver-registrar; empty: off")
@@ -86,13 +87,29 @@ func registrationHook(reg registration.Config, opts driver.Options) (func(contex
 	if err := reg.Validate(); err != nil {
 		return nil, fmt.Errorf("kubelet registration: %w", err)
 	}
+	// Kubelet's rejection ends the plugin: the hook's error stops the driver and the process
+	// exits non-zero (as node-driver-registrar does). A plugin kubelet does not know is never
+	// called, whatever its health says; exiting shows the rejection as a restarting container
+	// with kubelet's message in its log, and the restarted plugin registers again (pods'
+	// mounts and the cache survive a restart). The registration server stopping by itself ends
+	// the plugin the same way.
 	return func(ctx context.Context) error {
-		r, err := registration.Serve(ctx, reg)
+		rctx, stop := context.WithCancel(ctx)
+		defer stop()
+		r, err := registration.Serve(rctx, reg)
 		if err != nil {
-			return err
+			return fmt.Errorf("kubelet registration: %w", err)
 		}
-		<-r.Done()
-		return nil
+		defer func() { stop(); <-r.Done() }() // the registrar stopped and its socket removed
+		select {
+		case <-r.Rejected():
+			return r.Rejection() // "kubelet rejected the registration: <kubelet's message>"
+		case <-r.Done():
+			if ctx.Err() == nil {
+				return fmt.Errorf("kubelet registration: the registration server at %s stopped serving", r.SocketPath())
+			}
+			return nil
+		}
 	}, nil
 }
 

@@ -10,7 +10,9 @@
 // root and reconciled with the mount table when the store starts, so a restart of the plugin
 // loses no reference. A model without holders is removed ExpireAfter after its last release,
 // or earlier, least recently used first, when staging another model needs the room (the
-// soft cap, maxCacheAdviseGB). A model that cannot fit in the tmpfs or in the node's available
+// soft cap, maxCacheAdviseGB). A holder whose Acquire stopped waiting keeps a pending hold:
+// the model is kept for it until it comes back, or RetryHold after the staging ends (a
+// caller's retry, however far its backoff went, finds the model staged). A model that cannot fit in the tmpfs or in the node's available
 // memory even after eviction fails before a byte is written (ErrNoSpace).
 //
 // The package knows nothing of CSI or Redis: bytes come from a Source (OSS directly, or the

@@ -44,6 +44,3 @@ func (e *StagingError) Is(target error) bool { return target == ErrStaging }
 
 // Unwrap returns the context error that ended the wait.
 func (e *StagingError) Unwrap() error { return e.Err }
-
-// gb formats bytes as decimal gigabytes with one decimal, as OSS Connector's reports do.
-func gb(n int64) string { return fmt.Sprintf("%.1f", float64(n)/1e9) }

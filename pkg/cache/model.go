@@ -13,6 +13,10 @@ import (
 type Model struct {
 	Endpoint string
 	Manifest *ossclient.Manifest
+	// Lister, when set, names who listed the manifest: an opaque token (the driver's digest of
+	// the credentials). The store keeps it with the model, so that Find hands a staged model
+	// without OSS only to someone who could list it before. It is not part of the key.
+	Lister string
 }
 
 // Key identifies the model on this node: a hash of the endpoint, bucket, prefix and manifest

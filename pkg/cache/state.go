@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
 // Meta describes a committed model; it is kept in meta/<key>.json beside the model, never
@@ -27,6 +29,24 @@ type Meta struct {
 	// LastUsed is when the model was last acquired or released: the order of eviction.
 	LastUsed time.Time `json:"lastUsed"`
 }
+
+// manifestFile is what meta/<key>.manifest.json holds beside a committed model: the manifest
+// it was staged from (so a cache hit, and a check of the files, need no listing after a
+// restart) and who listed it (Model.Lister tokens, most recent last).
+type manifestFile struct {
+	Manifest *ossclient.Manifest `json:"manifest"`
+	Listers  []string            `json:"listers,omitempty"`
+}
+
+// manifestWire decodes a manifestFile: the manifest goes through ossclient.DecodeManifest,
+// which checks it as strictly as one listed from OSS.
+type manifestWire struct {
+	Manifest json.RawMessage `json:"manifest"`
+	Listers  []string        `json:"listers,omitempty"`
+}
+
+// manifestSuffix names a model's manifest file in meta/ (<key>.manifest.json).
+const manifestSuffix = ".manifest.json"
 
 // writeJSON writes v to path through a rename, so a crash leaves the old or the new file.
 func writeJSON(path string, v any) error {

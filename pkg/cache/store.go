@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/modelcast/modelcast/internal/units"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
@@ -24,7 +26,12 @@ import (
 const (
 	DefaultRoot          = "/var/lib/modelcast/cache"
 	DefaultExpireAfter   = 120 * time.Second // OSS Connector's expireTimeSec
-	DefaultMemoryReserve = 1 << 30
+	DefaultMemoryReserve = 1_000_000_000     // 1 GB, as messages print it
+	// DefaultRetryHold is how long a model is kept, after its staging ends, for a holder that
+	// stopped waiting for it: a caller that retries with a capped exponential backoff comes
+	// back within its cap (kubelet's: 2m2s between a failed NodePublishVolume and the next),
+	// plus a margin.
+	DefaultRetryHold = 2*time.Minute + 2*time.Second + 30*time.Second
 )
 
 // Config of a Store. Zero values mean the defaults.
@@ -41,6 +48,11 @@ type Config struct {
 	SoftCap int64
 	// MemoryReserve is the memory a new model must leave available on the node.
 	MemoryReserve int64
+	// RetryHold is how long after its staging ends a model is kept for a holder whose Acquire
+	// stopped waiting for it (a pending hold): the holder's retry finds it, however short
+	// ExpireAfter is. The hold ends earlier when the holder acquires the model, acquires
+	// another, or is released; then, or when it lapses, the model is released as by Release.
+	RetryHold time.Duration
 	// OnRelease, if set, is told (off the store's lock) of every model removed from the cache,
 	// expired or evicted: a broadcast node stops serving it and leaves its chain.
 	OnRelease func(key string)
@@ -76,9 +88,10 @@ type Store struct {
 	wake   chan struct{} // tells the janitor a model may have become releasable
 
 	mu       sync.Mutex
-	entries  map[string]*entry   // committed models by key
-	stagings map[string]*staging // stagings in flight by key
-	holders  map[string]string   // holder → key
+	entries  map[string]*entry       // committed models by key
+	stagings map[string]*staging     // stagings in flight by key
+	holders  map[string]string       // holder → key
+	pending  map[string]*pendingHold // holder → the model its Acquire stopped waiting for
 	trashSeq int
 	closed   bool
 
@@ -86,9 +99,24 @@ type Store struct {
 }
 
 type entry struct {
-	meta     Meta
-	holders  map[string]struct{}
-	manifest *ossclient.Manifest // nil for models recovered from disk
+	meta    Meta
+	holders map[string]struct{}
+	// manifest is the one the model was staged from; nil for a model recovered from disk
+	// without its manifest file (staged by an older version) until a listing brings it.
+	manifest *ossclient.Manifest
+	// listers are the Model.Lister tokens that listed manifest, least recent first (at most
+	// maxListers): Find hands the model only to them.
+	listers []string
+}
+
+// maxListers bounds the listers kept per model: credentials that rotate (STS) add one each.
+const maxListers = 16
+
+// pendingHold keeps a model for a holder that stopped waiting for its staging, until the
+// holder comes back or the hold lapses. until is zero while the staging is in flight.
+type pendingHold struct {
+	key   string
+	until time.Time
 }
 
 type staging struct {
@@ -141,6 +169,9 @@ func New(cfg Config) (*Store, error) {
 	if cfg.MemoryReserve <= 0 {
 		cfg.MemoryReserve = DefaultMemoryReserve
 	}
+	if cfg.RetryHold <= 0 {
+		cfg.RetryHold = DefaultRetryHold
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
@@ -177,6 +208,7 @@ func New(cfg Config) (*Store, error) {
 		dbf: filepath.Join(root, "state", "holders.json"),
 		ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1),
 		entries: map[string]*entry{}, stagings: map[string]*staging{}, holders: map[string]string{},
+		pending: map[string]*pendingHold{},
 	}
 	for _, d := range []string{s.incoming, s.models, s.meta, s.trash, filepath.Dir(s.dbf)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -228,14 +260,27 @@ func (s *Store) recover(table *mountTable) error {
 				continue
 			}
 		}
-		s.entries[key] = &entry{meta: m, holders: map[string]struct{}{}}
+		e := &entry{meta: m, holders: map[string]struct{}{}}
+		switch man, listers, err := s.readManifest(key, m.Endpoint); {
+		case errors.Is(err, fs.ErrNotExist):
+			klog.V(2).InfoS("A cached model has no manifest beside it: it is served again once OSS lists it", "key", key, "model", m.URI)
+		case err != nil:
+			klog.InfoS("Ignoring the manifest beside a cached model: it is served again once OSS lists it", "key", key, "model", m.URI, "err", err)
+		default:
+			e.manifest, e.listers = man, listers
+		}
+		s.entries[key] = e
 	}
 	metas, err := os.ReadDir(s.meta)
 	if err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
 	for _, f := range metas {
-		if key, ok := strings.CutSuffix(f.Name(), ".json"); !ok || s.entries[key] == nil {
+		key, ok := strings.CutSuffix(f.Name(), manifestSuffix)
+		if !ok {
+			key, ok = strings.CutSuffix(f.Name(), ".json")
+		}
+		if !ok || s.entries[key] == nil {
 			_ = os.Remove(filepath.Join(s.meta, f.Name()))
 		}
 	}
@@ -269,8 +314,23 @@ func (s *Store) recover(table *mountTable) error {
 // model wait for that one staging. When ctx ends first, Acquire returns a *StagingError
 // (errors.Is ErrStaging) with the progress, and the staging goes on; a later Acquire joins it.
 // Acquire is idempotent per (holder, model).
+//
+// A holder that stopped waiting keeps a pending hold on the model: once staged, the model is
+// kept for it (RetryHold after the staging ends) until it comes back, and Pending reports it.
 func (s *Store) Acquire(ctx context.Context, m Model, src Source, holder string) (string, error) {
 	key := m.Key()
+	dir, err := s.acquire(ctx, m, src, holder, key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if errors.Is(err, ErrStaging) {
+		s.holdPendingLocked(holder, key)
+	} else {
+		s.dropPendingLocked(holder)
+	}
+	return dir, err
+}
+
+func (s *Store) acquire(ctx context.Context, m Model, src Source, holder, key string) (string, error) {
 	for {
 		s.mu.Lock()
 		if s.closed {
@@ -290,6 +350,8 @@ func (s *Store) Acquire(ctx context.Context, m Model, src Source, holder string)
 			err := s.saveHoldersLocked()
 			if err != nil {
 				s.removeHolderLocked(holder)
+			} else {
+				s.noteListerLocked(e, m)
 			}
 			s.mu.Unlock()
 			if err != nil {
@@ -324,6 +386,7 @@ func (s *Store) Acquire(ctx context.Context, m Model, src Source, holder string)
 func (s *Store) Release(holder string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.dropPendingLocked(holder)
 	key, ok := s.holders[holder]
 	if !ok {
 		return nil
@@ -335,10 +398,7 @@ func (s *Store) Release(holder string) error {
 	}
 	s.count.releases.Add(1)
 	if e != nil && len(e.holders) == 0 {
-		e.meta.LastUsed = s.clock.Now()
-		if err := writeJSON(s.metaPath(key), e.meta); err != nil {
-			klog.ErrorS(err, "Could not record the model's last use", "key", key)
-		}
+		s.releasedLocked(e, s.clock.Now())
 		s.poke()
 	}
 	return nil
@@ -395,6 +455,17 @@ func (s *Store) Held(holder string) (string, bool) {
 	return key, ok
 }
 
+// Pending returns the key of the model holder's last Acquire stopped waiting for, while its
+// pending hold lasts: the staging is in flight, or the model is staged and kept for holder.
+func (s *Store) Pending(holder string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h := s.pending[holder]; h != nil && (h.until.IsZero() || h.until.After(s.clock.Now())) {
+		return h.key, true
+	}
+	return "", false
+}
+
 // Info returns the metadata of a staged model.
 func (s *Store) Info(key string) (Meta, bool) {
 	s.mu.Lock()
@@ -416,8 +487,9 @@ func (s *Store) Staging(key string) (Progress, bool) {
 	return st.progress(), true
 }
 
-// Manifest returns the manifest of a model staged by this store (not of one recovered from
-// disk after a restart).
+// Manifest returns the manifest a staged model was staged from, after a restart too: it is
+// kept beside the model. (A model staged by a version that did not keep it has none until a
+// listing of it is acquired again.)
 func (s *Store) Manifest(key string) (*ossclient.Manifest, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -425,6 +497,32 @@ func (s *Store) Manifest(key string) (*ossclient.Manifest, bool) {
 		return e.manifest, true
 	}
 	return nil, false
+}
+
+// Find returns the staged model of uri from endpoint that lister listed before (Model.Lister)
+// — the most recently staged one when several versions are cached — with its manifest: what a
+// publish can use when OSS cannot be asked whether the model changed. Models recovered after a
+// restart are found too. An empty lister finds nothing.
+func (s *Store) Find(endpoint string, uri ossclient.URI, lister string) (Model, bool) {
+	if lister == "" {
+		return Model{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var best *entry
+	for _, e := range s.entries {
+		m := e.manifest
+		if m == nil || e.meta.Endpoint != endpoint || m.Bucket != uri.Bucket || m.Prefix != uri.Prefix || !slices.Contains(e.listers, lister) {
+			continue
+		}
+		if best == nil || e.meta.StagedAt.After(best.meta.StagedAt) {
+			best = e
+		}
+	}
+	if best == nil {
+		return Model{}, false
+	}
+	return Model{Endpoint: best.meta.Endpoint, Manifest: best.manifest, Lister: lister}, true
 }
 
 // StagingStatus is a staging in flight.
@@ -487,6 +585,60 @@ func (s *Store) Check() error {
 
 func (s *Store) modelDir(key string) string { return filepath.Join(s.models, key) }
 func (s *Store) metaPath(key string) string { return filepath.Join(s.meta, key+".json") }
+func (s *Store) manifestPath(key string) string {
+	return filepath.Join(s.meta, key+manifestSuffix)
+}
+
+// readManifest reads the manifest kept beside a committed model and checks that it is the
+// model's (the same key). A missing file is fs.ErrNotExist.
+func (s *Store) readManifest(key, endpoint string) (*ossclient.Manifest, []string, error) {
+	data, err := os.ReadFile(s.manifestPath(key))
+	if err != nil {
+		return nil, nil, err
+	}
+	var w manifestWire
+	if err := json.Unmarshal(data, &w); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", s.manifestPath(key), err)
+	}
+	m, err := ossclient.DecodeManifest(w.Manifest)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", s.manifestPath(key), err)
+	}
+	if got := (Model{Endpoint: endpoint, Manifest: m}).Key(); got != key {
+		return nil, nil, fmt.Errorf("%s describes model %s, not %s", s.manifestPath(key), got, key)
+	}
+	if len(w.Listers) > maxListers {
+		w.Listers = w.Listers[len(w.Listers)-maxListers:]
+	}
+	return m, w.Listers, nil
+}
+
+// noteListerLocked records, on a cache hit, who listed the model (most recent last) and the
+// manifest of a model recovered without one, and keeps them beside the model.
+func (s *Store) noteListerLocked(e *entry, m Model) {
+	changed := false
+	if e.manifest == nil && m.Manifest != nil {
+		e.manifest, changed = m.Manifest, true
+	}
+	if m.Lister != "" {
+		if i := slices.Index(e.listers, m.Lister); i < 0 || i != len(e.listers)-1 {
+			if i >= 0 {
+				e.listers = slices.Delete(e.listers, i, i+1)
+			}
+			e.listers = append(e.listers, m.Lister)
+			if n := len(e.listers); n > maxListers {
+				e.listers = slices.Delete(e.listers, 0, n-maxListers)
+			}
+			changed = true
+		}
+	}
+	if !changed || e.manifest == nil {
+		return
+	}
+	if err := writeJSON(s.manifestPath(e.meta.Key), manifestFile{Manifest: e.manifest, Listers: e.listers}); err != nil {
+		klog.ErrorS(err, "Could not keep the model's manifest beside it", "key", e.meta.Key, "model", e.meta.URI)
+	}
+}
 
 func (s *Store) addHolderLocked(e *entry, holder, key string) {
 	e.holders[holder] = struct{}{}
@@ -504,6 +656,92 @@ func (s *Store) removeHolderLocked(holder string) *entry {
 }
 
 func (s *Store) saveHoldersLocked() error { return writeJSON(s.dbf, s.holders) }
+
+// holdPendingLocked keeps key for holder, whose Acquire stopped waiting for it: while the
+// staging is in flight (until it ends), or RetryHold from now if it is committed already. A
+// staging that failed meanwhile leaves nothing to hold.
+func (s *Store) holdPendingLocked(holder, key string) {
+	s.dropPendingLocked(holder)
+	h := &pendingHold{key: key}
+	switch {
+	case s.stagings[key] != nil:
+	case s.entries[key] != nil:
+		h.until = s.clock.Now().Add(s.cfg.RetryHold)
+		s.poke()
+	default:
+		return
+	}
+	s.pending[holder] = h
+}
+
+// startPendingLocked starts the clock of the pending holds on key, whose staging has just
+// been committed: each lasts RetryHold from now.
+func (s *Store) startPendingLocked(key, uri string) {
+	until := s.clock.Now().Add(s.cfg.RetryHold)
+	for holder, h := range s.pending {
+		if h.key == key {
+			h.until = until
+			klog.V(2).InfoS("Keeping a staged model for a holder that stopped waiting for it", "holder", holder, "model", uri, "key", key, "until", until)
+		}
+	}
+}
+
+// dropPendingOfLocked ends the pending holds on key, whose staging failed: nothing to hold.
+func (s *Store) dropPendingOfLocked(key string) {
+	for holder, h := range s.pending {
+		if h.key == key {
+			delete(s.pending, holder)
+		}
+	}
+}
+
+// dropPendingLocked ends holder's pending hold, if any. A model nobody else holds is then
+// released as by Release: it expires ExpireAfter from now.
+func (s *Store) dropPendingLocked(holder string) {
+	h := s.pending[holder]
+	if h == nil {
+		return
+	}
+	delete(s.pending, holder)
+	if e := s.entries[h.key]; e != nil && len(e.holders) == 0 {
+		s.releasedLocked(e, s.clock.Now())
+		s.poke()
+	}
+}
+
+// releasedLocked records that e's last holder (or pending hold) left at t.
+func (s *Store) releasedLocked(e *entry, t time.Time) {
+	if t.After(e.meta.LastUsed) {
+		e.meta.LastUsed = t
+	}
+	if err := writeJSON(s.metaPath(e.meta.Key), e.meta); err != nil {
+		klog.ErrorS(err, "Could not record the model's last use", "key", e.meta.Key)
+	}
+}
+
+// pendingLocked reports whether a pending hold keeps key at now, and until when (zero: until
+// its staging ends, and RetryHold after).
+func (s *Store) pendingLocked(key string, now time.Time) (until time.Time, held bool) {
+	for _, h := range s.pending {
+		switch {
+		case h.key != key:
+		case h.until.IsZero():
+			return time.Time{}, true
+		case h.until.After(now) && h.until.After(until):
+			until, held = h.until, true
+		}
+	}
+	return until, held
+}
+
+// inUseLocked reports whether e is held, by a holder or a pending hold.
+func (s *Store) inUseLocked(e *entry, now time.Time) bool {
+	if len(e.holders) > 0 {
+		return true
+	}
+	_, held := s.pendingLocked(e.meta.Key, now)
+	return held
+}
 
 // poke wakes the janitor without blocking.
 func (s *Store) poke() {
@@ -523,8 +761,15 @@ func (s *Store) janitor() {
 		now := s.clock.Now()
 		var trash, released []string
 		next := time.Duration(-1)
+		s.lapsePendingLocked(now)
 		for _, e := range s.entries {
 			if len(e.holders) > 0 {
+				continue
+			}
+			if until, held := s.pendingLocked(e.meta.Key, now); held {
+				if due := until.Sub(now); !until.IsZero() && (next < 0 || due < next) {
+					next = due
+				}
 				continue
 			}
 			due := e.meta.LastUsed.Add(s.cfg.ExpireAfter).Sub(now)
@@ -548,13 +793,31 @@ func (s *Store) janitor() {
 		}
 		var timer <-chan time.Time
 		if next >= 0 {
-			timer = s.clock.After(next)
+			// Due at now+next: removing files, or a clock stepped meanwhile, took some of it.
+			timer = s.clock.After(max(0, next-s.clock.Since(now)))
 		}
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-timer:
 		case <-s.wake:
+		}
+	}
+}
+
+// lapsePendingLocked ends the pending holds whose time is up: their models are released then
+// (expiring ExpireAfter after the hold's end).
+func (s *Store) lapsePendingLocked(now time.Time) {
+	for holder, h := range s.pending {
+		if h.until.IsZero() || h.until.After(now) {
+			continue
+		}
+		delete(s.pending, holder)
+		klog.V(2).InfoS("A pending hold lapsed: its holder did not come back", "holder", holder, "key", h.key)
+		if e := s.entries[h.key]; e != nil && len(e.holders) == 0 {
+			if _, held := s.pendingLocked(h.key, now); !held {
+				s.releasedLocked(e, h.until)
+			}
 		}
 	}
 }
@@ -577,6 +840,7 @@ func (s *Store) evictLocked(e *entry, reason, forModel string) (string, error) {
 	}
 	delete(s.entries, key)
 	_ = os.Remove(s.metaPath(key))
+	_ = os.Remove(s.manifestPath(key))
 	if reason == reasonExpired {
 		s.count.expired.Add(1)
 	} else {
@@ -621,9 +885,13 @@ func (s *Store) stage(key string, st *staging) {
 	s.mu.Lock()
 	delete(s.stagings, key)
 	if err == nil {
-		// Held by nobody until the waiters take their references; it expires if none comes back.
-		s.entries[key] = &entry{meta: meta, holders: map[string]struct{}{}, manifest: st.model.Manifest}
+		// Held by nobody until the waiters take their references; it expires if none comes back
+		// (holders that stopped waiting keep it RetryHold from now: their pending holds).
+		s.entries[key] = &entry{meta: meta, holders: map[string]struct{}{}, manifest: st.model.Manifest, listers: listersOf(st.model)}
+		s.startPendingLocked(key, meta.URI)
 		s.poke()
+	} else {
+		s.dropPendingOfLocked(key)
 	}
 	st.err = err
 	close(st.done)
@@ -650,9 +918,10 @@ func (s *Store) makeRoom(st *staging) error {
 			}
 		}
 		var committed, inUse int64
+		now := s.clock.Now()
 		for _, e := range s.entries {
 			committed += e.meta.Size
-			if len(e.holders) > 0 {
+			if s.inUseLocked(e, now) {
 				inUse += e.meta.Size
 			}
 		}
@@ -670,8 +939,9 @@ func (s *Store) makeRoom(st *staging) error {
 		// cannot fails now, and the cache keeps what it has.
 		if evictable := committed - inUse; need > free+evictable || need > mem+evictable {
 			s.mu.Unlock()
-			return fmt.Errorf("%w: %s needs %s GB; the cache tmpfs has %s GB free of %s GB and the node %s GB of memory available (keeping %s GB in reserve), with %s GB more if every model not in use were evicted; %s GB of cached models are in use",
-				ErrNoSpace, st.model, gb(need), gb(max(0, free)), gb(room.FSTotal), gb(max(0, room.MemAvailable-inflight)), gb(s.cfg.MemoryReserve), gb(evictable), gb(inUse))
+			return fmt.Errorf("%w: %s needs %s; the cache tmpfs has %s free of %s and the node %s of memory available (keeping %s in reserve), with %s more if every model not in use were evicted; %s of cached models are in use",
+				ErrNoSpace, st.model, units.Bytes(need), units.Bytes(max(0, free)), units.Bytes(room.FSTotal), units.Bytes(max(0, room.MemAvailable-inflight)),
+				units.Bytes(s.cfg.MemoryReserve), units.Bytes(evictable), units.Bytes(inUse))
 		}
 		victim := s.lruVictimLocked()
 		if victim == nil {
@@ -683,8 +953,9 @@ func (s *Store) makeRoom(st *staging) error {
 				return nil
 			}
 			s.mu.Unlock()
-			return fmt.Errorf("%w: %s needs %s GB; the cache tmpfs has %s GB free of %s GB and the node %s GB of memory available (keeping %s GB in reserve), after evicting every model not in use; %s GB of cached models are in use",
-				ErrNoSpace, st.model, gb(need), gb(max(0, free)), gb(room.FSTotal), gb(max(0, room.MemAvailable-inflight)), gb(s.cfg.MemoryReserve), gb(inUse))
+			return fmt.Errorf("%w: %s needs %s; the cache tmpfs has %s free of %s and the node %s of memory available (keeping %s in reserve), after evicting every model not in use; %s of cached models are in use",
+				ErrNoSpace, st.model, units.Bytes(need), units.Bytes(max(0, free)), units.Bytes(room.FSTotal), units.Bytes(max(0, room.MemAvailable-inflight)),
+				units.Bytes(s.cfg.MemoryReserve), units.Bytes(inUse))
 		}
 		trash, err := s.evictLocked(victim, reasonEvicted, st.model.String())
 		s.mu.Unlock()
@@ -698,8 +969,9 @@ func (s *Store) makeRoom(st *staging) error {
 
 func (s *Store) lruVictimLocked() *entry {
 	var victim *entry
+	now := s.clock.Now()
 	for _, e := range s.entries {
-		if len(e.holders) == 0 && (victim == nil || e.meta.LastUsed.Before(victim.meta.LastUsed)) {
+		if !s.inUseLocked(e, now) && (victim == nil || e.meta.LastUsed.Before(victim.meta.LastUsed)) {
 			victim = e
 		}
 	}
@@ -728,18 +1000,34 @@ func (s *Store) fetch(key string, st *staging) (Meta, error) {
 		Size: st.model.Manifest.Size(), Objects: len(st.model.Manifest.Objects), From: p.From,
 		FromOSS: p.FromOSS, FromPeers: p.FromPeers, StagedAt: now, StageSeconds: now.Sub(start).Seconds(), LastUsed: now,
 	}
+	// The manifest, then the metadata, then the model: a committed model always has both
+	// beside it (recovery removes what a crash left of them without a model).
+	if err := writeJSON(s.manifestPath(key), manifestFile{Manifest: st.model.Manifest, Listers: listersOf(st.model)}); err != nil {
+		_ = os.RemoveAll(dir)
+		return Meta{}, fmt.Errorf("stage %s: keep its manifest: %w", st.model, err)
+	}
 	if err := writeJSON(s.metaPath(key), meta); err != nil {
 		_ = os.RemoveAll(dir)
+		_ = os.Remove(s.manifestPath(key))
 		return Meta{}, fmt.Errorf("stage %s: %w", st.model, err)
 	}
 	_ = os.RemoveAll(s.modelDir(key)) // nothing there unless a crash left it
 	if err := os.Rename(dir, s.modelDir(key)); err != nil {
 		_ = os.RemoveAll(dir)
 		_ = os.Remove(s.metaPath(key))
+		_ = os.Remove(s.manifestPath(key))
 		return Meta{}, fmt.Errorf("commit %s: %w", st.model, err)
 	}
 	klog.V(2).InfoS("Staged model", "model", meta.URI, "key", key, "bytes", meta.Size, "seconds", meta.StageSeconds, "from", meta.From)
 	return meta, nil
+}
+
+// listersOf is the listers a staging's model starts with.
+func listersOf(m Model) []string {
+	if m.Lister == "" {
+		return nil
+	}
+	return []string{m.Lister}
 }
 
 func emptyDir(dir string) error {

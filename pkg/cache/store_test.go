@@ -271,7 +271,8 @@ func TestRefusesBeforeWritingWhenMemoryIsShort(t *testing.T) {
 	if !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("Acquire = %v, want ErrNoSpace", err)
 	}
-	for _, want := range []string{"oss://models/big/ needs 0.0 GB", "memory available", "in reserve"} {
+	// Sizes read right at any scale (not "needs 0.0 GB"), in the units pod Events use.
+	for _, want := range []string{"oss://models/big/ needs 4.2 MB;", "the node 3.1 MB of memory available (keeping 1.0 MB in reserve)"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("message %q lacks %q", err, want)
 		}
@@ -294,7 +295,8 @@ func TestRefusesBeforeWritingWhenTmpfsIsFull(t *testing.T) {
 	mb := testModel(t, "big/", big)
 	src := newMemSource(big)
 	_, err := s.Acquire(t.Context(), mb, src, "/pods/b/mount")
-	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "free of 0.0 GB") || !strings.Contains(err.Error(), "in use") {
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "needs 6.3 MB;") || !strings.Contains(err.Error(), " free of 8.4 MB ") ||
+		!strings.Contains(err.Error(), "; 3.1 MB of cached models are in use") {
 		t.Fatalf("Acquire = %v, want ErrNoSpace with the tmpfs numbers", err)
 	}
 	if src.fetches.Load() != 0 || !s.Has(ms.Key()) {

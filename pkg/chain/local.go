@@ -50,7 +50,7 @@ type local struct {
 	closed      bool
 	from        origin         // where bytes come from now
 	changed     chan struct{}  // closed (and replaced) when a chunk is verified or the model closes
-	samples     []rateSample   // verified bytes over the last rateWindow, oldest first
+	samples     []rateSample   // verified bytes over the last rateHistory, oldest first
 	steppedBack bool           // moved to its chain's tail for being slow (once per staging)
 	writers     int            // receivers writing into the files now (see beginWrite)
 	moved       chan struct{}  // closed when the node moves in its chain: streams to successors end
@@ -238,11 +238,21 @@ func (l *local) isComplete() bool {
 func (l *local) progress() NodeProgress {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return NodeProgress{Bytes: l.bytes, Complete: l.complete, From: l.from.name(), Rate: l.rateLocked(time.Now())}
+	now := time.Now()
+	l.sampleLocked(now)
+	return NodeProgress{Bytes: l.bytes, Complete: l.complete, From: l.from.name(), Rate: l.steadyRateLocked(now)}
 }
 
-// rateWindow is the span over which a node's receive rate is measured.
+// rateWindow is the span over which a node's receive rate is measured for slow-node detection.
 const rateWindow = 1500 * time.Millisecond
+
+// steadyRateWindow is the span of the rate a node publishes (`csi-plugin status` shows it, with
+// the time left at that rate, and a successor compares its own with it); samples are kept for
+// rateHistory.
+const (
+	steadyRateWindow = 10 * time.Second
+	rateHistory      = time.Minute
+)
 
 type rateSample struct {
 	at    time.Time
@@ -255,22 +265,73 @@ func (l *local) rate() (float64, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	r := l.rateLocked(now)
-	return r, now.Sub(l.samples[0].at)
+	l.sampleLocked(now)
+	first := l.samples[l.sampleBeforeLocked(now, rateWindow)]
+	r := 0.0
+	if dt := now.Sub(first.at).Seconds(); dt >= 0.25 {
+		r = float64(l.bytes-first.bytes) / dt
+	}
+	return r, now.Sub(first.at)
 }
 
-func (l *local) rateLocked(now time.Time) float64 {
+// sampleLocked records the verified bytes at now (at most every 100 ms) and forgets samples
+// older than rateHistory, keeping the newest of them as where the history starts.
+func (l *local) sampleLocked(now time.Time) {
 	if n := len(l.samples); n == 0 || now.Sub(l.samples[n-1].at) >= 100*time.Millisecond {
 		l.samples = append(l.samples, rateSample{now, l.bytes})
 	}
-	for len(l.samples) > 2 && now.Sub(l.samples[1].at) >= rateWindow {
+	for len(l.samples) > 2 && now.Sub(l.samples[1].at) >= rateHistory {
 		l.samples = l.samples[1:]
 	}
-	first := l.samples[0]
-	if dt := now.Sub(first.at).Seconds(); dt >= 0.25 {
-		return float64(l.bytes-first.bytes) / dt
+}
+
+// sampleBeforeLocked is the index of the newest sample at least window old (the oldest sample
+// when none is).
+func (l *local) sampleBeforeLocked(now time.Time, window time.Duration) int {
+	for i := len(l.samples) - 1; i > 0; i-- {
+		if now.Sub(l.samples[i].at) >= window {
+			return i
+		}
 	}
 	return 0
+}
+
+// steadyRateLocked is the receive rate (verified bytes, in whatever chunks, per second) over
+// the last steadyRateWindow, measured so that bursts do not sway it. Chunks are verified in
+// bursts when many parallel parts progress in step (a head's ranged GETs at a low rate each
+// complete a chunk at about the same time, seconds apart): a fixed window then holds one burst
+// more or less, and a window of a second or two often none. So the rate is measured between
+// the ends of bursts (samples after which the verified bytes stop growing for a while): the
+// bytes of the bursts after the first one in the window, over the time from the end of that
+// one to the end of the last (reaching back up to rateHistory for two of them), plus the
+// silence since the last beyond the usual time between them, which makes a stalled staging's
+// rate fall. A flow that grows at every sample is one burst: its rate is the plain rate over
+// the window.
+func (l *local) steadyRateLocked(now time.Time) float64 {
+	n := len(l.samples)
+	grew := func(i int) bool { return i > 0 && l.samples[i].bytes > l.samples[i-1].bytes }
+	var ends []int // samples that end a burst, oldest first (the newest one if it grew)
+	for i := 1; i < n; i++ {
+		if grew(i) && (i == n-1 || !grew(i+1)) {
+			ends = append(ends, i)
+		}
+	}
+	if len(ends) < 2 {
+		first := l.samples[l.sampleBeforeLocked(now, steadyRateWindow)]
+		if dt := now.Sub(first.at).Seconds(); dt >= 0.25 {
+			return float64(l.bytes-first.bytes) / dt
+		}
+		return 0
+	}
+	k := len(ends) - 2
+	for k > 0 && now.Sub(l.samples[ends[k-1]].at) <= steadyRateWindow {
+		k--
+	}
+	first, last := l.samples[ends[k]], l.samples[ends[len(ends)-1]]
+	span := last.at.Sub(first.at)
+	gap := span / time.Duration(len(ends)-1-k)
+	span += max(0, now.Sub(last.at)-gap)
+	return float64(last.bytes-first.bytes) / span.Seconds()
 }
 
 // stepBack records that the node moves to its chain's tail, once: streams to successors end

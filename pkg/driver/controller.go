@@ -59,7 +59,7 @@ func (c *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 // CreateVolume turns StorageClass parameters into a volume whose context carries the model's
 // attributes. Nothing is created in OSS. The capacity is the model's size when the
 // controller's credentials can list it (never less than requested, or the claim could not
-// bind), else 0 (unknown).
+// bind), else 0 (unknown); credentials of the provisioner secret that OSS refuses fail it.
 func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	v, err := c.create(ctx, req)
 	return v, toStatus(err)
@@ -120,14 +120,19 @@ func (c *controllerServer) create(ctx context.Context, req *csi.CreateVolumeRequ
 }
 
 // modelSize lists the model with the request's (or the controller's) credentials. A model that
-// is not there, or whose keys cannot become files, fails the request; not being allowed to
-// list (the nodes may hold other credentials) or OSS being unreachable leaves it unknown (0).
+// is not there, whose keys cannot become files, or that is past the bounds of model.* in the
+// config (ErrTooLarge: no node would stage it), fails the request, and so do credentials of
+// the request's secret that OSS refuses (PermissionDenied: that secret is there to list the
+// model); the controller's own credentials (or none) not being allowed to list (the nodes may
+// hold other credentials) or OSS being unreachable leaves it unknown (0).
 func (c *controllerServer) modelSize(ctx context.Context, spec VolumeSpec, secrets map[string]string) (int64, error) {
 	m, _, err := c.res.model(ctx, spec, secrets)
 	switch {
 	case err == nil:
 		return m.Manifest.Size(), nil
-	case errors.Is(err, ossclient.ErrNotFound), errors.Is(err, ossclient.ErrInvalidKey),
+	case refusedSecret(secrets, err) != nil:
+		return 0, refusedSecret(secrets, err)
+	case errors.Is(err, ossclient.ErrNotFound), errors.Is(err, ossclient.ErrInvalidKey), errors.Is(err, ossclient.ErrTooLarge),
 		errors.Is(err, errInvalid), errors.Is(err, ossclient.ErrInvalidConfig), errors.Is(err, ossclient.ErrInvalidURI):
 		return 0, err
 	}

@@ -14,6 +14,7 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -65,8 +66,10 @@ type Options struct {
 	// ListTimeout bounds one listing of a model (shared by every publish waiting for it);
 	// default DefaultListTimeout. A publish waits for it as for a staging (PublishWait).
 	ListTimeout time.Duration
-	// PublishWait bounds one NodePublishVolume's wait for a staging; PublishMargin is how long
-	// before the caller's deadline it answers with the staging's progress, when that comes first.
+	// PublishWait caps one NodePublishVolume's wait for the listing and the staging; 0: no cap,
+	// the call waits until PublishMargin before the caller's deadline (kubelet's: 2 minutes),
+	// then answers Unavailable with the staging's progress. A caller without a deadline waits
+	// PublishWait, or as long as kubelet's call would when it is 0.
 	PublishWait, PublishMargin time.Duration
 	// ProgressEvery is the cadence of progress Events while staging.
 	ProgressEvery time.Duration
@@ -97,9 +100,6 @@ func (o *Options) defaults() {
 	}
 	if o.ManifestTTL == 0 {
 		o.ManifestTTL = 30 * time.Second
-	}
-	if o.PublishWait == 0 {
-		o.PublishWait = 90 * time.Second
 	}
 	if o.PublishMargin == 0 {
 		o.PublishMargin = 5 * time.Second
@@ -139,6 +139,8 @@ type Driver struct {
 	res     *resolver
 	events  *kubeEvents
 	serving atomic.Bool // the CSI endpoint is listening
+	// closeOnce makes Close idempotent (Serve closes the driver; so may its owner).
+	closeOnce sync.Once
 }
 
 // New builds the services. On a node it opens the cache (mounting or adopting its tmpfs and
@@ -152,6 +154,7 @@ func New(opts Options) (*Driver, error) {
 	cfg := opts.Config
 	base := ossclient.EnvConfig(opts.Getenv)
 	base.OnRequestError = opts.Metrics.OSSRequestError
+	base.Limits = ossclient.Limits{MaxObjects: cfg.Model.MaxObjects, MaxBytes: cfg.MaxModelBytes()} // zero: ossclient's defaults
 	res := newResolver(base, ossclient.DownloadOptions{Concurrency: cfg.Concurrency()}, opts.ManifestTTL, opts.ListTimeout, opts.Clock)
 	d.res = res
 
@@ -176,16 +179,20 @@ func New(opts Options) (*Driver, error) {
 			Tmpfs:         cache.TmpfsConfig{Mount: *cfg.Cache.Tmpfs, Size: cfg.Cache.TmpfsSize, Huge: cfg.HugeOption()},
 			ExpireAfter:   cfg.ExpireAfter(),
 			SoftCap:       cfg.SoftCapBytes(),
-			MemoryReserve: int64(cfg.Cache.MemoryReserveGB * (1 << 30)),
+			MemoryReserve: int64(cfg.Cache.MemoryReserveGB * 1e9), // GB as every size the plugin reports
 			Clock:         opts.Clock,
 			OnRelease:     node.Release,
 			OnStaged:      opts.Metrics.ObserveStaging,
+			// A model staged for a publish that answered Unavailable is kept for kubelet's
+			// retry, however far its backoff went.
+			RetryHold: kubeletMaxBackoff + retryMargin,
 		})
 		if err != nil {
 			node.Close()
 			return nil, err
 		}
 		d.store = store
+		res.store = store
 		opts.Metrics.WatchNode(store, node)
 		csi.RegisterNodeServer(d.server, &nodeServer{
 			nodeID: opts.NodeID, store: store, mounter: opts.Mounter, res: res, events: events,
@@ -194,7 +201,6 @@ func New(opts Options) (*Driver, error) {
 		})
 	}
 	if opts.Mode == ModeController || opts.Mode == ModeAll {
-		ident.controller = true
 		csi.RegisterControllerServer(d.server, &controllerServer{res: res, requests: map[string]string{}})
 	}
 	return d, nil
@@ -290,18 +296,28 @@ func hostIP() string {
 	return "127.0.0.1"
 }
 
-// Serve listens on the endpoint and serves until ctx ends, then stops gracefully. Pods' mounts
-// and the cache stay as they are: a restarted plugin adopts them.
+// Serve listens on the endpoint and serves until ctx ends (or the WhileServing hook fails),
+// then stops gracefully. Pods' mounts and the cache stay as they are: a restarted plugin adopts
+// them. However it returns — a listener that could not be opened included — Serve has stopped
+// what it started and closed the driver (the cache and its janitor, the chain node and its
+// peer listener, listings in flight, the Events broadcaster).
 func (d *Driver) Serve(ctx context.Context) error {
+	// sctx ends serving: with ctx, or when the hook fails. The HTTP server lives under it too.
+	sctx, stopServing := context.WithCancel(ctx)
+	var httpDone <-chan struct{}
+	defer func() {
+		stopServing()
+		if httpDone != nil {
+			<-httpDone
+		}
+		d.Close()
+	}()
 	ln, err := listen(d.opts.Endpoint)
 	if err != nil {
 		return err
 	}
-	var httpDone <-chan struct{}
 	if d.opts.HTTPEndpoint != "" {
-		hctx, stopHTTP := context.WithCancel(ctx)
-		defer stopHTTP()
-		if _, httpDone, err = metrics.Serve(hctx, d.opts.HTTPEndpoint, d.HTTPHandler()); err != nil {
+		if _, httpDone, err = metrics.Serve(sctx, d.opts.HTTPEndpoint, d.HTTPHandler()); err != nil {
 			_ = ln.Close()
 			return err
 		}
@@ -310,8 +326,6 @@ func (d *Driver) Serve(ctx context.Context) error {
 	served := make(chan error, 1)
 	d.serving.Store(true)
 	go func() { served <- d.server.Serve(ln) }()
-	sctx, stopServing := context.WithCancel(ctx)
-	defer stopServing()
 	hookDone := make(chan struct{})
 	var hookErr error
 	if hook := d.opts.WhileServing; hook != nil {
@@ -326,6 +340,7 @@ func (d *Driver) Serve(ctx context.Context) error {
 	}
 	select {
 	case err = <-served:
+		d.server.Stop() // the connections it had
 	case <-sctx.Done():
 		klog.InfoS("Stopping; pods' mounts and the cache stay")
 		stopped := make(chan struct{})
@@ -340,18 +355,18 @@ func (d *Driver) Serve(ctx context.Context) error {
 	stopServing()
 	<-hookDone
 	d.serving.Store(false)
-	d.Close()
-	if httpDone != nil {
-		<-httpDone
-	}
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
 	return errors.Join(err, hookErr)
 }
 
-// Close releases what New acquired, without touching mounts.
+// Close releases what New acquired, without touching mounts. It may be called more than once.
 func (d *Driver) Close() {
+	d.closeOnce.Do(d.close)
+}
+
+func (d *Driver) close() {
 	d.res.close()
 	if d.store != nil {
 		d.store.Close()

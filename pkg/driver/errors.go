@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -28,7 +29,9 @@ var errAlreadyExists = errors.New("target already in use")
 var errBusy = errors.New("operation in progress")
 
 // toStatus is the one place where errors become gRPC codes. The message is the error's own:
-// domain errors are written to be read by a person (kubelet shows them in the pod's events).
+// domain errors are written to be read by a person (kubelet shows them in the pod's events),
+// without OSS request ids (each failure would make an Event of its own); the returned
+// error's text, which the call's log line shows, keeps them.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -41,10 +44,14 @@ func toStatus(err error) error {
 	case errors.Is(err, cache.ErrStaging), errors.Is(err, errNotReady), errors.Is(err, errPending), errors.Is(err, ossclient.ErrUnavailable):
 		// Staging goes on (or OSS is briefly unavailable): kubelet retries and the retry joins it.
 		code = codes.Unavailable
+	case errors.Is(err, errNodeConfig):
+		code = codes.FailedPrecondition // the node's configuration, not the volume's, is wrong
 	case errors.Is(err, errInvalid), errors.Is(err, ossclient.ErrInvalidURI), errors.Is(err, ossclient.ErrInvalidConfig):
 		code = codes.InvalidArgument
 	case errors.Is(err, ossclient.ErrInvalidKey):
 		code = codes.FailedPrecondition // the bucket holds keys that cannot become files
+	case errors.Is(err, ossclient.ErrTooLarge):
+		code = codes.FailedPrecondition // past model.maxObjects or model.maxSizeGB of the node's config
 	case errors.Is(err, ossclient.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, ossclient.ErrAccessDenied):
@@ -53,6 +60,8 @@ func toStatus(err error) error {
 		code = codes.ResourceExhausted
 	case errors.Is(err, ossclient.ErrChanged):
 		code = codes.Aborted // the model changed in OSS: a retry takes the new version
+	case errors.Is(err, ossclient.ErrRangeIgnored):
+		code = codes.FailedPrecondition // the endpoint (or a proxy before it) cannot serve ranges
 	case errors.Is(err, ossclient.ErrIntegrity):
 		code = codes.DataLoss
 	case errors.Is(err, cache.ErrHolderConflict):
@@ -66,5 +75,20 @@ func toStatus(err error) error {
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
 	}
-	return status.Error(code, err.Error())
+	return &statusError{st: status.New(code, withoutRequestIDs(err.Error())), cause: err}
 }
+
+// statusError is a gRPC status for the caller and, for the log, the whole error it came from.
+type statusError struct {
+	st    *status.Status
+	cause error
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("rpc error: code = %s desc = %s", e.st.Code(), e.cause.Error())
+}
+
+// GRPCStatus is what gRPC sends the caller.
+func (e *statusError) GRPCStatus() *status.Status { return e.st }
+
+func (e *statusError) Unwrap() error { return e.cause }

@@ -15,6 +15,9 @@ const (
 	ReasonProgress      = "StagingProgress"
 	ReasonReady         = "ModelReady"
 	ReasonStagingFailed = "StagingFailed"
+	// ReasonUnchecked: OSS did not answer the model's listing, and a manifest listed before
+	// (by this plugin, or kept beside the model staged on this node) is used without it.
+	ReasonUnchecked = "ModelNotChecked"
 )
 
 // Events posts Kubernetes Events on the pods volumes are published for. Posting is
@@ -53,7 +56,9 @@ func (k *kubeEvents) Event(pod PodRef, warning bool, reason, message string) {
 		kind = v1.EventTypeWarning
 	}
 	ref := &v1.ObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, Namespace: pod.Namespace, UID: types.UID(pod.UID)}
-	k.recorder.Event(ref, kind, reason, message)
+	// Without request ids, repeated failures aggregate into one Event with a count; the ids
+	// are in the plugin's log.
+	k.recorder.Event(ref, kind, reason, withoutRequestIDs(message))
 }
 
 // Shutdown flushes and stops the broadcaster.

@@ -10,7 +10,6 @@ import (
 type identityServer struct {
 	csi.UnimplementedIdentityServer
 	name, version string
-	controller    bool
 	ready         func() bool
 }
 
@@ -18,14 +17,13 @@ func (i *identityServer) GetPluginInfo(context.Context, *csi.GetPluginInfoReques
 	return &csi.GetPluginInfoResponse{Name: i.name, VendorVersion: i.version}, nil
 }
 
+// GetPluginCapabilities describes the plugin as a whole, whichever services this process
+// serves: the spec requires every instance of a version to return the same set, so a node
+// plugin reports the controller service that the controller process provides.
 func (i *identityServer) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
-	var caps []*csi.PluginCapability
-	if i.controller {
-		caps = append(caps, &csi.PluginCapability{Type: &csi.PluginCapability_Service_{
-			Service: &csi.PluginCapability_Service{Type: csi.PluginCapability_Service_CONTROLLER_SERVICE},
-		}})
-	}
-	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: []*csi.PluginCapability{{Type: &csi.PluginCapability_Service_{
+		Service: &csi.PluginCapability_Service{Type: csi.PluginCapability_Service_CONTROLLER_SERVICE},
+	}}}}, nil
 }
 
 // Probe reports readiness: on a node, the cache is open on its tmpfs.

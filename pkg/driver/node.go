@@ -26,6 +26,7 @@ type ModelStore interface {
 	Has(key string) bool
 	Holds(holder string) bool
 	Held(holder string) (string, bool)
+	Pending(holder string) (string, bool)
 	Staging(key string) (cache.Progress, bool)
 	Info(key string) (cache.Meta, bool)
 }
@@ -45,7 +46,7 @@ type nodeServer struct {
 	// started), so another volume on the same target is refused.
 	pubMu     sync.Mutex
 	published map[string]publication
-	// maxWait bounds a NodePublishVolume without a deadline; margin is how long before the
+	// maxWait caps a NodePublishVolume's wait (0: none); margin is how long before the
 	// deadline it answers (with the staging's progress) so kubelet gets the message, not a
 	// timeout of its own.
 	maxWait, margin time.Duration
@@ -118,18 +119,27 @@ func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequ
 		return fmt.Errorf("%w: target %s is already a mount point that modelcast did not make", errInvalid, target)
 	}
 
-	// Listing and staging share one wait: maxWait, or until shortly before the deadline.
+	// Listing and staging share one wait: until shortly before the deadline (or maxWait).
 	wctx, cancel := n.waitContext(ctx)
 	defer cancel()
-	model, src, err := n.res.model(wctx, spec, req.GetSecrets())
+	res, err := n.res.resolve(wctx, spec, req.GetSecrets())
 	if err != nil {
 		return err
 	}
+	model, src := res.model, res.src
+	if res.unchecked != nil {
+		n.events.Event(spec.Pod, true, ReasonUnchecked, fmt.Sprintf("OSS did not answer the listing of %s (%v); using the version listed before, without checking OSS for a newer one", model, res.unchecked))
+	}
 	key := model.Key()
 	staged := n.store.Has(key)
+	// waited: an earlier publish of this target waited for this model's staging and answered
+	// Unavailable (kubelet retries). Its pod has had its StagingModel Event for that staging,
+	// and is owed ModelReady when this publish succeeds, staged or not by now.
+	pendingKey, waited := n.store.Pending(target)
+	waited = waited && pendingKey == key
 	stopReports := func() {}
 	if !staged {
-		stopReports = n.reportStaging(spec.Pod, model, src)
+		stopReports = n.reportStaging(spec.Pod, model, src, waited)
 	}
 	dir, err := n.store.Acquire(wctx, model, src, target)
 	stopReports()
@@ -138,11 +148,6 @@ func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequ
 			n.events.Event(spec.Pod, true, ReasonStagingFailed, fmt.Sprintf("Staging %s failed: %v", model, err))
 		}
 		return err
-	}
-	if !staged {
-		if meta, ok := n.store.Info(key); ok {
-			n.events.Event(spec.Pod, false, ReasonReady, readyMessage(meta))
-		}
 	}
 	if err := bindReadOnly(n.mounter, dir, target); err != nil {
 		if uerr := unmountTarget(n.mounter, target); uerr != nil {
@@ -156,7 +161,12 @@ func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	n.pubMu.Lock()
 	n.published[target] = publication{volumeID: req.GetVolumeId(), model: spec.URI.String(), endpoint: model.Endpoint}
 	n.pubMu.Unlock()
-	logger.V(2).Info("Published model", "key", key, "cacheHit", staged)
+	if !staged || waited {
+		if meta, ok := n.store.Info(key); ok {
+			n.events.Event(spec.Pod, false, ReasonReady, readyMessage(meta))
+		}
+	}
+	logger.V(2).Info("Published model", "key", key, "cacheHit", staged && !waited)
 	return nil
 }
 
@@ -235,22 +245,44 @@ func within(p, dir string) bool {
 	return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
 }
 
-// waitContext bounds the wait for a staging: maxWait, and shortly before the caller's deadline.
+// waitContext bounds the wait for the listing and the staging: until margin before the
+// caller's deadline (kubelet's is kubeletPublishTimeout), so that a staging that ends while
+// kubelet's call is open starts the pod at once; maxWait, when set, caps it. A caller without
+// a deadline waits maxWait, or as long as kubelet's call would.
 func (n *nodeServer) waitContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		return context.WithTimeout(ctx, n.maxWait)
+		wait := n.maxWait
+		if wait <= 0 {
+			wait = kubeletPublishTimeout - n.margin
+		}
+		return context.WithTimeout(ctx, wait)
 	}
-	left := deadline.Sub(n.clock.Now())
-	margin := min(n.margin, left/4)
-	return context.WithTimeout(ctx, min(left-margin, n.maxWait))
+	// The deadline is the caller's, on the wall clock (an injected clock is not its time).
+	left := time.Until(deadline)
+	wait := left - min(n.margin, left/4)
+	if n.maxWait > 0 {
+		wait = min(wait, n.maxWait)
+	}
+	return context.WithTimeout(ctx, wait)
 }
+
+// kubeletPublishTimeout is the deadline kubelet gives a NodePublishVolume (csiTimeout in
+// kubelet's pkg/volume/csi). After a failed call kubelet waits before the next one, 0.5 s
+// doubling with each failure up to kubeletMaxBackoff (its exponential backoff).
+const (
+	kubeletPublishTimeout = 2 * time.Minute
+	kubeletMaxBackoff     = 2*time.Minute + 2*time.Second
+	// retryMargin is added to kubeletMaxBackoff for the time kubelet's retry takes to come.
+	retryMargin = 30 * time.Second
+)
 
 // reportStaging posts the staging's Events on the pod until the function it returns is
 // called: the start as soon as the source knows where the bytes come from (the chain position)
 // or after firstEventWait, progress with rate and time left every progressEvery, and a
-// re-link as soon as the source changes.
-func (n *nodeServer) reportStaging(pod PodRef, m cache.Model, src cache.Source) func() {
+// re-link as soon as the source changes. announced says the pod had the start already (an
+// earlier publish of the same target waited for this staging): it is not posted again.
+func (n *nodeServer) reportStaging(pod PodRef, m cache.Model, src cache.Source, announced bool) func() {
 	if pod.Name == "" {
 		return func() {}
 	}
@@ -269,7 +301,7 @@ func (n *nodeServer) reportStaging(pod PodRef, m cache.Model, src cache.Source) 
 		t := n.clock.NewTicker(pollEvery)
 		defer t.Stop()
 		began := n.clock.Now()
-		started, origin := false, ""
+		started, origin := announced, ""
 		var last progressSample
 		for {
 			select {
@@ -288,6 +320,11 @@ func (n *nodeServer) reportStaging(pod PodRef, m cache.Model, src cache.Source) 
 				continue
 			}
 			now := n.clock.Now()
+			if last.at.IsZero() && announced {
+				// The start was posted by an earlier publish: progress counts from here.
+				last, origin = progressSample{at: now, done: p.Done}, p.From
+				continue
+			}
 			switch {
 			case !started && (p.From != "" || now.Sub(began) >= firstEventWait):
 				if p.From != "" {

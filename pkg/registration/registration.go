@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
@@ -76,22 +77,25 @@ func (c Config) SocketPath() string {
 type Registrar struct {
 	registerapi.UnimplementedRegistrationServer
 
-	cfg  Config
-	path string
-	done chan struct{}
+	cfg      Config
+	path     string
+	done     chan struct{}
+	rejected chan struct{} // closed at kubelet's first rejection
 
-	mu       sync.Mutex
-	notified bool
-	err      error // kubelet's rejection
+	mu        sync.Mutex
+	notified  bool
+	err       error // kubelet's last rejection (nil once it accepted)
+	rejection error // kubelet's first rejection
 }
 
 // Serve listens on cfg.SocketPath() (creating the directory, replacing a stale socket) and
-// answers kubelet until ctx ends; then it stops and removes its socket, and Done is closed.
+// answers kubelet until ctx ends; then it stops (letting calls in flight answer, for a few
+// seconds at most) and removes its socket, and Done is closed.
 func Serve(ctx context.Context, cfg Config) (*Registrar, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	r := &Registrar{cfg: cfg, path: cfg.SocketPath(), done: make(chan struct{})}
+	r := &Registrar{cfg: cfg, path: cfg.SocketPath(), done: make(chan struct{}), rejected: make(chan struct{})}
 	ln, err := listen(r.path)
 	if err != nil {
 		return nil, err
@@ -105,7 +109,18 @@ func Serve(ctx context.Context, cfg Config) (*Registrar, error) {
 		defer close(r.done)
 		select {
 		case <-ctx.Done():
-			server.Stop()
+			// Gracefully: the owner may stop the registrar as soon as kubelet's rejection
+			// arrives, and kubelet should still get its answer.
+			stopped := make(chan struct{})
+			go func() { server.GracefulStop(); close(stopped) }()
+			t := time.NewTimer(stopGrace)
+			select {
+			case <-stopped:
+			case <-t.C:
+				server.Stop()
+				<-stopped
+			}
+			t.Stop()
 			<-served
 		case err := <-served:
 			server.Stop() // close the connections left
@@ -117,6 +132,9 @@ func Serve(ctx context.Context, cfg Config) (*Registrar, error) {
 	}()
 	return r, nil
 }
+
+// stopGrace bounds how long a stopping registrar lets calls in flight finish.
+const stopGrace = 5 * time.Second
 
 func listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
@@ -141,6 +159,18 @@ func (r *Registrar) SocketPath() string { return r.path }
 
 // Done is closed once the registrar has stopped serving and removed its socket.
 func (r *Registrar) Done() <-chan struct{} { return r.done }
+
+// Rejected is closed when kubelet first reports that it did not register the plugin
+// (NotifyRegistrationStatus with PluginRegistered false); Rejection then says why.
+func (r *Registrar) Rejected() <-chan struct{} { return r.rejected }
+
+// Rejection is kubelet's first rejection, an error wrapping ErrRejected with kubelet's message;
+// nil while kubelet has rejected nothing.
+func (r *Registrar) Rejection() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rejection
+}
 
 // Registered reports kubelet's last word on the registration: (true, nil) once it accepted
 // the plugin, (false, an error wrapping ErrRejected) when it refused it, and (false, nil)
@@ -173,6 +203,10 @@ func (r *Registrar) NotifyRegistrationStatus(_ context.Context, st *registerapi.
 	}
 	r.mu.Lock()
 	r.notified, r.err = true, err
+	if err != nil && r.rejection == nil {
+		r.rejection = err
+		close(r.rejected)
+	}
 	r.mu.Unlock()
 	return &registerapi.RegistrationStatusResponse{}, nil
 }

@@ -150,3 +150,47 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("a bad config left files behind: %v, %v", entries, err)
 	}
 }
+
+// TestRejected: kubelet's first rejection closes Rejected and stays in Rejection (a later
+// acceptance does not erase it); kubelet gets its answer even when the owner stops the
+// registrar as soon as the rejection arrives.
+func TestRejected(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	r, err := registration.Serve(ctx, registration.Config{Dir: dir, DriverName: driverName, Endpoint: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.Rejected():
+		t.Fatal("Rejected is closed before kubelet said anything")
+	default:
+	}
+	if err := r.Rejection(); err != nil {
+		t.Errorf("Rejection before kubelet said anything: %v", err)
+	}
+	// The owner stops the registrar the moment kubelet rejects it.
+	go func() {
+		select {
+		case <-r.Rejected():
+			cancel()
+		case <-ctx.Done(): // the test ended without a rejection
+		}
+	}()
+	client := dial(t, r.SocketPath())
+	rctx, rcancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer rcancel()
+	if _, err := client.NotifyRegistrationStatus(rctx, &registerapi.RegistrationStatus{PluginRegistered: false, Error: "version 9.9 is not supported"}); err != nil {
+		t.Errorf("kubelet's rejection was not answered: %v", err)
+	}
+	select {
+	case <-r.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the registrar did not stop")
+	}
+	err = r.Rejection()
+	if !errors.Is(err, registration.ErrRejected) || !strings.Contains(err.Error(), "version 9.9 is not supported") {
+		t.Errorf("Rejection = %v; want ErrRejected with kubelet's message", err)
+	}
+}
