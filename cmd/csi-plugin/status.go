@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/modelcast/modelcast/internal/units"
-	"github.com/modelcast/modelcast/pkg/chain"
 	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/pkg/coord"
 )
 
 const statusUsage = `usage: csi-plugin status [flags]
@@ -48,28 +48,28 @@ func runStatus(ctx context.Context, args []string) error {
 		return err
 	}
 	db := cfg.Broadcast.DB
-	rc := chain.RedisConfig{Addr: net.JoinHostPort(db.Host, strconv.Itoa(db.Port)), URL: db.URL, Username: db.Username, Password: db.Password, TLS: db.TLS}
+	rc := coord.RedisConfig{Addr: net.JoinHostPort(db.Host, strconv.Itoa(db.Port)), URL: db.URL, Username: db.Username, Password: db.Password, TLS: db.TLS}
 	if *addr != "" {
 		rc.Addr, rc.URL = *addr, ""
 	} else if db.Host == "" && db.URL == "" {
 		return fmt.Errorf("no Redis configured: set broadcast.db.host in %s or pass --redis host:port", *configPath)
 	}
-	rdb, err := chain.NewRedisClient(rc)
+	rdb, err := coord.NewRedisClient(rc)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err = chain.Ping(pctx, rdb)
+	err = coord.Ping(pctx, rdb)
 	cancel()
 	if err != nil {
 		return err
 	}
-	coord := chain.NewCoordinator(rdb)
+	co := coord.NewCoordinator(rdb)
 	show := func() error {
 		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		chains, err := coord.Chains(qctx, *tenant)
+		chains, err := co.Chains(qctx, *tenant)
 		if err != nil {
 			return err
 		}
@@ -122,7 +122,7 @@ type statusChain struct {
 	Nodes  []statusNode `json:"nodes"`
 }
 
-func toStatus(c chain.ChainStatus) statusChain {
+func toStatus(c coord.ChainStatus) statusChain {
 	out := statusChain{Tenant: c.Tenant, Key: c.Key, URI: c.Info.URI, Size: c.Info.Size, Files: c.Info.Files}
 	for i, m := range c.Members {
 		n := statusNode{Node: m.Node, Position: i + 1, Alive: m.Alive(), Source: m.Progress.From, Bytes: m.Progress.Bytes, Rate: m.Progress.Rate, Addr: m.Addr}
@@ -151,7 +151,7 @@ func toStatus(c chain.ChainStatus) statusChain {
 	return out
 }
 
-func writeStatusJSON(w io.Writer, chains []chain.ChainStatus) error {
+func writeStatusJSON(w io.Writer, chains []coord.ChainStatus) error {
 	doc := struct {
 		Chains []statusChain `json:"chains"`
 	}{Chains: []statusChain{}}
@@ -161,7 +161,7 @@ func writeStatusJSON(w io.Writer, chains []chain.ChainStatus) error {
 	return json.NewEncoder(w).Encode(doc)
 }
 
-func writeStatusTable(w io.Writer, chains []chain.ChainStatus) error {
+func writeStatusTable(w io.Writer, chains []coord.ChainStatus) error {
 	if len(chains) == 0 {
 		_, err := fmt.Fprintln(w, "No model is being broadcast or held (no chain in Redis).")
 		return err

@@ -27,9 +27,10 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/modelcast/modelcast/internal/version"
+	"github.com/modelcast/modelcast/pkg/broadcast"
 	"github.com/modelcast/modelcast/pkg/cache"
-	"github.com/modelcast/modelcast/pkg/chain"
 	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/pkg/metrics"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
@@ -135,7 +136,7 @@ type Driver struct {
 	opts    Options
 	server  *grpc.Server
 	store   *cache.Store
-	chain   *chain.Node
+	chain   *broadcast.Broadcaster
 	res     *resolver
 	events  *kubeEvents
 	serving atomic.Bool // the CSI endpoint is listening
@@ -229,7 +230,7 @@ func (d *Driver) Stage(ctx context.Context, attrs, secrets map[string]string, ho
 }
 
 // Chain is the node's part in model broadcasting (nil in controller mode).
-func (d *Driver) Chain() *chain.Node { return d.chain }
+func (d *Driver) Chain() *broadcast.Broadcaster { return d.chain }
 
 // Metrics are the plugin's metrics.
 func (d *Driver) Metrics() *metrics.Metrics { return d.opts.Metrics }
@@ -237,21 +238,21 @@ func (d *Driver) Metrics() *metrics.Metrics { return d.opts.Metrics }
 // newChainNode starts the node's broadcast part. Without broadcast, or without Redis
 // configured, it is a node that fetches from OSS directly; an unreachable Redis only logs (the
 // client reconnects by itself, and fetches fall back to OSS meanwhile).
-func newChainNode(opts Options) (*chain.Node, error) {
+func newChainNode(opts Options) (*broadcast.Broadcaster, error) {
 	b := opts.Config.Broadcast
-	cc := chain.Config{NodeID: opts.NodeID, Tenant: b.Tenant, Chains: b.Chains, HeadConcurrency: b.HeadConcurrency,
+	cc := broadcast.Config{NodeID: opts.NodeID, Tenant: b.Tenant, Chains: b.Chains, HeadConcurrency: b.HeadConcurrency,
 		Addr: net.JoinHostPort(opts.NodeIP, strconv.Itoa(opts.Config.BindPort))}
 	if opts.NodeIP == "" {
 		cc.Addr, cc.Listen = net.JoinHostPort(hostIP(), strconv.Itoa(opts.Config.BindPort)), ":"+strconv.Itoa(opts.Config.BindPort)
 	}
 	if !b.EnableBroadcast {
-		return chain.NewNode(cc, nil)
+		return broadcast.New(cc, nil)
 	}
 	if b.DB.Host == "" && b.DB.URL == "" {
 		klog.InfoS("Broadcast is enabled but no Redis is configured (broadcast.db.host): fetching from OSS directly")
-		return chain.NewNode(cc, nil)
+		return broadcast.New(cc, nil)
 	}
-	rc := chain.RedisConfig{
+	rc := coord.RedisConfig{
 		Addr: net.JoinHostPort(b.DB.Host, strconv.Itoa(b.DB.Port)), URL: b.DB.URL,
 		Username: b.DB.Username, Password: b.DB.Password, TLS: b.DB.TLS,
 	}
@@ -269,11 +270,11 @@ func newChainNode(opts Options) (*chain.Node, error) {
 		}
 		rc.ClientCert = &cert
 	}
-	rdb, err := chain.NewRedisClient(rc)
+	rdb, err := coord.NewRedisClient(rc)
 	if err != nil {
 		return nil, err
 	}
-	n, err := chain.NewNode(cc, rdb)
+	n, err := broadcast.New(cc, rdb)
 	if err != nil {
 		return nil, err
 	}

@@ -13,8 +13,9 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/modelcast/modelcast/pkg/broadcast"
 	"github.com/modelcast/modelcast/pkg/cache"
-	"github.com/modelcast/modelcast/pkg/chain"
+	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
@@ -27,7 +28,7 @@ type resolver struct {
 	ttl      time.Duration
 	// chain, when set, pins manifests and supplies bytes through model broadcasting for
 	// volumes that use it (broadcast: the node's default; tenant: the default tenant).
-	chain     *chain.Node
+	chain     *broadcast.Broadcaster
 	broadcast bool
 	tenant    string
 	// store, when set (on a node), is asked for a staged model, by the manifest kept beside it,
@@ -360,7 +361,7 @@ func (r *resolver) broadcastFor(spec VolumeSpec) (string, bool, error) {
 	if tenant == "" {
 		tenant = "default"
 	}
-	if err := chain.ValidTenant(tenant); err != nil {
+	if err := coord.ValidTenant(tenant); err != nil {
 		return "", false, fmt.Errorf("%w: volume attribute %s: %w", errInvalid, AttrTenant, err)
 	}
 	on := r.broadcast

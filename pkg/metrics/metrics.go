@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/modelcast/modelcast/pkg/broadcast"
 	"github.com/modelcast/modelcast/pkg/cache"
-	"github.com/modelcast/modelcast/pkg/chain"
 )
 
 const namespace = "modelcast"
@@ -92,7 +92,7 @@ func (m *Metrics) OSSRequestError(op, code string) {
 
 // WatchNode exports the state and counters of the node's cache and chain part, read at every
 // scrape.
-func (m *Metrics) WatchNode(store *cache.Store, node *chain.Node) {
+func (m *Metrics) WatchNode(store *cache.Store, node *broadcast.Broadcaster) {
 	if m == nil {
 		return
 	}

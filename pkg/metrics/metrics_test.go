@@ -12,8 +12,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/modelcast/modelcast/pkg/broadcast"
 	"github.com/modelcast/modelcast/pkg/cache"
-	"github.com/modelcast/modelcast/pkg/chain"
 )
 
 // nodeFamilies gathers every metric family a node exposes, after one of each observation.
@@ -24,7 +24,7 @@ func nodeFamilies(t *testing.T) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	t.Cleanup(store.Close)
-	node, err := chain.NewNode(chain.Config{NodeID: "n1", Addr: "127.0.0.1:0"}, nil)
+	node, err := broadcast.New(broadcast.Config{NodeID: "n1", Addr: "127.0.0.1:0"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,15 +3,15 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/modelcast/modelcast/pkg/broadcast"
 	"github.com/modelcast/modelcast/pkg/cache"
-	"github.com/modelcast/modelcast/pkg/chain"
 )
 
 // nodeCollector turns the cache's and the chain's snapshots into metrics at scrape time: the
 // numbers live where the work is done, not twice.
 type nodeCollector struct {
 	store *cache.Store
-	node  *chain.Node
+	node  *broadcast.Broadcaster
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -79,7 +79,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(chainEvents, n.StepBacks, "stepback")
 	counter(corruptChunks, n.CorruptChunks)
 	counter(authFailures, n.AuthFailures)
-	for _, st := range chain.CoordinationStates {
+	for _, st := range broadcast.CoordinationStates {
 		v := int64(0)
 		if st == n.Coordination {
 			v = 1

@@ -14,7 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/modelcast/modelcast/pkg/chain"
+	"github.com/modelcast/modelcast/pkg/broadcast"
 	"github.com/modelcast/modelcast/test/redistest"
 )
 
@@ -138,7 +138,7 @@ func TestKillHead(t *testing.T) {
 		}
 		t.Logf("%s ready in %.2f s: %d from OSS, %d from peers", a.name, e.Seconds, e.FromOSS, e.FromPeers)
 	}
-	chunk := chain.DefaultChunkSize
+	chunk := broadcast.DefaultChunkSize
 	bound := w.size + int64(w.headCon)*2*chunk + 4*mib
 	served := w.emu.Stats().BytesServed
 	t.Logf("OSS served %d bytes for a %d-byte model (%.3fx; bound %d)", served, w.size, float64(served)/float64(w.size), bound)
@@ -361,7 +361,7 @@ func TestRedisRestartThenHeadDies(t *testing.T) {
 			t.Errorf("%s received %d bytes in all, want %d", a.name, e.FromOSS+e.FromPeers, w.size)
 		}
 	}
-	bound := w.size + int64(w.headCon)*2*chain.DefaultChunkSize + 4*mib
+	bound := w.size + int64(w.headCon)*2*broadcast.DefaultChunkSize + 4*mib
 	if served := w.emu.Stats().BytesServed; served > bound {
 		t.Errorf("OSS served %d bytes, more than the model plus what the dead head had in flight (%d)", served, bound)
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/modelcast/modelcast/pkg/chain"
+	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/test/redistest"
 )
 
@@ -463,7 +463,7 @@ func evalsha(t *testing.T, c *redis.Client) {
 	check(t, "INCR + tonumber(ARGV)", n, err, 43)
 }
 
-// joinScript is a chain join in the style of pkg/chain's: idempotent, returns the
+// joinScript is a chain join in the style of pkg/coord's: idempotent, returns the
 // predecessor.
 const joinScript = `
 local pos = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -473,15 +473,15 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[2]); redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. pos, '-inf', 'LIMIT', 0, 1)`
 
-// coordinator runs pkg/chain's own Coordinator (its Lua scripts included) against the server:
+// coordinator runs pkg/coord's own Coordinator (its Lua scripts included) against the server:
 // the demo's embedded Redis must run what the nodes run.
 func coordinator(t *testing.T, c *redis.Client) {
 	ctx := t.Context()
-	co := chain.NewCoordinator(c)
-	info := chain.ModelInfo{URI: "oss://b/m/", Size: 1, Files: 1}
+	co := coord.NewCoordinator(c)
+	info := coord.ModelInfo{URI: "oss://b/m/", Size: 1, Files: 1}
 	join := func(node string, prefer int) int {
 		t.Helper()
-		pos, err := co.Join(ctx, "demo", "k", node, info, chain.NodeProgress{Bytes: 1}, prefer)
+		pos, err := co.Join(ctx, "demo", "k", node, info, coord.NodeProgress{Bytes: 1}, prefer)
 		if err != nil {
 			t.Fatalf("join %s: %v", node, err)
 		}

@@ -1,4 +1,4 @@
-package chain
+package broadcast
 
 import (
 	"context"
@@ -15,13 +15,15 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/modelcast/modelcast/pkg/coord"
 )
 
 // server is the peer data plane: POST (or GET) /v1/<tenant>/models/<key>/stream with
 // "Authorization: Bearer <tenant token>" and the chunks the caller has in the body (see want)
 // answers every chunk the caller lacks, each as soon as this node has it verified.
 type server struct {
-	node *Node
+	node *Broadcaster
 
 	mu        sync.Mutex
 	tokens    map[string]string    // tenant → token, as last read from Redis
@@ -94,7 +96,7 @@ func parseStreamPath(p string) (tenant, key string, ok bool) {
 		return "", "", false
 	}
 	parts := strings.Split(rest, "/")
-	if len(parts) != 4 || parts[1] != "models" || parts[3] != "stream" || ValidTenant(parts[0]) != nil || parts[2] == "" {
+	if len(parts) != 4 || parts[1] != "models" || parts[3] != "stream" || coord.ValidTenant(parts[0]) != nil || parts[2] == "" {
 		return "", "", false
 	}
 	return parts[0], parts[2], true
@@ -140,7 +142,7 @@ func (s *server) authorized(ctx context.Context, tenant, header string) bool {
 
 // stream writes a frame for every chunk the receiver lacks, in the order this node verified
 // them, then the end frame.
-func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *local, wt want) error {
+func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *replica, wt want) error {
 	n := l.layout.Len()
 	left := 0
 	length := int64(frameHeaderSize)
@@ -193,7 +195,7 @@ func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *local, wt
 
 // next returns the k-th chunk this node verified, flushing what is buffered first when it
 // must wait for it, so the receiver gets every chunk as soon as this node has it.
-func (s *server) next(ctx context.Context, rc *http.ResponseController, l *local, k int, moved <-chan struct{}) (int, error) {
+func (s *server) next(ctx context.Context, rc *http.ResponseController, l *replica, k int, moved <-chan struct{}) (int, error) {
 	if i, err := l.next(immediate(ctx), k, moved); err == nil || errors.Is(err, errMoved) {
 		return i, err
 	}
@@ -259,7 +261,7 @@ func (f *fileAt) seek(off int64) error {
 // from any object.
 type fileCache map[int]*fileAt
 
-func (c *fileCache) get(l *local, o int) (*fileAt, error) {
+func (c *fileCache) get(l *replica, o int) (*fileAt, error) {
 	if f := (*c)[o]; f != nil {
 		return f, nil
 	}

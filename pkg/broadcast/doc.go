@@ -1,13 +1,12 @@
-// Package chain is model broadcasting: when many nodes need the same model, only the head of a
+// Package broadcast is model broadcasting on a node: when many nodes need the same model, only the head of a
 // chain of nodes reads it from OSS; every other node receives it from its predecessor and
 // forwards it to its successor while still receiving, so OSS serves one stream per model and
 // the time to a ready model stays flat as nodes are added.
 //
-// Coordination goes through Redis (or Tair), which holds only small metadata, under keys
-// prefixed by the tenant with hash tags (a Redis Cluster keeps each model's keys in one slot):
-// node membership with heartbeat TTLs, per-model chain order, the manifest every node stages,
-// per-chunk CRC-64s published by whoever read the chunk from OSS, each node's progress, and a
-// per-tenant secret the peer data plane requires.
+// Coordination goes through Redis (or Tair), by way of package coord: node membership with
+// heartbeat TTLs, per-model chain order, the manifest every node stages, per-chunk CRC-64s
+// published by whoever read the chunk from OSS, each node's progress, and a per-tenant secret
+// the peer data plane requires. A Broadcaster holds one replica per model it stages or serves.
 //
 // The data plane is HTTP/1.1 on the node's bind port. A receiver asks its predecessor for the
 // model's chunks from its own offset; the sender writes each chunk as soon as it has it
@@ -18,5 +17,5 @@
 // replaced by the nearest live node before it; with none left the node becomes the head and
 // resumes from OSS at its own offset. Without Redis a node simply fetches from OSS.
 //
-// The package knows nothing of CSI: Node.Source gives the cache a Source per volume.
-package chain
+// The package knows nothing of CSI: Broadcaster.Source gives the cache a Source per volume.
+package broadcast

@@ -1,4 +1,4 @@
-package chain
+package broadcast
 
 import (
 	"bytes"
@@ -58,7 +58,7 @@ func TestStreamRequests(t *testing.T) {
 	// Without a valid path or token nothing is served; /healthz answers. The node serves a
 	// model of tenant "team" (not "abc"): the right token gets 404 for another model, and a
 	// tenant the node serves nothing of gets 401 whatever the token.
-	n := &Node{cfg: Config{}, reg: registry{models: map[string]*local{"team/other": {tenant: "team", key: "other"}}}}
+	n := &Broadcaster{cfg: Config{}, reg: replicas{models: map[string]*replica{"team/other": {tenant: "team", key: "other"}}}}
 	s := &server{node: n, tokens: map[string]string{"team": "secret"}, refreshed: map[string]time.Time{}}
 	for _, tc := range []struct {
 		method, path, auth string

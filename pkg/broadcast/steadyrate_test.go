@@ -1,4 +1,4 @@
-package chain
+package broadcast
 
 import (
 	"testing"
@@ -14,7 +14,7 @@ func TestSteadyRate(t *testing.T) {
 	at := func(i int) time.Time { return t0.Add(time.Duration(i) * 500 * time.Millisecond) }
 	// run samples bytes(i) at every step up to n (inclusive) and returns the rate then.
 	run := func(n int, bytes func(i int) int64) float64 {
-		l := &local{}
+		l := &replica{}
 		var r float64
 		for i := 0; i <= n; i++ {
 			l.bytes = bytes(i)

@@ -1,4 +1,4 @@
-package chain_test
+package broadcast_test
 
 import (
 	"math/rand/v2"
@@ -7,8 +7,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/modelcast/modelcast/pkg/broadcast"
 	"github.com/modelcast/modelcast/pkg/cache"
-	"github.com/modelcast/modelcast/pkg/chain"
+	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -39,7 +40,7 @@ func TestPublishedRateOfASlowStaging(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: 1})
 	t.Cleanup(func() { _ = rdb.Close() })
 
-	cn, err := chain.NewNode(chain.Config{NodeID: "n1", Addr: "127.0.0.1:0", Tenant: "team", ChunkSize: 256 << 10,
+	cn, err := broadcast.New(broadcast.Config{NodeID: "n1", Addr: "127.0.0.1:0", Tenant: "team", ChunkSize: 256 << 10,
 		HeadConcurrency: parts, HeadPartSize: partSize, Heartbeat: 200 * time.Millisecond}, rdb)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +74,7 @@ func TestPublishedRateOfASlowStaging(t *testing.T) {
 		rate  float64
 	}
 	var readings []reading
-	coord := chain.NewCoordinator(rdb)
+	coord := coord.NewCoordinator(rdb)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for done := false; !done; {

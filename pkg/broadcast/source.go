@@ -1,23 +1,22 @@
-package chain
+package broadcast
 
 import (
 	"context"
 	"errors"
-	"net/url"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
 
 	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
 // source is the cache Source of one tenant's volumes.
 type source struct {
-	n      *Node
+	n      *Broadcaster
 	oss    cache.OSSSource
 	tenant string
 }
@@ -39,7 +38,7 @@ func (s *source) Fetch(ctx context.Context, m cache.Model, dir string, report fu
 		return n.direct(ctx, s.oss, m, dir, report)
 	}
 	key := m.Key()
-	l, err := openLocal(s.tenant, key, ossclient.NewLayout(m.Manifest, n.cfg.ChunkSize), dir)
+	l, err := openReplica(s.tenant, key, ossclient.NewLayout(m.Manifest, n.cfg.ChunkSize), dir)
 	if err != nil {
 		return err
 	}
@@ -91,7 +90,7 @@ func (s *source) Fetch(ctx context.Context, m cache.Model, dir string, report fu
 }
 
 // direct fetches the model from OSS without the chain, counting its bytes.
-func (n *Node) direct(ctx context.Context, oss cache.OSSSource, m cache.Model, dir string, report func(cache.Progress)) error {
+func (n *Broadcaster) direct(ctx context.Context, oss cache.OSSSource, m cache.Model, dir string, report func(cache.Progress)) error {
 	key := m.Key()
 	return oss.Fetch(ctx, m, dir, func(p cache.Progress) {
 		n.directBytes.Store(key, p.Done)
@@ -104,7 +103,7 @@ func (n *Node) direct(ctx context.Context, oss cache.OSSSource, m cache.Model, d
 const progressEvery = 500 * time.Millisecond
 
 // publishEvery publishes l's progress every d until stopped.
-func (n *Node) publishEvery(l *local, d time.Duration) (stop func()) {
+func (n *Broadcaster) publishEvery(l *replica, d time.Duration) (stop func()) {
 	done, finished := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(finished)
@@ -129,7 +128,7 @@ func (n *Node) publishEvery(l *local, d time.Duration) (stop func()) {
 }
 
 // relay fills l from predecessors or OSS until it is complete.
-func (n *Node) relay(ctx context.Context, l *local, oss cache.OSSSource) error {
+func (n *Broadcaster) relay(ctx context.Context, l *replica, oss cache.OSSSource) error {
 	confirm := false // a takeover waits for a second look (see below)
 	for !l.isComplete() {
 		if err := ctx.Err(); err != nil {
@@ -201,9 +200,9 @@ const (
 	suspectFor   = 30 * time.Second
 )
 
-func failureKey(l *local, peer string) string { return l.tenant + "/" + l.key + "/" + peer }
+func failureKey(l *replica, peer string) string { return l.tenant + "/" + l.key + "/" + peer }
 
-func (n *Node) failed(l *local, peer string) {
+func (n *Broadcaster) failed(l *replica, peer string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	k := failureKey(l, peer)
@@ -216,7 +215,7 @@ func (n *Node) failed(l *local, peer string) {
 	n.failures[k] = f
 }
 
-func (n *Node) suspected(l *local, peer string) bool {
+func (n *Broadcaster) suspected(l *replica, peer string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	f := n.failures[failureKey(l, peer)]
@@ -226,7 +225,7 @@ func (n *Node) suspected(l *local, peer string) bool {
 // predecessor finds the nearest live, unsuspected node before this one in its chain (one of
 // Config.Chains per model: positions are dealt round-robin). nil means this node is the head.
 // A node missing from the chain (Redis restarted) joins again, at the position it had.
-func (n *Node) predecessor(ctx context.Context, l *local) (*Member, []Member, error) {
+func (n *Broadcaster) predecessor(ctx context.Context, l *replica) (*coord.Member, []coord.Member, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	members, err := n.coord.Members(ctx, l.tenant, l.key)
@@ -252,7 +251,7 @@ func (n *Node) predecessor(ctx context.Context, l *local) (*Member, []Member, er
 		l.pos.Store(int64(me.Position))
 	}
 	pos, k := int(l.pos.Load()), n.cfg.Chains
-	var best *Member
+	var best *coord.Member
 	for i := range members {
 		m := &members[i]
 		if m.Node == n.cfg.NodeID || m.Position >= pos || (m.Position-1)%k != (pos-1)%k || !m.Alive() || n.suspected(l, m.Node) {
@@ -266,7 +265,7 @@ func (n *Node) predecessor(ctx context.Context, l *local) (*Member, []Member, er
 }
 
 // find returns the member named node, or nil.
-func find(members []Member, node string) *Member {
+func find(members []coord.Member, node string) *coord.Member {
 	for i := range members {
 		if members[i].Node == node {
 			return &members[i]
@@ -277,7 +276,7 @@ func find(members []Member, node string) *Member {
 
 // setOrigin records where l's bytes come from now and publishes it at once (the heartbeat
 // would only in a while), so operators see a re-link as it happens.
-func (n *Node) setOrigin(ctx context.Context, l *local, o origin) {
+func (n *Broadcaster) setOrigin(ctx context.Context, l *replica, o origin) {
 	if l.origin() == o {
 		return
 	}
@@ -291,7 +290,7 @@ func (n *Node) setOrigin(ctx context.Context, l *local, o origin) {
 
 // rank is the node's 1-based place in its chain (one of Chains: positions are dealt
 // round-robin) counting live nodes only, and the chain's length; 0, 0 without members.
-func (n *Node) rank(members []Member, pos int) (int, int) {
+func (n *Broadcaster) rank(members []coord.Member, pos int) (int, int) {
 	if len(members) == 0 {
 		return 0, 0
 	}
@@ -312,7 +311,7 @@ func (n *Node) rank(members []Member, pos int) (int, int) {
 // head fetches every chunk this node lacks from OSS, as a direct fetch does (the same
 // parallel ranged GETs), publishing every chunk's CRC-64 as it comes. Each chunk is served to
 // the successor as soon as it is verified, in whatever order the parts complete.
-func (n *Node) head(ctx context.Context, l *local, oss cache.OSSSource) error {
+func (n *Broadcaster) head(ctx context.Context, l *replica, oss cache.OSSSource) error {
 	pub := &sumPublisher{n: n, l: l}
 	stop := sync.OnceFunc(pub.run())
 	defer stop()
@@ -348,7 +347,7 @@ func (n *Node) head(ctx context.Context, l *local, oss cache.OSSSource) error {
 
 // clearSums removes from Redis the published CRC-64s of every chunk of l's objects that did
 // not pass their object's check.
-func (n *Node) clearSums(l *local) {
+func (n *Broadcaster) clearSums(l *replica) {
 	ctx, cancel := context.WithTimeout(n.ctx, 3*time.Second)
 	defer cancel()
 	for o := range l.layout.Manifest().Objects {
@@ -365,8 +364,8 @@ func (n *Node) clearSums(l *local) {
 
 // sumPublisher batches the CRC-64s of chunks read from OSS into Redis.
 type sumPublisher struct {
-	n       *Node
-	l       *local
+	n       *Broadcaster
+	l       *replica
 	mu      sync.Mutex
 	pending map[int]uint64
 }
@@ -434,7 +433,7 @@ func (p *sumPublisher) flush() {
 }
 
 // publishedSum returns the CRC-64 the OSS reader published for chunk i, if Redis has it.
-func (n *Node) publishedSum(ctx context.Context, l *local, i int) (uint64, bool) {
+func (n *Broadcaster) publishedSum(ctx context.Context, l *replica, i int) (uint64, bool) {
 	if crc, ok := l.publishedSum(i); ok {
 		return crc, true
 	}
@@ -450,13 +449,4 @@ func (n *Node) publishedSum(ctx context.Context, l *local, i int) (uint64, bool)
 	}
 	l.storeSums(i, sums)
 	return l.publishedSum(i)
-}
-
-func stringsReplaceSecret(msg, raw string) string {
-	if u, err := url.Parse(raw); err == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok && p != "" {
-			return strings.ReplaceAll(msg, p, "****")
-		}
-	}
-	return msg
 }

@@ -1,4 +1,4 @@
-package chain
+package coord
 
 import (
 	"context"
@@ -28,11 +28,20 @@ func NewCoordinator(rdb redis.UniversalClient) *Coordinator {
 }
 
 // addr names the Redis server, for logs.
-func (c *Coordinator) addr() string {
+// Addr is the Redis address, for logs.
+func (c *Coordinator) Addr() string {
 	if rc, ok := c.rdb.(*redis.Client); ok {
 		return rc.Options().Addr
 	}
 	return "redis"
+}
+
+// Ping checks that Redis answers; the error names the address and the user (see Ping).
+func (c *Coordinator) Ping(ctx context.Context) error {
+	if rc, ok := c.rdb.(*redis.Client); ok {
+		return Ping(ctx, rc)
+	}
+	return c.rdb.Ping(ctx).Err()
 }
 
 // tokenTTL is how long a tenant's peer secret outlives its last node's heartbeat: no key

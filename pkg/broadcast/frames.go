@@ -1,4 +1,4 @@
-package chain
+package broadcast
 
 import (
 	"encoding/binary"

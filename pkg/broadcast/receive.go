@@ -1,4 +1,4 @@
-package chain
+package broadcast
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/modelcast/modelcast/internal/crc64ecma"
+	"github.com/modelcast/modelcast/pkg/coord"
 )
 
 // Errors of a pull from a peer; the relay replaces the peer after any of them.
@@ -31,7 +32,7 @@ var (
 // verifying and writing each. It returns nil once the model is complete. The hop is striped
 // over Config.Stripes TCP connections (stripe s carries the chunks i with i % Stripes == s):
 // one connection's congestion control on a shaped or lossy link does not bound the hop.
-func (n *Node) pull(ctx context.Context, l *local, peer Member, pos int) error {
+func (n *Broadcaster) pull(ctx context.Context, l *replica, peer coord.Member, pos int) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	w := l.wants()
@@ -77,7 +78,7 @@ func (n *Node) pull(ctx context.Context, l *local, peer Member, pos int) error {
 }
 
 // pullStripe receives stripe s of what w lacks from peer.
-func (n *Node) pullStripe(ctx context.Context, l *local, peer Member, w want, body []byte, token string, s int, last *atomic.Int64) error {
+func (n *Broadcaster) pullStripe(ctx context.Context, l *replica, peer coord.Member, w want, body []byte, token string, s int, last *atomic.Int64) error {
 	res, err := n.request(ctx, l, peer, body, token, s)
 	if err == nil && res.StatusCode == http.StatusUnauthorized {
 		res.Body.Close()
@@ -129,7 +130,7 @@ func (n *Node) pullStripe(ctx context.Context, l *local, peer Member, w want, bo
 	}
 }
 
-func pullErr(ctx context.Context, peer Member, err error) error {
+func pullErr(ctx context.Context, peer coord.Member, err error) error {
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
 	}
@@ -139,7 +140,7 @@ func pullErr(ctx context.Context, peer Member, err error) error {
 	return err
 }
 
-func (n *Node) request(ctx context.Context, l *local, peer Member, body []byte, token string, stripe int) (*http.Response, error) {
+func (n *Broadcaster) request(ctx context.Context, l *replica, peer coord.Member, body []byte, token string, stripe int) (*http.Response, error) {
 	u := url.URL{Scheme: "http", Host: peer.Addr, Path: fmt.Sprintf("%s%s/models/%s/stream", streamPrefix, l.tenant, l.key),
 		RawQuery: fmt.Sprintf("stripe=%d&stripes=%d", stripe, n.cfg.Stripes)}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(body))
@@ -153,7 +154,7 @@ func (n *Node) request(ctx context.Context, l *local, peer Member, body []byte, 
 
 // receiveChunk reads the rest of chunk f.index into place (the bytes before f.offset are
 // already there), checks it and records it.
-func (n *Node) receiveChunk(ctx context.Context, l *local, r io.Reader, f frame, buf []byte, peer Member) error {
+func (n *Broadcaster) receiveChunk(ctx context.Context, l *replica, r io.Reader, f frame, buf []byte, peer coord.Member) error {
 	c := l.layout.Chunk(f.index)
 	p := l.partialOf(f.index)
 	mapped, ok := l.beginWrite(c, p.bytes, f.size)
@@ -208,7 +209,7 @@ func (n *Node) receiveChunk(ctx context.Context, l *local, r io.Reader, f frame,
 //   - nothing arrived for StallTimeout while the peer has bytes this node lacks (a peer
 //     waiting on its own upstream is not stalled);
 //   - this node holds its successors back (slowBehind): it steps back to the chain's tail.
-func (n *Node) watch(ctx context.Context, cancel context.CancelCauseFunc, l *local, peer Member, pos int, last *atomic.Int64, done <-chan struct{}) {
+func (n *Broadcaster) watch(ctx context.Context, cancel context.CancelCauseFunc, l *replica, peer coord.Member, pos int, last *atomic.Int64, done <-chan struct{}) {
 	every := min(n.cfg.StallTimeout/4, progressEvery)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -295,7 +296,7 @@ const (
 
 // slowBehind reports whether this node (me) holds its chain back behind pred (see the
 // constants above).
-func (n *Node) slowBehind(l *local, me, pred Member, members []Member) bool {
+func (n *Broadcaster) slowBehind(l *replica, me, pred coord.Member, members []coord.Member) bool {
 	if pred.Progress.Complete || pred.Progress.Rate <= 0 {
 		return false // a complete predecessor's rate says nothing of the chain's
 	}

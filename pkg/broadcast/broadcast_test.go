@@ -1,4 +1,4 @@
-package chain_test
+package broadcast_test
 
 import (
 	"bytes"
@@ -15,8 +15,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/modelcast/modelcast/pkg/broadcast"
 	"github.com/modelcast/modelcast/pkg/cache"
-	"github.com/modelcast/modelcast/pkg/chain"
+	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -63,21 +64,21 @@ func newWorld(t *testing.T, size int64, _ int) *world {
 // node is one in-process node: a cache and its chain part.
 type node struct {
 	id    string
-	chain *chain.Node
+	chain *broadcast.Broadcaster
 	store *cache.Store
 	oss   *ossclient.Client
 }
 
-func (w *world) node(t *testing.T, id string, mutate ...func(*chain.Config)) *node {
+func (w *world) node(t *testing.T, id string, mutate ...func(*broadcast.Config)) *node {
 	t.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr(), MaxRetries: 1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	cfg := chain.Config{NodeID: id, Addr: "127.0.0.1:0", Tenant: "team", ChunkSize: 256 << 10, Heartbeat: 200 * time.Millisecond,
+	cfg := broadcast.Config{NodeID: id, Addr: "127.0.0.1:0", Tenant: "team", ChunkSize: 256 << 10, Heartbeat: 200 * time.Millisecond,
 		StallTimeout: 2 * time.Second}
 	for _, f := range mutate {
 		f(&cfg)
 	}
-	cn, err := chain.NewNode(cfg, rdb)
+	cn, err := broadcast.New(cfg, rdb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,10 +112,10 @@ func (w *world) waitJoined(t *testing.T, key, id string) {
 	t.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr()})
 	defer rdb.Close()
-	coord := chain.NewCoordinator(rdb)
+	c := coord.NewCoordinator(rdb)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		members, err := coord.Members(t.Context(), "team", key)
+		members, err := c.Members(t.Context(), "team", key)
 		for _, m := range members {
 			if m.Node == id {
 				return
@@ -202,7 +203,7 @@ func TestSeveralChains(t *testing.T) {
 	w.emu.SetEgressRate(16 << 20)
 	var nodes []*node
 	for i := range 4 {
-		nodes = append(nodes, w.node(t, fmt.Sprintf("n%d", i), func(c *chain.Config) { c.Chains = 2 }))
+		nodes = append(nodes, w.node(t, fmt.Sprintf("n%d", i), func(c *broadcast.Config) { c.Chains = 2 }))
 	}
 	w.emu.ResetStats()
 	results := w.stageAll(t, nodes)
@@ -299,7 +300,7 @@ func TestStalledPeerReplaced(t *testing.T) {
 		}
 	}))
 	defer fake.Close()
-	n := w.node(t, "n1", func(c *chain.Config) { c.StallTimeout = 400 * time.Millisecond })
+	n := w.node(t, "n1", func(c *broadcast.Config) { c.StallTimeout = 400 * time.Millisecond })
 	u := ossclient.URI{Bucket: "models", Prefix: "qwen/"}
 	m, err := n.chain.ResolveManifest(ctx, "team", n.oss, u)
 	if err != nil {
@@ -308,11 +309,11 @@ func TestStalledPeerReplaced(t *testing.T) {
 	model := cache.Model{Endpoint: n.oss.Endpoint(), Manifest: m}
 	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr()})
 	defer rdb.Close()
-	coord := chain.NewCoordinator(rdb)
-	if _, err := coord.Join(ctx, "team", model.Key(), "fake", chain.ModelInfo{URI: model.String()}, chain.NodeProgress{Bytes: w.size, Complete: true}, 0); err != nil {
+	c := coord.NewCoordinator(rdb)
+	if _, err := c.Join(ctx, "team", model.Key(), "fake", coord.ModelInfo{URI: model.String()}, coord.NodeProgress{Bytes: w.size, Complete: true}, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := coord.Register(ctx, "team", "fake", strings.TrimPrefix(fake.URL, "http://"), time.Minute); err != nil {
+	if err := c.Register(ctx, "team", "fake", strings.TrimPrefix(fake.URL, "http://"), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
@@ -330,7 +331,7 @@ func TestStalledPeerReplaced(t *testing.T) {
 
 type stageResult struct {
 	dir, key string
-	tr       chain.Transfer
+	tr       broadcast.Transfer
 }
 
 // stageAll stages the model on every node, starting each once the one before it joined.

@@ -1,16 +1,13 @@
-package chain
+package broadcast
 
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
@@ -26,7 +24,7 @@ import (
 // before forwarding it (store and forward). At 400 Mbit/s a 256 KiB chunk adds 5 ms per hop.
 const DefaultChunkSize int64 = 256 << 10
 
-// Config of a Node. Zero values mean the defaults.
+// Config of a Broadcaster. Zero values mean the defaults.
 type Config struct {
 	// NodeID names this node in chains (the Kubernetes node name).
 	NodeID string
@@ -85,78 +83,12 @@ func (c *Config) defaults() {
 	}
 }
 
-// RedisConfig says how to reach Redis or Tair.
-type RedisConfig struct {
-	// Addr is host:port. URL (redis:// or rediss://user:password@host:port/db) may be given
-	// instead; its parts win.
-	Addr, URL          string
-	Username, Password string
-	TLS                bool
-	CACert             []byte // PEM; the system's roots when empty
-	// ClientCert is presented to servers that require a client certificate.
-	ClientCert *tls.Certificate
-}
-
-// NewRedisClient builds a client for rc. It connects lazily and reconnects by itself (a Redis
-// outage must not need a restart); errors are for an unusable configuration only. Ping tells
-// whether Redis answers.
-func NewRedisClient(rc RedisConfig) (*redis.Client, error) {
-	// Fail fast: a Redis that does not answer must not hold a mount up (it falls back to OSS).
-	opts := &redis.Options{Addr: rc.Addr, Username: rc.Username, Password: rc.Password, MaxRetries: 1,
-		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second,
-		DialerRetries: 1, DialerRetryTimeout: 50 * time.Millisecond}
-	if rc.URL != "" {
-		u, err := redis.ParseURL(rc.URL)
-		if err != nil {
-			return nil, fmt.Errorf("redis URL: %w", redactURLError(err, rc.URL))
-		}
-		u.MaxRetries, u.DialTimeout, u.ReadTimeout, u.WriteTimeout = opts.MaxRetries, opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout
-		u.DialerRetries, u.DialerRetryTimeout = opts.DialerRetries, opts.DialerRetryTimeout
-		opts = u
-	}
-	if opts.Addr == "" {
-		return nil, errors.New("redis: no address (broadcast.db.host or broadcast.db.url)")
-	}
-	if (rc.TLS || len(rc.CACert) > 0 || rc.ClientCert != nil) && opts.TLSConfig == nil {
-		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	if opts.TLSConfig != nil && rc.ClientCert != nil {
-		opts.TLSConfig.Certificates = []tls.Certificate{*rc.ClientCert}
-	}
-	if opts.TLSConfig != nil && len(rc.CACert) > 0 {
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(rc.CACert) {
-			return nil, errors.New("redis CA certificate: no PEM certificate found")
-		}
-		opts.TLSConfig.RootCAs = pool
-	}
-	return redis.NewClient(opts), nil
-}
-
-// Ping checks that Redis answers with the client's credentials. The error names the address
-// and the user, never the password.
-func Ping(ctx context.Context, client *redis.Client) error {
-	if err := client.Ping(ctx).Err(); err != nil {
-		opts := client.Options()
-		who := ""
-		if opts.Username != "" {
-			who = " as user " + strconv.Quote(opts.Username)
-		}
-		return fmt.Errorf("redis %s%s: %w", opts.Addr, who, err)
-	}
-	return nil
-}
-
-func redactURLError(err error, url string) error {
-	return errors.New(stringsReplaceSecret(err.Error(), url))
-}
-
-// Node is this node's part in model broadcasting: the data plane server, the heartbeat, and
+// Broadcaster is this node's part in model broadcasting: the data plane server, the heartbeat, and
 // the models it stages or holds.
-type Node struct {
+type Broadcaster struct {
 	cfg    Config
-	coord  *Coordinator // nil: no Redis; every fetch goes to OSS directly
-	reg    registry
+	coord  *coord.Coordinator // nil: no Redis; every fetch goes to OSS directly
+	reg    replicas
 	srv    *server
 	http   *http.Server
 	client *http.Client
@@ -205,7 +137,7 @@ type Stats struct {
 }
 
 // Stats returns the node's counters.
-func (n *Node) Stats() Stats {
+func (n *Broadcaster) Stats() Stats {
 	s := Stats{
 		Joins: n.stats.joins.Load(), Relinks: n.stats.relinks.Load(), Takeovers: n.stats.takeovers.Load(),
 		Fallbacks: n.stats.fallbacks.Load(), CorruptChunks: n.stats.corrupt.Load(), StepBacks: n.stats.stepBacks.Load(),
@@ -222,17 +154,17 @@ type failures struct {
 
 // NewNode starts the data plane listening and the heartbeat. rdb may be nil (broadcast off or
 // no Redis): the node then only ever fetches from OSS.
-func NewNode(cfg Config, rdb redis.UniversalClient) (*Node, error) {
+func New(cfg Config, rdb redis.UniversalClient) (*Broadcaster, error) {
 	cfg.defaults()
 	if cfg.NodeID == "" {
 		return nil, errors.New("chain: node ID is required")
 	}
-	if err := ValidTenant(cfg.Tenant); err != nil {
+	if err := coord.ValidTenant(cfg.Tenant); err != nil {
 		return nil, fmt.Errorf("chain: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{
-		cfg: cfg, reg: registry{models: map[string]*local{}}, ctx: ctx, cancel: cancel,
+	n := &Broadcaster{
+		cfg: cfg, reg: replicas{models: map[string]*replica{}}, ctx: ctx, cancel: cancel,
 		tokens: map[string]string{}, failures: map[string]failures{},
 		client: &http.Client{Transport: &http.Transport{
 			DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
@@ -242,7 +174,7 @@ func NewNode(cfg Config, rdb redis.UniversalClient) (*Node, error) {
 		}},
 	}
 	if rdb != nil {
-		n.coord = NewCoordinator(rdb)
+		n.coord = coord.NewCoordinator(rdb)
 	}
 	n.srv = &server{node: n, tokens: map[string]string{}, refreshed: map[string]time.Time{}}
 	if rdb == nil {
@@ -278,13 +210,13 @@ func NewNode(cfg Config, rdb redis.UniversalClient) (*Node, error) {
 }
 
 // Addr is the peer address other nodes reach this one at.
-func (n *Node) Addr() string { return n.cfg.Addr }
+func (n *Broadcaster) Addr() string { return n.cfg.Addr }
 
 // Enabled reports whether the node coordinates through Redis.
-func (n *Node) Enabled() bool { return n.coord != nil }
+func (n *Broadcaster) Enabled() bool { return n.coord != nil }
 
 // Close leaves every chain, stops the heartbeat and the data plane. Models stay in the cache.
-func (n *Node) Close() {
+func (n *Broadcaster) Close() {
 	n.cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -307,7 +239,7 @@ func (n *Node) Close() {
 // serving it and leaves its chains, so successors re-link. Only complete copies go: the cache
 // releases committed models, and a staging of the same key that began meanwhile (a pod asked
 // for the model again) is a new copy that must go on.
-func (n *Node) Release(key string) {
+func (n *Broadcaster) Release(key string) {
 	ctx, cancel := context.WithTimeout(n.ctx, 3*time.Second)
 	defer cancel()
 	for _, l := range n.reg.byKey(key) {
@@ -317,7 +249,7 @@ func (n *Node) Release(key string) {
 	}
 }
 
-func (n *Node) drop(ctx context.Context, l *local) {
+func (n *Broadcaster) drop(ctx context.Context, l *replica) {
 	n.reg.remove(l)
 	l.close()
 	if n.coord != nil {
@@ -328,7 +260,7 @@ func (n *Node) drop(ctx context.Context, l *local) {
 }
 
 // tenants are the tenants this node takes part in.
-func (n *Node) tenants() []string {
+func (n *Broadcaster) tenants() []string {
 	seen := map[string]bool{n.cfg.Tenant: true}
 	out := []string{n.cfg.Tenant}
 	for _, l := range n.reg.all() {
@@ -342,7 +274,7 @@ func (n *Node) tenants() []string {
 
 // heartbeat renews the node's address and, for every model it stages or holds, its place in
 // the chain and its progress. After Redis lost its data (a restart), this puts it all back.
-func (n *Node) heartbeat() {
+func (n *Broadcaster) heartbeat() {
 	t := time.NewTicker(n.cfg.Heartbeat)
 	defer t.Stop()
 	for {
@@ -371,7 +303,7 @@ func (n *Node) heartbeat() {
 // renew renews the node's place in l's chain and its progress there. A copy dropped while the
 // renewal was on its way (its Leave may have landed first) is taken out again, unless another
 // copy of the model took its place.
-func (n *Node) renew(ctx context.Context, l *local) {
+func (n *Broadcaster) renew(ctx context.Context, l *replica) {
 	if l.isClosed() {
 		return
 	}
@@ -390,7 +322,7 @@ func (n *Node) renew(ctx context.Context, l *local) {
 }
 
 // token returns the tenant's peer secret (from Redis, cached; refresh reads it again).
-func (n *Node) token(ctx context.Context, tenant string, refresh bool) (string, error) {
+func (n *Broadcaster) token(ctx context.Context, tenant string, refresh bool) (string, error) {
 	n.mu.Lock()
 	tok := n.tokens[tenant]
 	n.mu.Unlock()
@@ -427,7 +359,7 @@ func PathID(endpoint string, u ossclient.URI) string {
 // A published manifest is used only after client's own credentials could read its first
 // object (HEAD with If-Match): the tenant shares bytes, not permissions. A published manifest
 // whose objects changed in OSS is replaced. Without Redis it lists OSS.
-func (n *Node) ResolveManifest(ctx context.Context, tenant string, client *ossclient.Client, u ossclient.URI) (*ossclient.Manifest, error) {
+func (n *Broadcaster) ResolveManifest(ctx context.Context, tenant string, client *ossclient.Client, u ossclient.URI) (*ossclient.Manifest, error) {
 	if n.coord == nil {
 		return client.Manifest(ctx, u)
 	}
@@ -478,7 +410,7 @@ func (n *Node) ResolveManifest(ctx context.Context, tenant string, client *osscl
 }
 
 // Source returns the cache Source for volumes of tenant: the chain, falling back to oss.
-func (n *Node) Source(oss cache.OSSSource, tenant string) cache.Source {
+func (n *Broadcaster) Source(oss cache.OSSSource, tenant string) cache.Source {
 	if tenant == "" {
 		tenant = n.cfg.Tenant
 	}
@@ -491,7 +423,7 @@ type Transfer struct {
 }
 
 // Transfer returns the bytes received for a model (any tenant), and whether the node has it.
-func (n *Node) Transfer(key string) (Transfer, bool) {
+func (n *Broadcaster) Transfer(key string) (Transfer, bool) {
 	var t Transfer
 	ls := n.reg.byKey(key)
 	for _, l := range ls {
@@ -507,4 +439,4 @@ func (n *Node) Transfer(key string) (Transfer, bool) {
 }
 
 // ServedBytes counts the model bytes this node sent to peers.
-func (n *Node) ServedBytes() int64 { return n.srv.served.Load() }
+func (n *Broadcaster) ServedBytes() int64 { return n.srv.served.Load() }

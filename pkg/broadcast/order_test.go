@@ -1,4 +1,4 @@
-package chain
+package broadcast
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/modelcast/modelcast/internal/crc64ecma"
 	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -59,9 +60,9 @@ func newOrderWorld(t *testing.T, size int64) *orderWorld {
 	return w
 }
 
-func (w *orderWorld) node(t *testing.T, id string) *Node {
+func (w *orderWorld) node(t *testing.T, id string) *Broadcaster {
 	t.Helper()
-	n, err := NewNode(Config{NodeID: id, Addr: "127.0.0.1:0", Tenant: "team", Heartbeat: 200 * time.Millisecond}, w.rdb)
+	n, err := New(Config{NodeID: id, Addr: "127.0.0.1:0", Tenant: "team", Heartbeat: 200 * time.Millisecond}, w.rdb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,9 +71,9 @@ func (w *orderWorld) node(t *testing.T, id string) *Node {
 }
 
 // local opens the model on n at position pos of its chain (the heartbeat joins it there).
-func (w *orderWorld) local(t *testing.T, n *Node, pos int) *local {
+func (w *orderWorld) local(t *testing.T, n *Broadcaster, pos int) *replica {
 	t.Helper()
-	l, err := openLocal("team", "k", w.layout, t.TempDir())
+	l, err := openReplica("team", "k", w.layout, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +90,7 @@ func (w *orderWorld) bytesOf(i int) []byte {
 }
 
 // put writes the first n bytes of chunk i into l; a whole chunk is recorded as verified.
-func (w *orderWorld) put(t *testing.T, l *local, i int, n int64) {
+func (w *orderWorld) put(t *testing.T, l *replica, i int, n int64) {
 	t.Helper()
 	c := w.layout.Chunk(i)
 	b := w.bytesOf(i)[:n]
@@ -105,7 +106,7 @@ func (w *orderWorld) put(t *testing.T, l *local, i int, n int64) {
 	}
 }
 
-func (w *orderWorld) check(t *testing.T, l *local) {
+func (w *orderWorld) check(t *testing.T, l *replica) {
 	t.Helper()
 	if !l.isComplete() {
 		t.Fatalf("the model is not complete: %d of %d chunks", len(l.order), w.layout.Len())
@@ -150,7 +151,7 @@ func TestOutOfOrderRelay(t *testing.T) {
 		w.put(t, la, i, w.layout.Chunk(i).Size)
 	}
 	done := make(chan error, 1)
-	go func() { done <- b.pull(t.Context(), lb, Member{Node: "a", Addr: a.Addr()}, 2) }()
+	go func() { done <- b.pull(t.Context(), lb, coord.Member{Node: "a", Addr: a.Addr()}, 2) }()
 	for _, i := range perm[n/3:] {
 		w.put(t, la, i, w.layout.Chunk(i).Size)
 	}
@@ -293,8 +294,8 @@ func (h *dropDuringJoin) DialHook(next redis.DialHook) redis.DialHook { return n
 
 func (h *dropDuringJoin) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if name := cmd.Name(); (name == "evalsha" || name == "eval") && len(cmd.Args()) > 1 &&
-			cmd.Args()[1] == joinScript.Hash() && h.armed.CompareAndSwap(true, false) {
+		// The node's heartbeat is off: its first script once armed is the renewal's Join.
+		if name := cmd.Name(); (name == "evalsha" || name == "eval") && h.armed.CompareAndSwap(true, false) {
 			h.drop()
 		}
 		return next(ctx, cmd)
@@ -314,7 +315,7 @@ func TestHeartbeatDoesNotResurrectADroppedCopy(t *testing.T) {
 	t.Cleanup(func() { _ = rdb.Close() })
 	hook := &dropDuringJoin{}
 	rdb.AddHook(hook)
-	n, err := NewNode(Config{NodeID: "a", Addr: "127.0.0.1:0", Tenant: "team", Heartbeat: time.Hour}, rdb)
+	n, err := New(Config{NodeID: "a", Addr: "127.0.0.1:0", Tenant: "team", Heartbeat: time.Hour}, rdb)
 	if err != nil {
 		t.Fatal(err)
 	}

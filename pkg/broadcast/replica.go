@@ -1,4 +1,4 @@
-package chain
+package broadcast
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
 
@@ -28,9 +29,9 @@ var (
 // peer) and the data plane that serves it onward. Chunks arrive in any order (a head reads
 // many parts of the model at once); each is served onward as soon as it is verified, in the
 // order it was verified.
-type local struct {
+type replica struct {
 	tenant, key string
-	info        ModelInfo
+	info        coord.ModelInfo
 	layout      *ossclient.Layout
 	dir         string
 	files       []*os.File // per object: read-write handle (nil for empty objects)
@@ -67,14 +68,14 @@ type partial struct {
 
 // openLocal prepares dir's files for the model (creating them, keeping what they hold) and
 // opens them.
-func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local, error) {
+func openReplica(tenant, key string, layout *ossclient.Layout, dir string) (*replica, error) {
 	m := layout.Manifest()
 	if err := ossclient.Preallocate(m, dir); err != nil {
 		return nil, err
 	}
-	l := &local{
+	l := &replica{
 		tenant: tenant, key: key, layout: layout, dir: dir, sums: map[int]uint64{}, partials: map[int]partial{},
-		info:  ModelInfo{URI: m.URI().String(), Size: m.Size(), Files: len(m.Objects)},
+		info:  coord.ModelInfo{URI: m.URI().String(), Size: m.Size(), Files: len(m.Objects)},
 		files: make([]*os.File, len(m.Objects)), crcs: make([]uint64, layout.Len()), have: make([]bool, layout.Len()),
 		order: make([]int, 0, layout.Len()), objVerified: make([]bool, len(m.Objects)), changed: make(chan struct{}),
 		moved: make(chan struct{}),
@@ -112,7 +113,7 @@ func openLocal(tenant, key string, layout *ossclient.Layout, dir string) (*local
 }
 
 // closeFilesLocked unmaps and closes the model's files (once).
-func (l *local) closeFilesLocked() {
+func (l *replica) closeFilesLocked() {
 	for i, data := range l.maps {
 		if data != nil {
 			_ = unix.Munmap(data)
@@ -128,7 +129,7 @@ func (l *local) closeFilesLocked() {
 }
 
 // notifyLocked wakes everyone waiting for the model to change.
-func (l *local) notifyLocked() {
+func (l *replica) notifyLocked() {
 	close(l.changed)
 	l.changed = make(chan struct{})
 }
@@ -136,7 +137,7 @@ func (l *local) notifyLocked() {
 // chunkDone records chunk i as verified with its CRC and makes it servable. When that
 // completes an object, the object's CRC-64 is checked against OSS's: a failure is returned
 // (and the chunk is kept out).
-func (l *local) chunkDone(i int, crc uint64) error {
+func (l *replica) chunkDone(i int, crc uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.have[i] {
@@ -159,7 +160,7 @@ func (l *local) chunkDone(i int, crc uint64) error {
 	return nil
 }
 
-func (l *local) allLocked(first, end int) bool {
+func (l *replica) allLocked(first, end int) bool {
 	for j := first; j < end; j++ {
 		if !l.have[j] {
 			return false
@@ -169,21 +170,21 @@ func (l *local) allLocked(first, end int) bool {
 }
 
 // objectVerified reports whether object o passed OSS's CRC-64.
-func (l *local) objectVerified(o int) bool {
+func (l *replica) objectVerified(o int) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.objVerified[o]
 }
 
 // partialOf returns the bytes of chunk i already received (zero when none).
-func (l *local) partialOf(i int) partial {
+func (l *replica) partialOf(i int) partial {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.partials[i]
 }
 
 // setPartial records the bytes of chunk i received so far (none: forget them).
-func (l *local) setPartial(i int, p partial) {
+func (l *replica) setPartial(i int, p partial) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -197,7 +198,7 @@ func (l *local) setPartial(i int, p partial) {
 
 // wants is what this node asks a peer for: every chunk it lacks, the partial ones from
 // where they broke off.
-func (l *local) wants() want {
+func (l *replica) wants() want {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	w := want{have: slices.Clone(l.have), offsets: make(map[int]int64, len(l.partials))}
@@ -209,7 +210,7 @@ func (l *local) wants() want {
 
 // resume describes the chunks present, for a download from OSS that fetches the rest, and
 // how many bytes they hold.
-func (l *local) resume() (*ossclient.Resume, int64) {
+func (l *replica) resume() (*ossclient.Resume, int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := &ossclient.Resume{Have: slices.Clone(l.have), CRCs: slices.Clone(l.crcs), Partial: make(map[int]ossclient.PartialChunk, len(l.partials))}
@@ -222,25 +223,25 @@ func (l *local) resume() (*ossclient.Resume, int64) {
 }
 
 // verifiedBytes is how much of the model is verified, in whatever chunks.
-func (l *local) verifiedBytes() int64 {
+func (l *replica) verifiedBytes() int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.bytes
 }
 
-func (l *local) isComplete() bool {
+func (l *replica) isComplete() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.complete
 }
 
 // progress is what the node publishes about the model.
-func (l *local) progress() NodeProgress {
+func (l *replica) progress() coord.NodeProgress {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
 	l.sampleLocked(now)
-	return NodeProgress{Bytes: l.bytes, Complete: l.complete, From: l.from.name(), Rate: l.steadyRateLocked(now)}
+	return coord.NodeProgress{Bytes: l.bytes, Complete: l.complete, From: l.from.name(), Rate: l.steadyRateLocked(now)}
 }
 
 // rateWindow is the span over which a node's receive rate is measured for slow-node detection.
@@ -261,7 +262,7 @@ type rateSample struct {
 
 // rate is the node's receive rate (verified bytes per second) over the last rateWindow, and
 // how long that measure spans.
-func (l *local) rate() (float64, time.Duration) {
+func (l *replica) rate() (float64, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
@@ -276,7 +277,7 @@ func (l *local) rate() (float64, time.Duration) {
 
 // sampleLocked records the verified bytes at now (at most every 100 ms) and forgets samples
 // older than rateHistory, keeping the newest of them as where the history starts.
-func (l *local) sampleLocked(now time.Time) {
+func (l *replica) sampleLocked(now time.Time) {
 	if n := len(l.samples); n == 0 || now.Sub(l.samples[n-1].at) >= 100*time.Millisecond {
 		l.samples = append(l.samples, rateSample{now, l.bytes})
 	}
@@ -287,7 +288,7 @@ func (l *local) sampleLocked(now time.Time) {
 
 // sampleBeforeLocked is the index of the newest sample at least window old (the oldest sample
 // when none is).
-func (l *local) sampleBeforeLocked(now time.Time, window time.Duration) int {
+func (l *replica) sampleBeforeLocked(now time.Time, window time.Duration) int {
 	for i := len(l.samples) - 1; i > 0; i-- {
 		if now.Sub(l.samples[i].at) >= window {
 			return i
@@ -307,7 +308,7 @@ func (l *local) sampleBeforeLocked(now time.Time, window time.Duration) int {
 // silence since the last beyond the usual time between them, which makes a stalled staging's
 // rate fall. A flow that grows at every sample is one burst: its rate is the plain rate over
 // the window.
-func (l *local) steadyRateLocked(now time.Time) float64 {
+func (l *replica) steadyRateLocked(now time.Time) float64 {
 	n := len(l.samples)
 	grew := func(i int) bool { return i > 0 && l.samples[i].bytes > l.samples[i-1].bytes }
 	var ends []int // samples that end a burst, oldest first (the newest one if it grew)
@@ -336,7 +337,7 @@ func (l *local) steadyRateLocked(now time.Time) float64 {
 
 // stepBack records that the node moves to its chain's tail, once: streams to successors end
 // (they re-link past it). It reports false if the node stepped back already.
-func (l *local) stepBack() bool {
+func (l *replica) stepBack() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.steppedBack {
@@ -348,7 +349,7 @@ func (l *local) stepBack() bool {
 }
 
 // reportEvery reports the staging's progress to the cache until stopped (and once more then).
-func (l *local) reportEvery(d time.Duration, report func(cache.Progress)) (stop func()) {
+func (l *replica) reportEvery(d time.Duration, report func(cache.Progress)) (stop func()) {
 	send := func() {
 		oss, peers := l.fromOSS.Load(), l.fromPeers.Load()
 		report(cache.Progress{Done: oss + peers, Total: l.layout.Manifest().Size(), FromOSS: oss, FromPeers: peers, From: l.origin().String()})
@@ -371,7 +372,7 @@ func (l *local) reportEvery(d time.Duration, report func(cache.Progress)) (stop 
 	return func() { close(done); <-finished }
 }
 
-func (l *local) publishedSum(i int) (uint64, bool) {
+func (l *replica) publishedSum(i int) (uint64, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	crc, ok := l.sums[i]
@@ -379,7 +380,7 @@ func (l *local) publishedSum(i int) (uint64, bool) {
 }
 
 // mayFetchSums rate-limits reads of the published sums to one every 200 ms.
-func (l *local) mayFetchSums() bool {
+func (l *replica) mayFetchSums() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if time.Since(l.sumsRead) < 200*time.Millisecond {
@@ -389,7 +390,7 @@ func (l *local) mayFetchSums() bool {
 	return true
 }
 
-func (l *local) storeSums(first int, sums []uint64) {
+func (l *replica) storeSums(first int, sums []uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for j, crc := range sums {
@@ -399,19 +400,19 @@ func (l *local) storeSums(first int, sums []uint64) {
 	}
 }
 
-func (l *local) isClosed() bool {
+func (l *replica) isClosed() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.closed
 }
 
-func (l *local) setOrigin(from origin) {
+func (l *replica) setOrigin(from origin) {
 	l.mu.Lock()
 	l.from = from
 	l.mu.Unlock()
 }
 
-func (l *local) origin() origin {
+func (l *replica) origin() origin {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.from
@@ -452,7 +453,7 @@ func (o origin) String() string {
 // next waits until the model has more than k verified chunks and returns the k-th verified
 // (0-based, in the order they were verified). It returns errReleased when the model is
 // released, and errMoved when moved closes.
-func (l *local) next(ctx context.Context, k int, moved <-chan struct{}) (int, error) {
+func (l *replica) next(ctx context.Context, k int, moved <-chan struct{}) (int, error) {
 	for {
 		l.mu.Lock()
 		n, closed, ch := len(l.order), l.closed, l.changed
@@ -477,7 +478,7 @@ func (l *local) next(ctx context.Context, k int, moved <-chan struct{}) (int, er
 
 // movedSignal is what a stream starting now waits on to learn that this node moved in its
 // chain: nil (never) once it has moved already.
-func (l *local) movedSignal() <-chan struct{} {
+func (l *replica) movedSignal() <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.steppedBack {
@@ -487,7 +488,7 @@ func (l *local) movedSignal() <-chan struct{} {
 }
 
 // crc returns chunk i's CRC (valid once it is verified).
-func (l *local) crc(i int) uint64 {
+func (l *replica) crc(i int) uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.crcs[i]
@@ -496,7 +497,7 @@ func (l *local) crc(i int) uint64 {
 // reader opens object o anew, so a stream reads with an offset of its own (and sendfile): the
 // handle is reopened through /proc, which keeps working after the cache renames or removes
 // the file. It holds the lock close takes, so the descriptor it reopens is the object's.
-func (l *local) reader(o int) (*os.File, error) {
+func (l *replica) reader(o int) (*os.File, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -513,7 +514,7 @@ func (l *local) reader(o int) (*os.File, error) {
 // object's mapping, or nil to write with pwrite) and false once the model is closed. Every
 // true must be followed by endWrite: a closed model unmaps its files only when the last
 // writer is done.
-func (l *local) beginWrite(c ossclient.Chunk, from, n int64) ([]byte, bool) {
+func (l *replica) beginWrite(c ossclient.Chunk, from, n int64) ([]byte, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -526,7 +527,7 @@ func (l *local) beginWrite(c ossclient.Chunk, from, n int64) ([]byte, bool) {
 	return l.maps[c.Object][c.Offset+from : c.Offset+from+n], true
 }
 
-func (l *local) endWrite() {
+func (l *replica) endWrite() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.writers--
@@ -537,7 +538,7 @@ func (l *local) endWrite() {
 
 // close releases the model: waiting streams end, files close (open readers keep theirs) once
 // no receiver writes into them any more.
-func (l *local) close() {
+func (l *replica) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.closed {
@@ -549,15 +550,15 @@ func (l *local) close() {
 	}
 }
 
-// registry holds the models this node can serve, by tenant and key.
-type registry struct {
+// replicas holds the models this node can serve, by tenant and key.
+type replicas struct {
 	mu     sync.Mutex
-	models map[string]*local
+	models map[string]*replica
 }
 
 func regKey(tenant, key string) string { return tenant + "/" + key }
 
-func (r *registry) get(tenant, key string) *local {
+func (r *replicas) get(tenant, key string) *replica {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.models[regKey(tenant, key)]
@@ -565,7 +566,7 @@ func (r *registry) get(tenant, key string) *local {
 
 // add registers l. A copy of the same model it replaces (released by the cache, which tells
 // the node only after removing its files) is closed: its chain membership is l's now.
-func (r *registry) add(l *local) {
+func (r *replicas) add(l *replica) {
 	r.mu.Lock()
 	old := r.models[regKey(l.tenant, l.key)]
 	r.models[regKey(l.tenant, l.key)] = l
@@ -576,7 +577,7 @@ func (r *registry) add(l *local) {
 }
 
 // remove drops the model if it is still l.
-func (r *registry) remove(l *local) {
+func (r *replicas) remove(l *replica) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.models[regKey(l.tenant, l.key)] == l {
@@ -585,7 +586,7 @@ func (r *registry) remove(l *local) {
 }
 
 // hasTenant reports whether the node holds or stages a model of tenant.
-func (r *registry) hasTenant(tenant string) bool {
+func (r *replicas) hasTenant(tenant string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, l := range r.models {
@@ -597,10 +598,10 @@ func (r *registry) hasTenant(tenant string) bool {
 }
 
 // byKey returns every tenant's entry for a cache key.
-func (r *registry) byKey(key string) []*local {
+func (r *replicas) byKey(key string) []*replica {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []*local
+	var out []*replica
 	for _, l := range r.models {
 		if l.key == key {
 			out = append(out, l)
@@ -609,10 +610,10 @@ func (r *registry) byKey(key string) []*local {
 	return out
 }
 
-func (r *registry) all() []*local {
+func (r *replicas) all() []*replica {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]*local, 0, len(r.models))
+	out := make([]*replica, 0, len(r.models))
 	for _, l := range r.models {
 		out = append(out, l)
 	}
