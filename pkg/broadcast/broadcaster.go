@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 
 	"github.com/modelcast/modelcast/pkg/cache"
 	"github.com/modelcast/modelcast/pkg/coord"
@@ -53,6 +54,8 @@ type Config struct {
 	StallTimeout time.Duration
 	// ManifestTTL: how long a published manifest pins a model's version for new nodes.
 	ManifestTTL time.Duration
+	// Clock is the time every timeout, rate and ticker reads (default: the real clock).
+	Clock clock.WithTicker
 }
 
 func (c *Config) defaults() {
@@ -80,6 +83,9 @@ func (c *Config) defaults() {
 	}
 	if c.ManifestTTL <= 0 {
 		c.ManifestTTL = 10 * time.Minute
+	}
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
 	}
 }
 
@@ -275,7 +281,7 @@ func (n *Broadcaster) tenants() []string {
 // heartbeat renews the node's address and, for every model it stages or holds, its place in
 // the chain and its progress. After Redis lost its data (a restart), this puts it all back.
 func (n *Broadcaster) heartbeat() {
-	t := time.NewTicker(n.cfg.Heartbeat)
+	t := n.cfg.Clock.NewTicker(n.cfg.Heartbeat)
 	defer t.Stop()
 	for {
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.Heartbeat)
@@ -295,7 +301,7 @@ func (n *Broadcaster) heartbeat() {
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/modelcast/modelcast/internal/crc64ecma"
 	"github.com/modelcast/modelcast/pkg/cache"
@@ -73,7 +74,7 @@ func (w *orderWorld) node(t *testing.T, id string) *Broadcaster {
 // local opens the model on n at position pos of its chain (the heartbeat joins it there).
 func (w *orderWorld) local(t *testing.T, n *Broadcaster, pos int) *replica {
 	t.Helper()
-	l, err := openReplica("team", "k", w.layout, t.TempDir())
+	l, err := openReplica("team", "k", w.layout, t.TempDir(), n.cfg.Clock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,5 +345,55 @@ func TestHeartbeatDoesNotResurrectADroppedCopy(t *testing.T) {
 	}
 	if m := find(members, "a"); m != nil {
 		t.Errorf("a dropped copy is back in its chain after a heartbeat raced the release: %+v", *m)
+	}
+}
+
+// TestSlowNodeDetection: on a fake clock, a node receiving at a tenth of its predecessor's rate
+// is judged to hold its chain back once its rate spans most of the window and it has fallen
+// 1.5 s of the predecessor's rate behind, and only while a successor waits on it; a node at
+// the predecessor's pace, a complete predecessor or no successor never are.
+func TestSlowNodeDetection(t *testing.T) {
+	w := newOrderWorld(t, 8<<20)
+	clk := clocktesting.NewFakeClock(time.Unix(1e9, 0))
+	n, err := New(Config{NodeID: "me", Addr: "127.0.0.1:0", Tenant: "team", Heartbeat: time.Hour, Clock: clk}, w.rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	l := w.local(t, n, 2)
+	me := coord.Member{Node: "me", Position: 2, Addr: "x"}
+	succ := coord.Member{Node: "succ", Position: 3, Addr: "y"}
+	const predRate = 100e6
+	pred := func(bytes int64, complete bool) coord.Member {
+		return coord.Member{Node: "pred", Position: 1, Addr: "z", Progress: coord.NodeProgress{Bytes: bytes, Rate: predRate, Complete: complete}}
+	}
+	step := 100 * time.Millisecond
+	// 1 chunk (256 KiB or less) per 100 ms: under 3 MB/s against the predecessor's 100 MB/s.
+	var judged time.Duration
+	for i := 0; i < w.layout.Len()-1 && judged == 0; i++ {
+		l.rate() // a sample, as the progress publisher takes them
+		if n.slowBehind(l, me, pred(l.verifiedBytes()+200e6, false), []coord.Member{me, succ}) {
+			judged = time.Duration(i) * step
+		}
+		w.put(t, l, i, w.layout.Chunk(i).Size)
+		clk.Step(step)
+	}
+	if judged < rateWindow*2/3 || judged > 2*time.Second {
+		t.Fatalf("a node at a tenth of its predecessor's rate was judged slow after %v, want after %v and within 2 s", judged, rateWindow*2/3)
+	}
+	behind := pred(l.verifiedBytes()+200e6, false)
+	if n.slowBehind(l, me, behind, []coord.Member{me}) {
+		t.Errorf("judged slow with no successor waiting")
+	}
+	if n.slowBehind(l, me, pred(l.verifiedBytes()+200e6, true), []coord.Member{me, succ}) {
+		t.Errorf("judged slow behind a complete predecessor")
+	}
+	if n.slowBehind(l, me, pred(l.verifiedBytes()+slowLag/2, false), []coord.Member{me, succ}) {
+		t.Errorf("judged slow though less than %d bytes behind", slowLag)
+	}
+	rate, _ := l.rate()
+	even := coord.Member{Node: "pred", Position: 1, Addr: "z", Progress: coord.NodeProgress{Bytes: l.verifiedBytes() + 200e6, Rate: rate}}
+	if n.slowBehind(l, me, even, []coord.Member{me, succ}) {
+		t.Errorf("judged slow at its predecessor's own rate (%.0f B/s)", rate)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 
 	"github.com/modelcast/modelcast/internal/crc64ecma"
 	"github.com/modelcast/modelcast/pkg/coord"
@@ -43,7 +44,7 @@ func (n *Broadcaster) pull(ctx context.Context, l *replica, peer coord.Member, p
 	}
 	// A watchdog ends the streams when the chain says to look elsewhere.
 	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
+	last.Store(n.cfg.Clock.Now().UnixNano())
 	done, watched := make(chan struct{}), make(chan struct{})
 	defer func() { close(done); <-watched }()
 	go func() {
@@ -101,7 +102,7 @@ func (n *Broadcaster) pullStripe(ctx context.Context, l *replica, peer coord.Mem
 			left++
 		}
 	}
-	r := &countingReader{r: res.Body, last: last}
+	r := &countingReader{r: res.Body, last: last, clock: n.cfg.Clock}
 	hdr := make([]byte, frameHeaderSize)
 	buf := make([]byte, 256<<10)
 	for {
@@ -211,9 +212,9 @@ func (n *Broadcaster) receiveChunk(ctx context.Context, l *replica, r io.Reader,
 //   - this node holds its successors back (slowBehind): it steps back to the chain's tail.
 func (n *Broadcaster) watch(ctx context.Context, cancel context.CancelCauseFunc, l *replica, peer coord.Member, pos int, last *atomic.Int64, done <-chan struct{}) {
 	every := min(n.cfg.StallTimeout/4, progressEvery)
-	t := time.NewTicker(every)
+	t := n.cfg.Clock.NewTicker(every)
 	defer t.Stop()
-	start := time.Now()
+	start := n.cfg.Clock.Now()
 	var missingSince time.Time
 	for {
 		select {
@@ -221,9 +222,9 @@ func (n *Broadcaster) watch(ctx context.Context, cancel context.CancelCauseFunc,
 			return
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
-		idle := time.Since(time.Unix(0, last.Load()))
+		idle := n.cfg.Clock.Since(time.Unix(0, last.Load()))
 		rctx, rcancel := context.WithTimeout(ctx, every)
 		members, err := n.coord.Members(rctx, l.tenant, l.key)
 		rcancel()
@@ -243,9 +244,9 @@ func (n *Broadcaster) watch(ctx context.Context, cancel context.CancelCauseFunc,
 		switch {
 		case p == nil:
 			if missingSince.IsZero() {
-				missingSince = time.Now()
+				missingSince = n.cfg.Clock.Now()
 			}
-			if time.Since(missingSince) > 2*n.cfg.Heartbeat {
+			if n.cfg.Clock.Since(missingSince) > 2*n.cfg.Heartbeat {
 				cancel(fmt.Errorf("%w: %s left the chain", errChainChanged, peer.Node))
 				return
 			}
@@ -261,7 +262,7 @@ func (n *Broadcaster) watch(ctx context.Context, cancel context.CancelCauseFunc,
 			return
 		}
 		missingSince = time.Time{}
-		if me != nil && time.Since(start) >= slowAfter && n.slowBehind(l, *me, *p, members) && l.stepBack() {
+		if me != nil && n.cfg.Clock.Since(start) >= slowAfter && n.slowBehind(l, *me, *p, members) && l.stepBack() {
 			rctx, rcancel := context.WithTimeout(ctx, time.Second)
 			npos, err := n.coord.MoveToTail(rctx, l.tenant, l.key, n.cfg.NodeID)
 			rcancel()
@@ -315,14 +316,15 @@ func (n *Broadcaster) slowBehind(l *replica, me, pred coord.Member, members []co
 }
 
 type countingReader struct {
-	r    io.Reader
-	last *atomic.Int64
+	r     io.Reader
+	last  *atomic.Int64
+	clock clock.PassiveClock
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	k, err := c.r.Read(p)
 	if k > 0 {
-		c.last.Store(time.Now().UnixNano())
+		c.last.Store(c.clock.Now().UnixNano())
 	}
 	return k, err
 }

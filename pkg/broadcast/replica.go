@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/utils/clock"
 
 	"github.com/modelcast/modelcast/pkg/cache"
 	"github.com/modelcast/modelcast/pkg/coord"
@@ -30,6 +31,7 @@ var (
 // many parts of the model at once); each is served onward as soon as it is verified, in the
 // order it was verified.
 type replica struct {
+	clock       clock.WithTicker
 	tenant, key string
 	info        coord.ModelInfo
 	layout      *ossclient.Layout
@@ -68,13 +70,13 @@ type partial struct {
 
 // openLocal prepares dir's files for the model (creating them, keeping what they hold) and
 // opens them.
-func openReplica(tenant, key string, layout *ossclient.Layout, dir string) (*replica, error) {
+func openReplica(tenant, key string, layout *ossclient.Layout, dir string, clk clock.WithTicker) (*replica, error) {
 	m := layout.Manifest()
 	if err := ossclient.Preallocate(m, dir); err != nil {
 		return nil, err
 	}
 	l := &replica{
-		tenant: tenant, key: key, layout: layout, dir: dir, sums: map[int]uint64{}, partials: map[int]partial{},
+		clock: clk, tenant: tenant, key: key, layout: layout, dir: dir, sums: map[int]uint64{}, partials: map[int]partial{},
 		info:  coord.ModelInfo{URI: m.URI().String(), Size: m.Size(), Files: len(m.Objects)},
 		files: make([]*os.File, len(m.Objects)), crcs: make([]uint64, layout.Len()), have: make([]bool, layout.Len()),
 		order: make([]int, 0, layout.Len()), objVerified: make([]bool, len(m.Objects)), changed: make(chan struct{}),
@@ -239,7 +241,7 @@ func (l *replica) isComplete() bool {
 func (l *replica) progress() coord.NodeProgress {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := time.Now()
+	now := l.clock.Now()
 	l.sampleLocked(now)
 	return coord.NodeProgress{Bytes: l.bytes, Complete: l.complete, From: l.from.name(), Rate: l.steadyRateLocked(now)}
 }
@@ -265,7 +267,7 @@ type rateSample struct {
 func (l *replica) rate() (float64, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := time.Now()
+	now := l.clock.Now()
 	l.sampleLocked(now)
 	first := l.samples[l.sampleBeforeLocked(now, rateWindow)]
 	r := 0.0
@@ -357,7 +359,7 @@ func (l *replica) reportEvery(d time.Duration, report func(cache.Progress)) (sto
 	done, finished := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(finished)
-		t := time.NewTicker(d)
+		t := l.clock.NewTicker(d)
 		defer t.Stop()
 		for {
 			send()
@@ -365,7 +367,7 @@ func (l *replica) reportEvery(d time.Duration, report func(cache.Progress)) (sto
 			case <-done:
 				send()
 				return
-			case <-t.C:
+			case <-t.C():
 			}
 		}
 	}()
@@ -383,10 +385,10 @@ func (l *replica) publishedSum(i int) (uint64, bool) {
 func (l *replica) mayFetchSums() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if time.Since(l.sumsRead) < 200*time.Millisecond {
+	if l.clock.Since(l.sumsRead) < 200*time.Millisecond {
 		return false
 	}
-	l.sumsRead = time.Now()
+	l.sumsRead = l.clock.Now()
 	return true
 }
 

@@ -119,11 +119,11 @@ func (s *server) authorized(ctx context.Context, tenant, header string) bool {
 		return true
 	}
 	s.mu.Lock()
-	if time.Since(s.refreshed[tenant]) < time.Second {
+	if s.node.cfg.Clock.Since(s.refreshed[tenant]) < time.Second {
 		s.mu.Unlock()
 		return false
 	}
-	s.refreshed[tenant] = time.Now()
+	s.refreshed[tenant] = s.node.cfg.Clock.Now()
 	s.mu.Unlock()
 	if s.node.coord == nil {
 		return false

@@ -38,7 +38,7 @@ func (s *source) Fetch(ctx context.Context, m cache.Model, dir string, report fu
 		return n.direct(ctx, s.oss, m, dir, report)
 	}
 	key := m.Key()
-	l, err := openReplica(s.tenant, key, ossclient.NewLayout(m.Manifest, n.cfg.ChunkSize), dir)
+	l, err := openReplica(s.tenant, key, ossclient.NewLayout(m.Manifest, n.cfg.ChunkSize), dir, n.cfg.Clock)
 	if err != nil {
 		return err
 	}
@@ -107,7 +107,7 @@ func (n *Broadcaster) publishEvery(l *replica, d time.Duration) (stop func()) {
 	done, finished := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(finished)
-		t := time.NewTicker(d)
+		t := n.cfg.Clock.NewTicker(d)
 		defer t.Stop()
 		for {
 			select {
@@ -115,7 +115,7 @@ func (n *Broadcaster) publishEvery(l *replica, d time.Duration) (stop func()) {
 				return
 			case <-n.ctx.Done():
 				return
-			case <-t.C:
+			case <-t.C():
 			}
 			ctx, cancel := context.WithTimeout(n.ctx, d)
 			if err := n.coord.SetProgress(ctx, l.tenant, l.key, n.cfg.NodeID, l.progress()); err != nil {
@@ -148,7 +148,7 @@ func (n *Broadcaster) relay(ctx context.Context, l *replica, oss cache.OSSSource
 			// restart the nodes before this one may not have rejoined yet.
 			confirm = true
 			select {
-			case <-time.After(n.cfg.Heartbeat):
+			case <-n.cfg.Clock.After(n.cfg.Heartbeat):
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -186,7 +186,7 @@ func (n *Broadcaster) relay(ctx context.Context, l *replica, oss cache.OSSSource
 		n.stats.relinks.Add(1)
 		klog.V(2).InfoS("Re-linking", "model", l.key, "from", pred.Node, "err", err)
 		select {
-		case <-time.After(200 * time.Millisecond):
+		case <-n.cfg.Clock.After(200 * time.Millisecond):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -207,11 +207,11 @@ func (n *Broadcaster) failed(l *replica, peer string) {
 	defer n.mu.Unlock()
 	k := failureKey(l, peer)
 	f := n.failures[k]
-	if time.Since(f.last) > suspectFor {
+	if n.cfg.Clock.Since(f.last) > suspectFor {
 		f.count = 0
 	}
 	f.count++
-	f.last = time.Now()
+	f.last = n.cfg.Clock.Now()
 	n.failures[k] = f
 }
 
@@ -219,7 +219,7 @@ func (n *Broadcaster) suspected(l *replica, peer string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	f := n.failures[failureKey(l, peer)]
-	return f.count >= suspectAfter && time.Since(f.last) < suspectFor
+	return f.count >= suspectAfter && n.cfg.Clock.Since(f.last) < suspectFor
 }
 
 // predecessor finds the nearest live, unsuspected node before this one in its chain (one of
@@ -384,14 +384,14 @@ func (p *sumPublisher) run() (stop func()) {
 	done, finished := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(finished)
-		t := time.NewTicker(100 * time.Millisecond)
+		t := p.n.cfg.Clock.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
 			case <-done:
 				p.flush()
 				return
-			case <-t.C:
+			case <-t.C():
 				p.flush()
 			}
 		}
