@@ -210,3 +210,22 @@ func TestEndpointThatDoesNotResolve(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusedNodeCredentialsNamed: a publish whose listing OSS refuses with the node's own
+// credentials (no volume secret) says they are the node's and where they are set, with the key
+// masked and no secret value.
+func TestRefusedNodeCredentialsNamed(t *testing.T) {
+	srv := emu(t)
+	genModel(t, srv, "qwen/", 1<<20)
+	env := map[string]string{"OSS_ENDPOINT": srv.Endpoint(), "OSS_REGION": region,
+		"OSS_ACCESS_KEY_ID": ak, "OSS_ACCESS_KEY_SECRET": "not-the-secret"}
+	p := startPlugin(t, inProcess{srv}, "", func(o *driver.Options) { o.Getenv = func(k string) string { return env[k] } })
+	req := publishReq("oss://models/qwen/", target(t, "pod"))
+	req.Secrets = nil
+	_, err := p.node.NodePublishVolume(t.Context(), req)
+	msg := status.Convert(err).Message()
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(msg, "the node's credentials (its OSS_ACCESS_KEY_ID; the chart's oss.existingSecret or oss.accessKeyId), access key ") ||
+		strings.Contains(msg, "not-the-secret") || strings.Contains(msg, ak) {
+		t.Errorf("publish with the node's refused credentials: %v", err)
+	}
+}

@@ -48,5 +48,40 @@ func refusedSecret(secrets map[string]string, err error) error {
 	if !ok || cerr != nil || !errors.Is(err, ossclient.ErrAccessDenied) {
 		return nil
 	}
+	var r *refusedError
+	if errors.As(err, &r) {
+		err = r.err // said here for the provisioner secret instead
+	}
 	return fmt.Errorf("the credentials of the provisioner secret (csi.storage.k8s.io/provisioner-secret-name in the StorageClass), %s, were refused by OSS: %w", creds, err)
 }
+
+// refusedCredentials says whose credentials OSS refused when a listing is denied (err is
+// ErrAccessDenied): the volume's secret (nodePublishSecretRef), the node's own
+// (OSS_ACCESS_KEY_ID; the chart's oss.existingSecret or oss.accessKeyId), or none at all. The
+// access key ID is masked; no secret value is ever printed. Other errors are returned as they
+// are.
+func refusedCredentials(cfg ossclient.Config, fromSecret bool, err error) error {
+	if !errors.Is(err, ossclient.ErrAccessDenied) {
+		return err
+	}
+	return &refusedError{creds: cfg.Credentials, fromSecret: fromSecret, err: err}
+}
+
+// refusedError is a listing OSS denied, with whose credentials it was made.
+type refusedError struct {
+	creds      ossclient.Credentials
+	fromSecret bool
+	err        error
+}
+
+func (e *refusedError) Error() string {
+	switch {
+	case e.fromSecret:
+		return fmt.Sprintf("the credentials of the volume's secret (nodePublishSecretRef), %s, were refused by OSS: %v", e.creds, e.err)
+	case e.creds.Anonymous():
+		return fmt.Sprintf("anonymous access (the volume has no secret and the node no %s) was refused by OSS: %v", ossclient.EnvAccessKeyID, e.err)
+	}
+	return fmt.Sprintf("the node's credentials (its %s; the chart's oss.existingSecret or oss.accessKeyId), %s, were refused by OSS: %v", ossclient.EnvAccessKeyID, e.creds, e.err)
+}
+
+func (e *refusedError) Unwrap() error { return e.err }

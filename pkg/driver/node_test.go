@@ -269,8 +269,10 @@ func TestPublishBadInput(t *testing.T) {
 		{"secret keys of another spelling", func(r *csi.NodePublishVolumeRequest) {
 			r.Secrets = map[string]string{"accessKeyId": ak, "accessKeySecret": sk}
 		}, codes.InvalidArgument, "unknown key(s) accessKeyId, accessKeySecret"},
-		{"wrong credentials", func(r *csi.NodePublishVolumeRequest) { r.Secrets = map[string]string{"akId": ak, "akSecret": "wrong"} }, codes.PermissionDenied, "access denied"},
-		{"anonymous on a private bucket", func(r *csi.NodePublishVolumeRequest) { r.Secrets = nil }, codes.PermissionDenied, "access denied"},
+		{"wrong credentials", func(r *csi.NodePublishVolumeRequest) { r.Secrets = map[string]string{"akId": ak, "akSecret": "wrong"} }, codes.PermissionDenied,
+			"the credentials of the volume's secret (nodePublishSecretRef), access key "},
+		{"anonymous on a private bucket", func(r *csi.NodePublishVolumeRequest) { r.Secrets = nil }, codes.PermissionDenied,
+			"anonymous access (the volume has no secret and the node no OSS_ACCESS_KEY_ID) was refused by OSS: list oss://models/qwen/: access denied"},
 		{"missing model", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext["ossPath"] = "oss://models/nothing-here/" }, codes.NotFound, "oss://models/nothing-here/: not found"},
 		{"missing bucket", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext["ossPath"] = "oss://no-such-bucket/qwen/" }, codes.NotFound, "not found"},
 		{"traversal keys in the bucket", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext["ossPath"] = "oss://models/evil/" }, codes.FailedPrecondition, `unsafe object key "evil/../../etc/cron.d/x"`},

@@ -302,7 +302,8 @@ func (r *resolver) resolve(ctx context.Context, spec VolumeSpec, secrets map[str
 	})
 	if err != nil {
 		if !errors.Is(err, ossclient.ErrUnavailable) && !errors.Is(err, errPending) {
-			return resolved{}, r.endpointError(spec, c.Endpoint(), err)
+			_, fromSecret, _ := credentialsFrom(secrets)
+			return resolved{}, refusedCredentials(cfg, fromSecret, r.endpointError(spec, c.Endpoint(), err))
 		}
 		logger := klog.FromContext(ctx)
 		if ok {
