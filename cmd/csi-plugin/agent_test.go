@@ -14,13 +14,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/modelcast/modelcast/pkg/agent"
 )
 
 // agentProc is a running `csi-plugin agent` and its JSON lines.
 type agentProc struct {
 	cmd     *exec.Cmd
-	lines   chan agentEvent // every line, in order; closed when stdout ends
+	lines   chan agent.Event // every line, in order; closed when stdout ends
 	exited  chan struct{}
 	waitErr error // set before exited closes
 	logPath string
@@ -29,7 +32,7 @@ type agentProc struct {
 // startAgent runs csi-plugin agent with args; the test's end kills it if it still runs.
 func startAgent(t *testing.T, bin string, env []string, logPath string, args ...string) *agentProc {
 	t.Helper()
-	a := &agentProc{cmd: exec.Command(bin, append([]string{"agent"}, args...)...), lines: make(chan agentEvent, 4096), exited: make(chan struct{}), logPath: logPath}
+	a := &agentProc{cmd: exec.Command(bin, append([]string{"agent"}, args...)...), lines: make(chan agent.Event, 4096), exited: make(chan struct{}), logPath: logPath}
 	a.cmd.Env = env
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -49,9 +52,9 @@ func startAgent(t *testing.T, bin string, env []string, logPath string, args ...
 		defer close(a.exited)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			var e agentEvent
+			var e agent.Event
 			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-				e = agentEvent{Event: "unparsable", Error: sc.Text()}
+				e = agent.Event{Event: "unparsable", Error: sc.Text()}
 			}
 			a.lines <- e
 		}
@@ -68,7 +71,7 @@ func startAgent(t *testing.T, bin string, env []string, logPath string, args ...
 func (a *agentProc) stderr() string { b, _ := os.ReadFile(a.logPath); return string(b) }
 
 // waitFor reads lines until one satisfies ok, and returns it.
-func (a *agentProc) waitFor(t *testing.T, what string, timeout time.Duration, ok func(agentEvent) bool) agentEvent {
+func (a *agentProc) waitFor(t *testing.T, what string, timeout time.Duration, ok func(agent.Event) bool) agent.Event {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -91,11 +94,11 @@ func (a *agentProc) waitFor(t *testing.T, what string, timeout time.Duration, ok
 }
 
 // finish reads the remaining lines until the agent exits, and returns them with its exit error.
-func (a *agentProc) finish(t *testing.T, timeout time.Duration) ([]agentEvent, error) {
+func (a *agentProc) finish(t *testing.T, timeout time.Duration) ([]agent.Event, error) {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	var rest []agentEvent
+	var rest []agent.Event
 	for {
 		select {
 		case e, open := <-a.lines:
@@ -135,16 +138,8 @@ func agentConfig(t *testing.T, dir string) (path, cacheRoot string) {
 // mounted reports whether path is a mount point of this process's mount table.
 func mounted(t *testing.T, path string) bool {
 	t.Helper()
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
-			return true
-		}
-	}
-	return false
+	m, err := mountinfo.Mounted(path)
+	return err == nil && m
 }
 
 // TestAgentVerifiesModelRecoveredFromDisk: an agent that crashed leaves its model in the cache
@@ -158,7 +153,7 @@ func TestAgentVerifiesModelRecoveredFromDisk(t *testing.T) {
 	args := []string{"--config", cfg, "--node-id", "node-1", "--node-ip", "127.0.0.1"}
 
 	first := startAgent(t, bin, env, filepath.Join(dir, "first.log"), append(args, "oss://models/qwen/")...)
-	first.waitFor(t, "ready", time.Minute, func(e agentEvent) bool { return e.Event == "ready" })
+	first.waitFor(t, "ready", time.Minute, func(e agent.Event) bool { return e.Event == "ready" })
 	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil { // a crash: no clean-up
 		t.Fatal(err)
 	}
@@ -169,7 +164,7 @@ func TestAgentVerifiesModelRecoveredFromDisk(t *testing.T) {
 
 	srv.ResetStats()
 	second := startAgent(t, bin, env, filepath.Join(dir, "second.log"), append(args, "--verify", "--exit", "oss://models/qwen/")...)
-	ready := second.waitFor(t, "ready", time.Minute, func(e agentEvent) bool { return e.Event == "ready" })
+	ready := second.waitFor(t, "ready", time.Minute, func(e agent.Event) bool { return e.Event == "ready" })
 	if !ready.Verified {
 		t.Errorf("ready line %+v: want verified", ready)
 	}
@@ -177,7 +172,7 @@ func TestAgentVerifiesModelRecoveredFromDisk(t *testing.T) {
 	if err != nil {
 		t.Errorf("the second agent: %v\n%s", err, second.stderr())
 	}
-	if len(rest) != 1 || rest[0].Event != "exit" || rest[0].Reason != exitDone {
+	if len(rest) != 1 || rest[0].Event != "exit" || rest[0].Reason != agent.ExitDone {
 		t.Errorf("lines after ready: %+v; want one exit line with reason done", rest)
 	}
 	if served := srv.Stats().BytesServed; served != 0 {
@@ -201,7 +196,7 @@ func TestAgentExitLine(t *testing.T) {
 		args := append([]string{"--config", cfg, "--node-id", "node-1", "--node-ip", "127.0.0.1", "--interval", "50ms"}, extra...)
 		return startAgent(t, bin, env, filepath.Join(dir, "agent.log"), args...), cacheRoot
 	}
-	checkExit := func(t *testing.T, a *agentProc, lines []agentEvent, err error, want agentEvent) {
+	checkExit := func(t *testing.T, a *agentProc, lines []agent.Event, err error, want agent.Event) {
 		t.Helper()
 		if len(lines) == 0 {
 			t.Fatalf("no line after the signal\n%s", a.stderr())
@@ -218,9 +213,9 @@ func TestAgentExitLine(t *testing.T) {
 		}
 		var exit *exec.ExitError
 		switch {
-		case want.Reason == exitError && (!errors.As(err, &exit) || exit.ExitCode() != 1):
+		case want.Reason == agent.ExitError && (!errors.As(err, &exit) || exit.ExitCode() != 1):
 			t.Errorf("exit status: %v; want 1", err)
-		case want.Reason != exitError && err != nil:
+		case want.Reason != agent.ExitError && err != nil:
 			t.Errorf("exit status: %v; want 0\n%s", err, a.stderr())
 		}
 	}
@@ -229,12 +224,12 @@ func TestAgentExitLine(t *testing.T) {
 		srv.SetEgressRate(2 << 20) // twelve seconds for the model
 		defer srv.SetEgressRate(0)
 		a, cacheRoot := start(t, "oss://models/qwen/")
-		p := a.waitFor(t, "progress", time.Minute, func(e agentEvent) bool { return e.Event == "progress" && e.Done > 0 })
+		p := a.waitFor(t, "progress", time.Minute, func(e agent.Event) bool { return e.Event == "progress" && e.Done > 0 })
 		if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
 		lines, err := a.finish(t, 30*time.Second)
-		checkExit(t, a, lines, err, agentEvent{Reason: exitSignal, Signal: "terminated", Phase: phaseStaging, FromOSS: -1})
+		checkExit(t, a, lines, err, agent.Event{Reason: agent.ExitSignal, Signal: "terminated", Phase: agent.PhaseStaging, FromOSS: -1})
 		if last := lines[len(lines)-1]; last.FromOSS < p.FromOSS || last.FromOSS >= size {
 			t.Errorf("exit line's fromOSS %d; want what it had received (at least %d, less than the model)", last.FromOSS, p.FromOSS)
 		}
@@ -250,12 +245,12 @@ func TestAgentExitLine(t *testing.T) {
 
 	t.Run("SIGINT while serving", func(t *testing.T) {
 		a, _ := start(t, "oss://models/qwen/")
-		a.waitFor(t, "ready", time.Minute, func(e agentEvent) bool { return e.Event == "ready" })
+		a.waitFor(t, "ready", time.Minute, func(e agent.Event) bool { return e.Event == "ready" })
 		if err := a.cmd.Process.Signal(syscall.SIGINT); err != nil {
 			t.Fatal(err)
 		}
 		lines, err := a.finish(t, 30*time.Second)
-		checkExit(t, a, lines, err, agentEvent{Reason: exitSignal, Signal: "interrupt", Phase: phaseServing, FromOSS: size})
+		checkExit(t, a, lines, err, agent.Event{Reason: agent.ExitSignal, Signal: "interrupt", Phase: agent.PhaseServing, FromOSS: size})
 		if len(lines) != 2 || lines[0].Event != "stop" {
 			t.Errorf("lines after the signal: %+v; want stop, then exit", lines)
 		}
@@ -264,7 +259,7 @@ func TestAgentExitLine(t *testing.T) {
 	t.Run("error", func(t *testing.T) {
 		a, _ := start(t, "oss://models/nothing/")
 		lines, err := a.finish(t, time.Minute)
-		checkExit(t, a, lines, err, agentEvent{Reason: exitError, Phase: phaseStaging, Error: "not found"})
+		checkExit(t, a, lines, err, agent.Event{Reason: agent.ExitError, Phase: agent.PhaseStaging, Error: "not found"})
 		if len(lines) < 3 || lines[len(lines)-2].Event != "error" {
 			t.Errorf("lines: %+v; want start, error, exit", lines)
 		}
@@ -273,7 +268,7 @@ func TestAgentExitLine(t *testing.T) {
 	t.Run("--exit", func(t *testing.T) {
 		a, _ := start(t, "--exit", "oss://models/qwen/")
 		lines, err := a.finish(t, time.Minute)
-		checkExit(t, a, lines, err, agentEvent{Reason: exitDone, Phase: phaseReady, FromOSS: size})
+		checkExit(t, a, lines, err, agent.Event{Reason: agent.ExitDone, Phase: agent.PhaseReady, FromOSS: size})
 		if len(lines) < 3 || lines[len(lines)-2].Event != "ready" {
 			t.Errorf("lines: %+v; want start, progress…, ready, exit", lines)
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -24,12 +25,10 @@ DIR/.modelcast-partial-* and moved into DIR once every one is verified: a fetch 
 or is interrupted leaves DIR empty. Credentials come from
 OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET and OSS_SESSION_TOKEN (anonymous when unset);
 OSS_ENDPOINT and OSS_REGION are the defaults of -endpoint and -region.
-
-flags:
 `
 
 func runFetch(ctx context.Context, args []string) error {
-	fs := newFlagSet("fetch")
+	fs := toolFlagSet("fetch", fetchUsage)
 	env := ossclient.EnvConfig(os.Getenv)
 	fs.StringVar(&env.Endpoint, "endpoint", env.Endpoint, "OSS endpoint (https unless a scheme is given)")
 	fs.StringVar(&env.Region, "region", env.Region, "OSS region, e.g. cn-beijing")
@@ -38,18 +37,28 @@ func runFetch(ctx context.Context, args []string) error {
 	vcpus := fs.Int("vcpus", 16, "prefetch.vcpus: parallel requests = vcpus × workers")
 	workers := fs.Int("workers", 16, "prefetch.workers: parallel requests per vCPU")
 	partSize := fs.Int64("part-size", ossclient.DefaultPartSize, "bytes per ranged GET")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), fetchUsage)
-		fs.PrintDefaults()
+	if err := parseArgs(fs, args, "oss://bucket/prefix/", "DIR"); err != nil {
+		return err
 	}
-	_ = fs.Parse(args)
-	if fs.NArg() != 2 {
-		fs.Usage()
-		os.Exit(2)
+	var bad []error
+	if env.SignatureVersion != ossclient.SignV4 && env.SignatureVersion != ossclient.SignV1 {
+		bad = append(bad, fmt.Errorf("--sign %q: want %s or %s", env.SignatureVersion, ossclient.SignV4, ossclient.SignV1))
+	}
+	if *vcpus < 1 {
+		bad = append(bad, fmt.Errorf("--vcpus %d: want 1 or more", *vcpus))
+	}
+	if *workers < 1 {
+		bad = append(bad, fmt.Errorf("--workers %d: want 1 or more", *workers))
+	}
+	if *partSize < 1 {
+		bad = append(bad, fmt.Errorf("--part-size %d: want a positive number of bytes", *partSize))
+	}
+	if len(bad) > 0 {
+		return usageErr(fs, errors.Join(bad...))
 	}
 	uri, err := ossclient.ParseURI(fs.Arg(0))
 	if err != nil {
-		return err
+		return usageErr(fs, err)
 	}
 	dir := fs.Arg(1)
 	if err := emptyDir(dir); err != nil {

@@ -86,7 +86,7 @@ func TestFetch(t *testing.T) {
 		want string
 	}{
 		{"directory not empty", []string{"fetch", "oss://models/qwen/", dst}, "is not empty"},
-		{"bad path", []string{"fetch", "oss://Models/qwen/", t.TempDir()}, `bucket name \"Models\"`},
+		{"bad path", []string{"fetch", "oss://Models/qwen/", t.TempDir()}, `bucket name "Models"`},
 		{"missing model", []string{"fetch", "oss://models/nothing/", t.TempDir()}, "not found"},
 		{"unknown command", []string{"fetchh"}, "unknown command"},
 	} {

@@ -1,14 +1,9 @@
 package main
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
-	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -20,70 +15,67 @@ import (
 	"github.com/modelcast/modelcast/pkg/registration"
 )
 
-// DefaultHTTPPort serves metrics and health, beside the peer data plane's bindPort (19898).
-const DefaultHTTPPort = 19899
+const nodeUsage = `usage: csi-plugin node [flags]
 
-// runServe runs the CSI services in the given mode until ctx ends.
+Serves the CSI node service on --endpoint: stages each volume's model once into the node's
+tmpfs cache (from OSS, or from peers along the broadcast chain) and bind-mounts it read-only
+into every pod that uses it. The configuration file (--config; README: Node configuration)
+says where the cache is and how models are fetched; OSS credentials come from the volume's
+secret, else from OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET and OSS_SESSION_TOKEN. With
+--kubelet-registration-dir it registers itself with kubelet, without node-driver-registrar.
+`
+
+const controllerUsage = `usage: csi-plugin controller [flags]
+
+Serves the CSI controller service on --endpoint: CreateVolume turns a StorageClass's
+parameters into a volume (its capacity the model's size, when the provisioner secret's
+credentials can list it), DeleteVolume (never touches OSS) and ValidateVolumeCapabilities.
+`
+
+// runServe runs the CSI services in the given mode (driver.ModeNode or ModeController) until
+// ctx ends.
 func runServe(ctx context.Context, mode string, args []string) error {
-	fs := newFlagSet(mode)
-	opts := driver.Options{Mode: mode}
-	fs.StringVar(&opts.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint")
-	fs.StringVar(&opts.DriverName, "driver-name", driver.DefaultDriverName, "CSI driver name (the CSIDriver object's)")
-	fs.StringVar(&opts.NodeID, "node-id", os.Getenv("NODE_NAME"), "this node's ID (default: $NODE_NAME)")
-	fs.StringVar(&opts.NodeIP, "node-ip", os.Getenv("NODE_IP"), "this node's address for broadcast peers (default: $NODE_IP)")
-	fs.StringVar(&opts.HTTPEndpoint, "http-endpoint", ":"+strconv.Itoa(DefaultHTTPPort), "where to serve /metrics, /healthz and /readyz (host:port; empty: off)")
-	configPath := fs.String("config", config.DefaultPath, "configuration file (OSS Connector's keys; see README)")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for posting pod Events (default: in-cluster, when running in a pod)")
-	var reg registration.Config
-	if mode == driver.ModeNode {
-		fs.DurationVar(&opts.PublishWait, "publish-wait", 0, "the longest one NodePublishVolume waits for the listing and the staging before it answers Unavailable "+
-			"with the progress (kubelet retries and the staging goes on); 0: until shortly before kubelet's deadline (2 minutes), "+
-			"which starts the pod as soon as the staging ends; never past that deadline")
-		fs.DurationVar(&opts.ProgressEvery, "progress-every", 30*time.Second, "how often a staging posts a StagingProgress Event on its pods")
-		fs.StringVar(&reg.Dir, "kubelet-registration-dir", "", "register with kubelet through this directory, kubelet's plugins_registry "+
-			"(e.g. /registration, the host's /var/lib/kubelet/plugins_registry mounted there), instead of node-driver-registrar; empty: off")
-		fs.StringVar(&reg.Endpoint, "kubelet-csi-endpoint", "", "the CSI socket's path as kubelet on the host sees it, "+
-			"e.g. /var/lib/kubelet/plugins/<driver-name>/csi.sock (default: the path of --endpoint)")
+	usage := nodeUsage
+	if mode == driver.ModeController {
+		usage = controllerUsage
 	}
-	_ = fs.Parse(args)
-	if reg.Dir == "" && reg.Endpoint != "" {
-		return errors.New("--kubelet-csi-endpoint needs --kubelet-registration-dir")
+	fs := serverFlagSet(mode, usage)
+	o := Options{Mode: mode}
+	o.AddFlags(fs)
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
-	if reg.Dir != "" {
-		hook, err := registrationHook(reg, opts)
+	if err := o.Validate(); err != nil {
+		return usageErr(fs, err)
+	}
+	opts := o.driverOptions()
+	if reg := o.registration(); reg.Dir != "" {
+		hook, err := registrationHook(reg)
 		if err != nil {
 			return err
 		}
 		opts.WhileServing = hook
 	}
 
-	cfg, err := config.Load(*configPath, os.Getenv)
+	cfg, err := config.Load(o.ConfigPath, os.Getenv)
 	if err != nil {
 		return err
 	}
 	opts.Config = cfg
-	if opts.KubeClient, err = kubeClient(*kubeconfig); err != nil {
+	if opts.KubeClient, err = kubeClient(o.Kubeconfig); err != nil {
 		return err
 	}
 	if opts.KubeClient == nil {
 		klog.InfoS("No Kubernetes API configured: pod Events are off")
 	}
-	klog.InfoS("Configuration", "config", *configPath, "expireTimeSec", cfg.ExpireTimeSec, "parallelRequests", cfg.Concurrency(),
+	klog.InfoS("Configuration", "config", o.ConfigPath, "expireTimeSec", cfg.ExpireTimeSec, "parallelRequests", cfg.Concurrency(),
 		"maxCacheAdviseGB", cfg.Prefetch.MaxCacheAdviseGB, "cacheRoot", cfg.Cache.Root, "tmpfsSize", cfg.Cache.TmpfsSize, "huge", cfg.Cache.Huge)
 	return driver.Run(ctx, opts)
 }
 
-// registrationHook validates the kubelet registration's flags and returns what serves it while
-// the CSI endpoint does.
-func registrationHook(reg registration.Config, opts driver.Options) (func(context.Context) error, error) {
-	reg.DriverName = cmp.Or(opts.DriverName, driver.DefaultDriverName)
-	if reg.Endpoint == "" {
-		path, ok := strings.CutPrefix(opts.Endpoint, "unix://")
-		if !ok {
-			return nil, fmt.Errorf("kubelet registration: --endpoint %q is not a unix socket: set --kubelet-csi-endpoint", opts.Endpoint)
-		}
-		reg.Endpoint = path
-	}
+// registrationHook returns what serves the kubelet registration reg (Options.registration)
+// while the CSI endpoint does.
+func registrationHook(reg registration.Config) (func(context.Context) error, error) {
 	if err := reg.Validate(); err != nil {
 		return nil, fmt.Errorf("kubelet registration: %w", err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -22,26 +23,33 @@ Shows model broadcasting as Redis holds it: per tenant and model, each chain's n
 with where their bytes come from, progress, rate, time left and state (ready, staging, or gone:
 its heartbeat stopped). It reads the node's configuration (broadcast.db; the password may come
 from $MODELCAST_REDIS_PASSWORD instead) and never writes to Redis.
-
-flags:
 `
 
 func runStatus(ctx context.Context, args []string) error {
-	fs := newFlagSet("status")
+	fs := toolFlagSet("status", statusUsage)
 	configPath := fs.String("config", config.DefaultPath, "configuration file (broadcast.db says where Redis is)")
 	addr := fs.String("redis", "", "Redis address host:port (default: broadcast.db.host and .port)")
 	tenant := fs.String("tenant", "", "only this tenant (default: every tenant)")
 	output := fs.String("o", "table", "output: table or json")
 	watch := fs.Bool("watch", false, "refresh until interrupted")
 	interval := fs.Duration("interval", 2*time.Second, "time between refreshes with --watch")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), statusUsage)
-		fs.PrintDefaults()
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
-	_ = fs.Parse(args)
-	if fs.NArg() != 0 || (*output != "table" && *output != "json") || *interval <= 0 {
-		fs.Usage()
-		os.Exit(2)
+	var bad []error
+	if *output != "table" && *output != "json" {
+		bad = append(bad, fmt.Errorf("-o %q: want table or json", *output))
+	}
+	if *interval <= 0 {
+		bad = append(bad, fmt.Errorf("--interval %s: must be positive", *interval))
+	}
+	if *addr != "" {
+		if _, _, err := net.SplitHostPort(*addr); err != nil {
+			bad = append(bad, fmt.Errorf("--redis %q: want host:port", *addr))
+		}
+	}
+	if len(bad) > 0 {
+		return usageErr(fs, errors.Join(bad...))
 	}
 	cfg, err := config.Load(*configPath, os.Getenv)
 	if err != nil {

@@ -4,31 +4,28 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/modelcast/modelcast/pkg/agent"
 )
 
-const sumUsage = `usage: csi-plugin sum DIR
+const sumUsage = `usage: csi-plugin sum [flags] DIR
 
 Prints the CRC-64/ECMA (as OSS reports it in x-oss-hash-crc64ecma), the size and the path of
 every regular file under DIR, one per line, sorted by path: compare a mounted model with
 its objects in OSS. A path that holds a character that is not plainly printable (control
 characters, bidirectional formatting, invisible or non-ASCII spaces, invalid UTF-8) or that
 starts with a double quote is printed quoted and escaped, as a Go string literal.
-
 `
 
 // runSum prints "crc64 size path" for every file under a directory.
 func runSum(ctx context.Context, args []string) error {
-	fset := newFlagSet("sum")
-	fset.Usage = func() { fmt.Fprint(fset.Output(), sumUsage) }
-	_ = fset.Parse(args)
-	if fset.NArg() != 1 {
-		fset.Usage()
-		os.Exit(2)
+	fset := toolFlagSet("sum", sumUsage)
+	if err := parseArgs(fset, args, "DIR"); err != nil {
+		return err
 	}
 	root := fset.Arg(0)
 	buf := make([]byte, 4<<20)
@@ -43,7 +40,7 @@ func runSum(ctx context.Context, args []string) error {
 		if !d.Type().IsRegular() {
 			return nil
 		}
-		crc, n, err := fileCRC(path, buf)
+		crc, n, err := agent.FileCRC(path, buf)
 		if err != nil {
 			return err
 		}

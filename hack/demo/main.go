@@ -6,55 +6,63 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sys/unix"
 
 	"github.com/modelcast/modelcast/internal/units"
+	"github.com/modelcast/modelcast/pkg/agent"
+	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/pkg/coord"
+	"github.com/modelcast/modelcast/test/agenttest"
 	"github.com/modelcast/modelcast/test/ossemu"
 )
 
-type event struct {
-	Event     string  `json:"event"`
-	Node      string  `json:"node"`
-	Done      int64   `json:"done"`
-	Total     int64   `json:"total"`
-	From      string  `json:"from"`
-	Rate      float64 `json:"rate"`
-	Seconds   float64 `json:"seconds"`
-	FromOSS   int64   `json:"fromOSS"`
-	FromPeers int64   `json:"fromPeers"`
-	Served    int64   `json:"served"`
-	Verified  bool    `json:"verified"`
-	Error     string  `json:"error"`
-	HTTP      string  `json:"http"`
+// The emulator's region and the credentials it takes (hack/demo.sh's), the agents' tenant.
+const (
+	region          = "cn-demo"
+	accessKeyID     = "LTAIdemo0000modelcast"
+	accessKeySecret = "demo-secret-not-for-production"
+	tenant          = "demo"
+	// stopTimeout bounds an agent's exit after SIGTERM (then it is killed).
+	stopTimeout = 30 * time.Second
+)
+
+// node is one node agent.
+type node struct {
+	*agenttest.Proc
+	log string // its stderr
 }
 
-type node struct {
-	name string
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	last event
-	done *event
-	http string // where its /metrics is
-	// closed: its output has been read to the end.
-	closed chan struct{}
+// state is the node's last line, and its ready or error line once it has one (an exit
+// without either is an error).
+func (nd *node) state() (last agent.Event, done *agent.Event) {
+	last, _ = nd.Latest(nil)
+	if e, ok := nd.Latest(func(e agent.Event) bool { return e.Event == agent.EventReady || e.Event == agent.EventError }); ok {
+		return last, &e
+	}
+	select {
+	case <-nd.Exited():
+		msg := "the agent exited; see " + nd.log
+		if last.Event == agent.EventExit && last.Error != "" {
+			msg = last.Error + " (see " + nd.log + ")"
+		}
+		return last, &agent.Event{Event: agent.EventError, Error: msg}
+	default:
+		return last, nil
+	}
 }
 
 func main() {
@@ -88,7 +96,7 @@ func run(ctx context.Context, n int, sizeFlag, rateFlag, redisAddr, bin string) 
 	defer os.RemoveAll(work)
 
 	// OSS: the emulator, in this process, with the model.
-	emu := ossemu.New(ossemu.Options{Region: "cn-demo", Credentials: []ossemu.Credential{{AccessKeyID: "LTAIdemo0000modelcast", AccessKeySecret: "demo-secret-not-for-production"}}})
+	emu := ossemu.New(ossemu.Options{Region: region, Credentials: []ossemu.Credential{{AccessKeyID: accessKeyID, AccessKeySecret: accessKeySecret}}})
 	if _, err := emu.GenerateModel("models", "demo/Qwen-demo/", ossemu.ModelSpec{Size: size, Seed: 1}); err != nil {
 		return err
 	}
@@ -109,12 +117,14 @@ func run(ctx context.Context, n int, sizeFlag, rateFlag, redisAddr, bin string) 
 		defer stopRedis()
 		redisAddr = addr
 	}
-	host, port, err := net.SplitHostPort(redisAddr)
+	db, err := agenttest.RedisDB(redisAddr)
 	if err != nil {
-		return fmt.Errorf("redis address %q: %w", redisAddr, err)
+		return err
 	}
-	rport, _ := strconv.Atoi(port)
-	bind, err := freePort()
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
+	defer rdb.Close()
+	chains := coord.NewCoordinator(rdb)
+	bind, err := agenttest.FreePort()
 	if err != nil {
 		return err
 	}
@@ -126,18 +136,24 @@ func run(ctx context.Context, n int, sizeFlag, rateFlag, redisAddr, bin string) 
 	var nodes []*node
 	defer func() {
 		for _, nd := range nodes {
-			_ = nd.cmd.Process.Signal(syscall.SIGTERM)
-			_ = nd.cmd.Wait()
+			nd.Stop(stopTimeout)
 		}
 	}()
 	start := time.Now()
 	for i := range n {
-		nd, err := startAgent(i, work, endpoint, host, rport, bind, bin)
+		nd, err := startAgent(i, work, endpoint, db, bind, bin)
 		if err != nil {
 			return err
 		}
 		nodes = append(nodes, nd)
-		time.Sleep(150 * time.Millisecond) // pods start one after another: join order is start order
+		// Pods start one after another: each node once the one before has joined the chain,
+		// so join order is start order.
+		jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err = nd.WaitJoined(jctx, chains, tenant)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%w; see %s", err, nd.log)
+		}
 	}
 	if err := watch(ctx, nodes, size, start); err != nil {
 		return err
@@ -151,9 +167,7 @@ func run(ctx context.Context, n int, sizeFlag, rateFlag, redisAddr, bin string) 
 		showMetrics(ctx, nodes[1])
 	}
 	for _, nd := range nodes {
-		_ = nd.cmd.Process.Signal(syscall.SIGTERM)
-		_ = nd.cmd.Wait()
-		<-nd.closed
+		nd.Stop(stopTimeout)
 	}
 	summary(nodes, size, emu.Stats().BytesServed)
 	return nil
@@ -162,27 +176,18 @@ func run(ctx context.Context, n int, sizeFlag, rateFlag, redisAddr, bin string) 
 // showMetrics prints a few of a node's Prometheus series, as a scrape of its --http-endpoint
 // returns them.
 func showMetrics(ctx context.Context, nd *node) {
-	nd.mu.Lock()
-	addr := nd.http
-	nd.mu.Unlock()
-	if addr == "" {
+	start, ok := nd.Latest(func(e agent.Event) bool { return e.Event == agent.EventStart })
+	if !ok || start.HTTP == "" {
 		return
 	}
-	url := "http://" + addr + "/metrics"
-	fmt.Printf("\n==> curl %s  (%s; excerpt)\n", url, nd.name)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return
-	}
-	resp, err := http.DefaultClient.Do(req)
+	fmt.Printf("\n==> curl http://%s/metrics  (%s; excerpt)\n", start.HTTP, nd.Name)
+	s, err := nd.Metrics(ctx)
 	if err != nil {
 		fmt.Printf("  %v\n", err)
 		return
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
+	for line := range strings.Lines(s.Text) {
+		line = strings.TrimSuffix(line, "\n")
 		for _, name := range []string{"modelcast_received_bytes_total", "modelcast_served_bytes_total", "modelcast_chain_events_total", "modelcast_cache_bytes", "modelcast_staging_duration_seconds_count"} {
 			if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
 				fmt.Println("  " + line)
@@ -223,78 +228,35 @@ func startRedisd(ctx context.Context, bin, work string) (func(), string, error) 
 	return nil, "", fmt.Errorf("redisd did not start")
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func startAgent(i int, work, endpoint, redisHost string, redisPort, bind int, bin string) (*node, error) {
+// startAgent starts node i's agent (address 127.0.0.<10+i>) with its directory under work.
+func startAgent(i int, work, endpoint string, db config.DB, bind int, bin string) (*node, error) {
 	name := fmt.Sprintf("node-%d", i)
+	ip := fmt.Sprintf("127.0.0.%d", 10+i)
 	dir := filepath.Join(work, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	cfg := map[string]any{
-		"expireTimeSec": 600,
-		"broadcast":     map[string]any{"enableBroadcast": true, "tenant": "demo", "db": map[string]any{"host": redisHost, "port": redisPort}},
-		"bindPort":      bind,
-		"cache":         map[string]any{"root": filepath.Join(dir, "cache"), "tmpfs": false},
-	}
-	b, _ := json.Marshal(cfg)
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
-		return nil, err
-	}
-	logf, err := os.Create(filepath.Join(dir, "agent.log"))
+	cfgPath, err := agenttest.WriteConfig(dir, config.Config{
+		ExpireTimeSec: 600,
+		Broadcast:     config.Broadcast{EnableBroadcast: true, Tenant: tenant, DB: db},
+		BindPort:      bind,
+		Cache:         config.Cache{Root: filepath.Join(dir, "cache"), Tmpfs: agenttest.Ptr(false)},
+	})
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(filepath.Join(bin, "csi-plugin"), "agent", "--config", filepath.Join(dir, "config.json"),
-		"--node-id", name, "--node-ip", fmt.Sprintf("127.0.0.%d", 10+i), "--verify", "--interval", "200ms",
-		"--http-endpoint", fmt.Sprintf("127.0.0.%d:0", 10+i),
-		"oss://models/demo/Qwen-demo/")
-	cmd.Env = append(os.Environ(), "OSS_ENDPOINT="+endpoint, "OSS_REGION=cn-demo",
-		"OSS_ACCESS_KEY_ID=LTAIdemo0000modelcast", "OSS_ACCESS_KEY_SECRET=demo-secret-not-for-production")
-	cmd.Stderr = logf
-	out, err := cmd.StdoutPipe()
+	nd := &node{log: filepath.Join(dir, "agent.log")}
+	logf, err := os.Create(nd.log)
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	defer logf.Close() // the agent has its own descriptor
+	nd.Proc, err = agenttest.Start(agenttest.Spec{Bin: filepath.Join(bin, "csi-plugin"), Config: cfgPath, NodeID: name, NodeIP: ip,
+		Flags: []string{"--verify", "--interval", "200ms", "--http-endpoint", ip + ":0"},
+		Model: "oss://models/demo/Qwen-demo/", Env: agenttest.OSSEnv(endpoint, region, accessKeyID, accessKeySecret), Stderr: logf})
+	if err != nil {
+		return nil, err
 	}
-	nd := &node{name: name, cmd: cmd, closed: make(chan struct{})}
-	go func() {
-		defer close(nd.closed)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			var e event
-			if json.Unmarshal(sc.Bytes(), &e) != nil {
-				continue
-			}
-			nd.mu.Lock()
-			nd.last = e
-			if e.Event == "start" {
-				nd.http = e.HTTP
-			}
-			if e.Event == "stop" && nd.done != nil {
-				nd.done.Served = e.Served // the final count: it served its successors after it was ready
-			}
-			if e.Event == "ready" || e.Event == "error" {
-				e := e
-				nd.done = &e
-			}
-			nd.mu.Unlock()
-		}
-		nd.mu.Lock()
-		if nd.done == nil {
-			nd.done = &event{Event: "error", Error: "the agent exited; see " + logf.Name()}
-		}
-		nd.mu.Unlock()
-	}()
 	return nd, nil
 }
 
@@ -313,13 +275,11 @@ func watch(ctx context.Context, nodes []*node, size int64, start time.Time) erro
 		all := true
 		var lines []string
 		for _, nd := range nodes {
-			nd.mu.Lock()
-			e, done := nd.last, nd.done
-			nd.mu.Unlock()
+			e, done := nd.state()
 			if done == nil {
 				all = false
 			}
-			lines = append(lines, line(nd.name, e, done, size, start))
+			lines = append(lines, line(nd.Name, e, done, size, start))
 		}
 		if tty && drawn > 0 {
 			fmt.Printf("\033[%dA", drawn)
@@ -346,7 +306,7 @@ func watch(ctx context.Context, nodes []*node, size int64, start time.Time) erro
 	}
 }
 
-func line(name string, e event, done *event, size int64, start time.Time) string {
+func line(name string, e agent.Event, done *agent.Event, size int64, start time.Time) string {
 	switch {
 	case done != nil && done.Event == "error":
 		return fmt.Sprintf("%-7s FAILED: %s", name, done.Error)
@@ -370,19 +330,21 @@ func summary(nodes []*node, size, ossServed int64) {
 	fmt.Printf("\n%-8s %10s %11s %11s %11s  %s\n", "node", "ready (s)", "from OSS", "from peers", "served", "checksum")
 	ok := true
 	for _, nd := range nodes {
-		nd.mu.Lock()
-		d := nd.done
-		nd.mu.Unlock()
-		if d == nil || d.Event != "ready" {
+		_, d := nd.state()
+		if d == nil || d.Event != agent.EventReady {
 			ok = false
-			fmt.Printf("%-8s %10s\n", nd.name, "failed")
+			fmt.Printf("%-8s %10s\n", nd.Name, "failed")
 			continue
+		}
+		// The final count: a node serves its successors after it is ready.
+		if stop, stopped := nd.Latest(func(e agent.Event) bool { return e.Event == agent.EventStop }); stopped {
+			d.Served = stop.Served
 		}
 		check := "CRC-64 OK (every file re-read)"
 		if !d.Verified {
 			check, ok = "not verified", false
 		}
-		fmt.Printf("%-8s %10.2f %11s %11s %11s  %s\n", nd.name, d.Seconds, units.Bytes(d.FromOSS), units.Bytes(d.FromPeers), units.Bytes(d.Served), check)
+		fmt.Printf("%-8s %10.2f %11s %11s %11s  %s\n", nd.Name, d.Seconds, units.Bytes(d.FromOSS), units.Bytes(d.FromPeers), units.Bytes(d.Served), check)
 	}
 	fmt.Printf("\nOSS served %s for %d nodes: %.2f × the model.\n", units.Bytes(ossServed), len(nodes), float64(ossServed)/float64(size))
 	if !ok {

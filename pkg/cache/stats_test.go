@@ -2,12 +2,12 @@ package cache
 
 import (
 	"errors"
-	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // TestStats: the counters and gauges follow a model through staging, use, release, expiry
@@ -163,14 +163,6 @@ func TestUnmountIfIdle(t *testing.T) {
 
 func isMountPoint(t *testing.T, path string) bool {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && f[4] == path {
-			return true
-		}
-	}
-	return false
+	m, err := mountinfo.Mounted(path)
+	return err == nil && m
 }

@@ -40,6 +40,11 @@ const (
 	ModeNode       = "node"
 	ModeController = "controller"
 	ModeAll        = "all" // both services in one process (tests, single-node setups)
+	// ModeAgent is the node's model code without CSI (csi-plugin agent): the cache, the
+	// broadcast chain and its data plane, used through Stage. It serves no CSI endpoint
+	// (Options.Endpoint stays empty; Serve and Run refuse to run), and its health is its
+	// cache's.
+	ModeAgent = "agent"
 )
 
 // DefaultDriverName is the CSI driver's name (the CSIDriver object's name).
@@ -48,7 +53,7 @@ const DefaultDriverName = "oss.csi.modelcast.io"
 // Options wire a Driver. Everything external is injected here.
 type Options struct {
 	Mode       string
-	Endpoint   string // unix:///csi/csi.sock
+	Endpoint   string // unix:///csi/csi.sock; none in ModeAgent
 	DriverName string
 	NodeID     string
 	Config     config.Config
@@ -117,18 +122,30 @@ func (o *Options) defaults() {
 func (o *Options) Validate() error {
 	var errs []error
 	switch o.Mode {
-	case ModeNode, ModeAll:
+	case ModeNode, ModeAll, ModeAgent:
 		if o.NodeID == "" {
-			errs = append(errs, errors.New("node ID is required in node mode (--node-id or NODE_NAME)"))
+			errs = append(errs, fmt.Errorf("node ID is required in %s mode (--node-id or NODE_NAME)", o.Mode))
 		}
 	case ModeController:
 	default:
-		errs = append(errs, fmt.Errorf("mode %q: want %s, %s or %s", o.Mode, ModeNode, ModeController, ModeAll))
+		errs = append(errs, fmt.Errorf("mode %q: want %s, %s, %s or %s", o.Mode, ModeNode, ModeController, ModeAll, ModeAgent))
 	}
-	if _, _, err := parseEndpoint(o.Endpoint); err != nil {
-		errs = append(errs, err)
+	switch {
+	case o.Mode == ModeAgent:
+		if o.Endpoint != "" {
+			errs = append(errs, fmt.Errorf("endpoint %q: the %s mode serves no CSI endpoint", o.Endpoint, ModeAgent))
+		}
+	default:
+		if _, _, err := parseEndpoint(o.Endpoint); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// servesNode says whether the mode runs the node's model code (the cache and the chain).
+func (o *Options) servesNode() bool {
+	return o.Mode == ModeNode || o.Mode == ModeAll || o.Mode == ModeAgent
 }
 
 // Driver is a configured plugin: its gRPC services and, on a node, the model cache.
@@ -168,7 +185,7 @@ func New(opts Options) (*Driver, error) {
 	ident := &identityServer{name: opts.DriverName, version: version.Get(), ready: func() bool { return d.cacheCheck() == nil }}
 	csi.RegisterIdentityServer(d.server, ident)
 
-	if opts.Mode == ModeNode || opts.Mode == ModeAll {
+	if opts.servesNode() {
 		node, err := newChainNode(opts)
 		if err != nil {
 			return nil, err
@@ -313,6 +330,9 @@ func (d *Driver) Serve(ctx context.Context) error {
 		}
 		d.Close()
 	}()
+	if d.opts.Mode == ModeAgent {
+		return fmt.Errorf("the %s mode serves no CSI endpoint", ModeAgent)
+	}
 	ln, err := listen(d.opts.Endpoint)
 	if err != nil {
 		return err

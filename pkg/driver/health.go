@@ -49,17 +49,11 @@ func (d *Driver) ready(ctx context.Context) error {
 // noEndpoint is the liveness of a driver that is not serving CSI: fine for the node agent
 // (which never serves it), a failure for a plugin whose endpoint is down.
 func (d *Driver) noEndpoint() error {
-	if d.opts.Endpoint == agentEndpoint {
+	if d.opts.Mode == ModeAgent {
 		return nil
 	}
 	return fmt.Errorf("the CSI endpoint %s is not serving", d.opts.Endpoint)
 }
-
-// agentEndpoint is the endpoint of a Driver that stages models without serving CSI.
-const agentEndpoint = "unix:///dev/null"
-
-// AgentEndpoint is the Endpoint to give a Driver used without CSI (Stage only).
-func AgentEndpoint() string { return agentEndpoint }
 
 // cacheCheck is the cache's readiness (nil without a cache).
 func (d *Driver) cacheCheck() error {

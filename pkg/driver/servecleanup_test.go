@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/driver"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -19,16 +21,8 @@ import (
 // inMountTable reports whether path is a mount point in this process's mount table.
 func inMountTable(t *testing.T, path string) bool {
 	t.Helper()
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
-			return true
-		}
-	}
-	return false
+	m, err := mountinfo.Mounted(path)
+	return err == nil && m
 }
 
 // TestRunStopsEverythingWhenServingFails: a node plugin whose CSI endpoint, HTTP endpoint or

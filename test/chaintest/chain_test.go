@@ -12,9 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/modelcast/modelcast/pkg/agent"
 	"github.com/modelcast/modelcast/pkg/broadcast"
+	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/pkg/coord"
+	"github.com/modelcast/modelcast/test/agenttest"
 	"github.com/modelcast/modelcast/test/redistest"
 )
 
@@ -24,15 +29,15 @@ func noHook() agentOpt { return agentOpt{corrupt: -1} }
 
 // startChain starts n agents one after another, each once the one before it has its place in
 // the chain (or is ready), so join order is start order.
-func (w *world) startChain(n int, opts func(i int) agentOpt) []*agent {
-	var as []*agent
+func (w *world) startChain(n int, opts func(i int) agentOpt) []*node {
+	var as []*node
 	for i := range n {
 		o := noHook()
 		if opts != nil {
 			o = opts(i)
 		}
 		as = append(as, w.start(i, o))
-		as[i].waitFor(w.t, "a place in the chain", 30*time.Second, func(e event) bool {
+		as[i].waitFor(w.t, "a place in the chain", 30*time.Second, func(e agent.Event) bool {
 			return strings.Contains(e.From, "(position ") || e.Event == "ready"
 		})
 	}
@@ -47,12 +52,12 @@ func TestFourNodesOneOSSStream(t *testing.T) {
 	var fromOSS int64
 	for _, a := range as {
 		e := a.ready(t)
-		w.checkModel(t, a.name, e)
+		w.checkModel(t, a.Name, e)
 		if e.FromOSS+e.FromPeers != w.size {
-			t.Errorf("%s received %d from OSS and %d from peers, want the model's %d once", a.name, e.FromOSS, e.FromPeers, w.size)
+			t.Errorf("%s received %d from OSS and %d from peers, want the model's %d once", a.Name, e.FromOSS, e.FromPeers, w.size)
 		}
 		fromOSS += e.FromOSS
-		t.Logf("%s ready in %.2f s: %d bytes from OSS, %d from peers, served %d", a.name, e.Seconds, e.FromOSS, e.FromPeers, e.Served)
+		t.Logf("%s ready in %.2f s: %d bytes from OSS, %d from peers, served %d", a.Name, e.Seconds, e.FromOSS, e.FromPeers, e.Served)
 	}
 	served := w.emu.Stats().BytesServed
 	t.Logf("OSS served %d bytes for a %d-byte model (%.3fx)", served, w.size, float64(served)/float64(w.size))
@@ -85,7 +90,7 @@ func TestFourNodesOneOSSStream(t *testing.T) {
 			{"modelcast_cache_models", nil, 1},
 		} {
 			if got := s.Get(c.name, c.labels...); got != c.want {
-				t.Errorf("%s: %s%v = %v, want %v", a.name, c.name, c.labels, got, c.want)
+				t.Errorf("%s: %s%v = %v, want %v", a.Name, c.name, c.labels, got, c.want)
 			}
 		}
 	}
@@ -100,15 +105,15 @@ func TestKillMiddleNode(t *testing.T) {
 	w.emu.ResetStats()
 	as := w.startChain(4, nil)
 	victim := as[1]
-	victim.waitFor(t, "half the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/2 })
-	victim.kill()
-	for _, a := range []*agent{as[0], as[2], as[3]} {
+	victim.waitFor(t, "half the model", time.Minute, func(e agent.Event) bool { return e.Event == "progress" && e.Done >= w.size/2 })
+	victim.Kill()
+	for _, a := range []*node{as[0], as[2], as[3]} {
 		e := a.ready(t)
-		w.checkModel(t, a.name, e)
+		w.checkModel(t, a.Name, e)
 		if e.FromOSS+e.FromPeers != w.size {
-			t.Errorf("%s received %d bytes in all (%d from OSS), want %d: bytes were fetched again", a.name, e.FromOSS+e.FromPeers, e.FromOSS, w.size)
+			t.Errorf("%s received %d bytes in all (%d from OSS), want %d: bytes were fetched again", a.Name, e.FromOSS+e.FromPeers, e.FromOSS, w.size)
 		}
-		t.Logf("%s ready in %.2f s: %d from OSS, %d from peers", a.name, e.Seconds, e.FromOSS, e.FromPeers)
+		t.Logf("%s ready in %.2f s: %d from OSS, %d from peers", a.Name, e.Seconds, e.FromOSS, e.FromPeers)
 	}
 	if served := w.emu.Stats().BytesServed; served != w.size {
 		t.Errorf("OSS served %d bytes for a %d-byte model, want one copy", served, w.size)
@@ -128,15 +133,15 @@ func TestKillHead(t *testing.T) {
 	w.emu.SetEgressRate(8 * mib)
 	w.emu.ResetStats()
 	as := w.startChain(3, nil)
-	as[0].waitFor(t, "half the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/2 })
-	as[0].kill()
+	as[0].waitFor(t, "half the model", time.Minute, func(e agent.Event) bool { return e.Event == "progress" && e.Done >= w.size/2 })
+	as[0].Kill()
 	for _, a := range as[1:] {
 		e := a.ready(t)
-		w.checkModel(t, a.name, e)
+		w.checkModel(t, a.Name, e)
 		if e.FromOSS+e.FromPeers != w.size {
-			t.Errorf("%s received %d bytes in all, want %d", a.name, e.FromOSS+e.FromPeers, w.size)
+			t.Errorf("%s received %d bytes in all, want %d", a.Name, e.FromOSS+e.FromPeers, w.size)
 		}
-		t.Logf("%s ready in %.2f s: %d from OSS, %d from peers", a.name, e.Seconds, e.FromOSS, e.FromPeers)
+		t.Logf("%s ready in %.2f s: %d from OSS, %d from peers", a.Name, e.Seconds, e.FromOSS, e.FromPeers)
 	}
 	chunk := broadcast.DefaultChunkSize
 	bound := w.size + int64(w.headCon)*2*chunk + 4*mib
@@ -163,7 +168,7 @@ func TestCorruptedRelay(t *testing.T) {
 		return noHook()
 	})
 	for _, a := range as {
-		w.checkModel(t, a.name, a.ready(t))
+		w.checkModel(t, a.Name, a.ready(t))
 	}
 	if !strings.Contains(as[1].stderr.String(), "Test hook: sending a corrupted chunk") {
 		t.Fatalf("the corruption hook never fired")
@@ -186,7 +191,7 @@ func TestPeerAuthentication(t *testing.T) {
 	w := newWorld(t, 4*mib, redistest.Options{})
 	a := w.startChain(1, nil)[0]
 	ready := a.ready(t)
-	addr := a.waitFor(t, "start", time.Second, func(e event) bool { return e.Event == "start" }).Addr
+	addr := a.waitFor(t, "start", time.Second, func(e agent.Event) bool { return e.Event == "start" }).Addr
 	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr()})
 	defer rdb.Close()
 	token, err := rdb.Get(t.Context(), "modelcast:{"+tenant+"}:token").Result()
@@ -274,9 +279,9 @@ func TestRedisDownBeforeJoin(t *testing.T) {
 	as := w.startChain(3, nil)
 	for _, a := range as {
 		e := a.ready(t)
-		w.checkModel(t, a.name, e)
+		w.checkModel(t, a.Name, e)
 		if e.FromOSS != w.size {
-			t.Errorf("%s: %d bytes from OSS, want all %d (no coordination)", a.name, e.FromOSS, w.size)
+			t.Errorf("%s: %d bytes from OSS, want all %d (no coordination)", a.Name, e.FromOSS, w.size)
 		}
 	}
 	if served := w.emu.Stats().BytesServed; served != 3*w.size {
@@ -285,17 +290,14 @@ func TestRedisDownBeforeJoin(t *testing.T) {
 	w.redis.Restart()
 	rdb := redis.NewClient(&redis.Options{Addr: w.redis.Addr()})
 	defer rdb.Close()
-	waitFor(t, "the three nodes in the model's chain", time.Minute, func() bool {
-		keys, err := rdb.Keys(t.Context(), "modelcast:{"+tenant+"/*}:chain").Result()
-		if err != nil || len(keys) != 1 {
-			return false
-		}
-		n, err := rdb.ZCard(t.Context(), keys[0]).Result()
-		return err == nil && n == 3
-	})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if _, err := agenttest.WaitChain(ctx, coord.NewCoordinator(rdb), tenant, "oss://models/qwen/", func(ms []coord.Member) bool { return len(ms) == 3 }); err != nil {
+		t.Fatalf("the three nodes never joined the model's chain: %v", err)
+	}
 	late := w.start(3, noHook())
 	e := late.ready(t)
-	w.checkModel(t, late.name, e)
+	w.checkModel(t, late.Name, e)
 	if e.FromPeers != w.size || e.FromOSS != 0 {
 		t.Errorf("the node after Redis came back got %d bytes from peers and %d from OSS, want all from peers", e.FromPeers, e.FromOSS)
 	}
@@ -323,10 +325,10 @@ func TestRedisRestartMidTransfer(t *testing.T) {
 	w.emu.SetEgressRate(8 * mib)
 	w.emu.ResetStats()
 	as := w.startChain(3, nil)
-	as[2].waitFor(t, "a quarter of the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/4 })
+	as[2].waitFor(t, "a quarter of the model", time.Minute, func(e agent.Event) bool { return e.Event == "progress" && e.Done >= w.size/4 })
 	w.redis.Restart()
 	for _, a := range as {
-		w.checkModel(t, a.name, a.ready(t))
+		w.checkModel(t, a.Name, a.ready(t))
 	}
 	// The nodes rejoined at the positions they had: the chain went on as it was, and no node
 	// turned to OSS.
@@ -336,7 +338,7 @@ func TestRedisRestartMidTransfer(t *testing.T) {
 	// A node joining after the restart finds the chain again (the heartbeats rebuilt it).
 	late := w.start(3, noHook())
 	e := late.ready(t)
-	w.checkModel(t, late.name, e)
+	w.checkModel(t, late.Name, e)
 	if e.FromPeers != w.size {
 		t.Errorf("the late joiner got %d bytes from peers and %d from OSS, want all from a complete peer", e.FromPeers, e.FromOSS)
 	}
@@ -350,15 +352,15 @@ func TestRedisRestartThenHeadDies(t *testing.T) {
 	w.emu.SetEgressRate(8 * mib)
 	w.emu.ResetStats()
 	as := w.startChain(3, nil)
-	as[2].waitFor(t, "a quarter of the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/4 })
+	as[2].waitFor(t, "a quarter of the model", time.Minute, func(e agent.Event) bool { return e.Event == "progress" && e.Done >= w.size/4 })
 	w.redis.Restart()
-	as[2].waitFor(t, "a third of the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/3 })
-	as[0].kill()
+	as[2].waitFor(t, "a third of the model", time.Minute, func(e agent.Event) bool { return e.Event == "progress" && e.Done >= w.size/3 })
+	as[0].Kill()
 	for _, a := range as[1:] {
 		e := a.ready(t)
-		w.checkModel(t, a.name, e)
+		w.checkModel(t, a.Name, e)
 		if e.FromOSS+e.FromPeers != w.size {
-			t.Errorf("%s received %d bytes in all, want %d", a.name, e.FromOSS+e.FromPeers, w.size)
+			t.Errorf("%s received %d bytes in all, want %d", a.Name, e.FromOSS+e.FromPeers, w.size)
 		}
 	}
 	bound := w.size + int64(w.headCon)*2*broadcast.DefaultChunkSize + 4*mib
@@ -375,15 +377,15 @@ func TestFrozenPredecessorReplaced(t *testing.T) {
 	w.emu.SetEgressRate(2 * mib) // 16 s of OSS: the freeze is well inside it
 	w.emu.ResetStats()
 	as := w.startChain(3, nil)
-	at := as[2].waitFor(t, "an eighth of the model", time.Minute, func(e event) bool { return e.Event == "progress" && e.Done >= w.size/8 })
-	if err := as[1].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	at := as[2].waitFor(t, "an eighth of the model", time.Minute, func(e agent.Event) bool { return e.Event == "progress" && e.Done >= w.size/8 })
+	if err := as[1].Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	frozen := time.Now()
-	thaw := sync.OnceFunc(func() { _ = as[1].cmd.Process.Signal(syscall.SIGCONT) })
+	thaw := sync.OnceFunc(func() { _ = as[1].Signal(syscall.SIGCONT) })
 	defer thaw()
 	// node-2 had at most what node-1 had; once re-linked to node-0 it gets more.
-	as[2].waitFor(t, "progress past the frozen node", 30*time.Second, func(e event) bool {
+	as[2].waitFor(t, "progress past the frozen node", 30*time.Second, func(e agent.Event) bool {
 		return e.Event == "progress" && e.Done > at.Done+4*mib && strings.Contains(e.From, "node-0")
 	})
 	if d := time.Since(frozen); d > 15*time.Second {
@@ -391,7 +393,7 @@ func TestFrozenPredecessorReplaced(t *testing.T) {
 	}
 	thaw()
 	for _, a := range as {
-		w.checkModel(t, a.name, a.ready(t))
+		w.checkModel(t, a.Name, a.ready(t))
 	}
 	if served := w.emu.Stats().BytesServed; served != w.size {
 		t.Errorf("OSS served %d bytes, want one copy (%d)", served, w.size)
@@ -404,11 +406,11 @@ func TestRedisACL(t *testing.T) {
 	w := newWorld(t, 8*mib, redistest.Options{Username: "modelcast", Password: "acl-password"})
 	as := w.startChain(2, nil)
 	for _, a := range as {
-		w.checkModel(t, a.name, a.ready(t))
+		w.checkModel(t, a.Name, a.ready(t))
 	}
 	bad := w.start(2, agentOpt{corrupt: -1, dbPass: "not-the-password"})
 	e := bad.ready(t)
-	w.checkModel(t, bad.name, e)
+	w.checkModel(t, bad.Name, e)
 	log := bad.stderr.String()
 	if !strings.Contains(log, w.redis.Addr()) || !strings.Contains(log, "WRONGPASS") || strings.Contains(log, "not-the-password") {
 		t.Errorf("the node's log should name the Redis address and the refusal, never the password:\n%s", tail(log, 2000))
@@ -440,15 +442,15 @@ func TestRedisTLSClientCertificate(t *testing.T) {
 	w := newWorld(t, 4*mib, redistest.Options{TLS: true, ClientCerts: true})
 	ca := w.redis.CACertFile()
 	cert, key := w.redis.ClientCertFiles()
-	w.dbTLS = map[string]any{"caFile": ca, "certFile": cert, "keyFile": key}
+	w.dbTLS = config.DB{CAFile: ca, CertFile: cert, KeyFile: key}
 	as := w.startChain(2, nil)
 	for _, a := range as {
-		w.checkModel(t, a.name, a.ready(t))
+		w.checkModel(t, a.Name, a.ready(t))
 	}
 	if e := as[1].ready(t); e.FromPeers != w.size {
 		t.Errorf("the second node got %d bytes from peers, want the model", e.FromPeers)
 	}
-	w.dbTLS = map[string]any{"caFile": ca}
+	w.dbTLS = config.DB{CAFile: ca}
 	anonymous := w.start(2, noHook())
 	e := anonymous.ready(t)
 	if s := anonymous.metrics(t); s.Get("modelcast_broadcast_coordination", "state", "refused") != 1 {
@@ -464,18 +466,18 @@ func TestRedisTLSClientCertificate(t *testing.T) {
 func TestRedisTLSPrivateCA(t *testing.T) {
 	w := newWorld(t, 8*mib, redistest.Options{TLS: true})
 	ca := w.redis.CACertFile()
-	w.dbTLS = map[string]any{"tls": true, "caFile": ca}
+	w.dbTLS = config.DB{TLS: true, CAFile: ca}
 	as := w.startChain(2, nil)
 	for _, a := range as {
-		w.checkModel(t, a.name, a.ready(t))
+		w.checkModel(t, a.Name, a.ready(t))
 	}
 	if e := as[1].ready(t); e.FromPeers != w.size {
 		t.Errorf("the second node got %d bytes from peers, want the model: broadcasting over TLS", e.FromPeers)
 	}
-	w.dbTLS = map[string]any{"tls": true}
+	w.dbTLS = config.DB{TLS: true}
 	untrusting := w.start(2, noHook())
 	e := untrusting.ready(t)
-	w.checkModel(t, untrusting.name, e)
+	w.checkModel(t, untrusting.Name, e)
 	if log := untrusting.stderr.String(); !strings.Contains(log, "Redis refuses this node") || !strings.Contains(log, "certificate") {
 		t.Errorf("a node that does not trust the server's certificate should say so:\n%s", tail(log, 2000))
 	}
@@ -492,14 +494,14 @@ func TestAgentLeavesNoMount(t *testing.T) {
 	}
 	w := newWorld(t, 4*mib, redistest.Options{})
 	a := w.start(0, agentOpt{corrupt: -1, tmpfs: true})
-	w.checkModel(t, a.name, a.ready(t))
+	w.checkModel(t, a.Name, a.ready(t))
 	if !mounted(t, a.cacheRoot) {
 		t.Fatalf("the agent's cache %s is not a mount: nothing to test", a.cacheRoot)
 	}
-	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := a.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	<-a.exited
+	<-a.Exited()
 	if mounted(t, a.cacheRoot) {
 		_ = syscall.Unmount(a.cacheRoot, syscall.MNT_DETACH)
 		t.Errorf("the agent left its cache tmpfs mounted at %s", a.cacheRoot)
@@ -508,14 +510,6 @@ func TestAgentLeavesNoMount(t *testing.T) {
 
 func mounted(t *testing.T, dir string) bool {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
-			return true
-		}
-	}
-	return false
+	m, err := mountinfo.Mounted(dir)
+	return err == nil && m
 }

@@ -4,23 +4,19 @@
 package chaintest
 
 import (
-	"bufio"
 	"bytes"
-	"encoding/json"
+	"context"
 	"fmt"
-	"io"
-	"maps"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/modelcast/modelcast/pkg/agent"
+	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/test/agenttest"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/promtest"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -33,31 +29,14 @@ const (
 	tenant = "team"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// pluginBinary builds csi-plugin once for the package.
+// pluginBinary builds csi-plugin once for the package, with the agent's test hooks.
 func pluginBinary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "chaintest-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "csi-plugin")
-		out, err := exec.Command("go", "build", "-tags", "modelcast_testhooks", "-o", binPath, "github.com/modelcast/modelcast/cmd/csi-plugin").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %w: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	bin, err := agenttest.BuildPlugin("modelcast_testhooks")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return binPath
+	return bin
 }
 
 // world is a Redis, an emulator with the model oss://models/qwen/, and the agents' settings.
@@ -70,17 +49,21 @@ type world struct {
 	size    int64
 	dbUser  string
 	dbPass  string
-	dbTLS   map[string]any // extra broadcast.db keys (tls, caFile, …) for agents started next
+	dbTLS   config.DB // broadcast.db's TLS keys (tls, caFile, certFile, keyFile) for agents started next
 	headCon int
 }
 
 func newWorld(t *testing.T, size int64, ropts redistest.Options) *world {
 	t.Helper()
+	port, err := agenttest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	w := &world{
 		t:       t,
 		emu:     ossemu.Start(t, ossemu.Options{Region: region, Credentials: []ossemu.Credential{{AccessKeyID: ak, AccessKeySecret: sk}}}),
 		redis:   redistest.Start(t, ropts),
-		port:    freePort(t),
+		port:    port,
 		files:   map[string][]byte{},
 		dbUser:  ropts.Username,
 		dbPass:  ropts.Password,
@@ -103,62 +86,11 @@ func newWorld(t *testing.T, size int64, ropts redistest.Options) *world {
 	return w
 }
 
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// event is one JSON line of an agent.
-type event struct {
-	Event     string  `json:"event"`
-	Node      string  `json:"node"`
-	Done      int64   `json:"done"`
-	Total     int64   `json:"total"`
-	From      string  `json:"from"`
-	Seconds   float64 `json:"seconds"`
-	FromOSS   int64   `json:"fromOSS"`
-	FromPeers int64   `json:"fromPeers"`
-	Served    int64   `json:"served"`
-	Verified  bool    `json:"verified"`
-	Dir       string  `json:"dir"`
-	Addr      string  `json:"addr"`
-	HTTP      string  `json:"http"`
-	Error     string  `json:"error"`
-}
-
-// syncBuffer is a buffer the process writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// agent is one node agent process.
-type agent struct {
-	name      string
-	ip        string
+// node is one node agent process.
+type node struct {
+	*agenttest.Proc
 	cacheRoot string
-	cmd       *exec.Cmd
-	stderr    *syncBuffer
-	mu        sync.Mutex
-	events    []event
-	change    chan struct{} // closed and replaced on every event
-	exited    chan struct{}
+	stderr    *agenttest.Log
 }
 
 type agentOpt struct {
@@ -169,64 +101,54 @@ type agentOpt struct {
 	verbosity int  // klog -v (at least 2)
 }
 
+// agentConfig is the configuration of an agent whose directory is dir.
+func (w *world) agentConfig(dir string, o agentOpt) config.Config {
+	db, err := agenttest.RedisDB(w.redis.Addr())
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	db.Username, db.Password = w.dbUser, w.dbPass
+	if o.dbPass != "" {
+		db.Password = o.dbPass
+	}
+	if o.noRedis {
+		db.Host = ""
+	}
+	db.TLS, db.CAFile, db.CertFile, db.KeyFile = w.dbTLS.TLS, w.dbTLS.CAFile, w.dbTLS.CertFile, w.dbTLS.KeyFile
+	return config.Config{
+		ExpireTimeSec: 600,
+		Prefetch:      config.Prefetch{VCPUs: 2, Workers: 4},
+		Broadcast:     config.Broadcast{EnableBroadcast: true, Tenant: tenant, HeadConcurrency: w.headCon, DB: db},
+		BindPort:      w.port,
+		Cache:         config.Cache{Root: filepath.Join(dir, "cache"), Tmpfs: agenttest.Ptr(o.tmpfs), TmpfsSize: "256m"},
+	}
+}
+
 // start runs agent i (address 127.0.0.<10+i>) staging the model.
-func (w *world) start(i int, o agentOpt) *agent {
+func (w *world) start(i int, o agentOpt) *node {
 	t := w.t
 	t.Helper()
 	name := fmt.Sprintf("node-%d", i)
 	ip := fmt.Sprintf("127.0.0.%d", 10+i)
 	dir := t.TempDir()
-	pass := w.dbPass
-	if o.dbPass != "" {
-		pass = o.dbPass
-	}
-	host, port, _ := net.SplitHostPort(w.redis.Addr())
-	if o.noRedis {
-		host = ""
-	}
-	p, _ := strconv.Atoi(port)
-	db := map[string]any{"host": host, "port": p, "username": w.dbUser, "password": pass}
-	maps.Copy(db, w.dbTLS)
-	cfg := map[string]any{
-		"expireTimeSec": 600,
-		"prefetch":      map[string]any{"vcpus": 2, "workers": 4},
-		"broadcast": map[string]any{"enableBroadcast": true, "tenant": tenant, "headConcurrency": w.headCon,
-			"db": db},
-		"bindPort": w.port,
-		"cache":    map[string]any{"root": filepath.Join(dir, "cache"), "tmpfs": o.tmpfs, "tmpfsSize": "256m"},
-	}
-	b, _ := json.Marshal(cfg)
-	cfgPath := filepath.Join(dir, "config.json")
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"agent", "--config", cfgPath, "--node-id", name, "--node-ip", ip, "--verify", "--interval", "100ms",
-		"--http-endpoint", ip + ":0", "-v", strconv.Itoa(max(2, o.verbosity))}
-	if o.corrupt >= 0 {
-		args = append(args, "--test-corrupt-chunk", strconv.Itoa(o.corrupt))
-	}
-	cmd := exec.Command(pluginBinary(t), append(args, "oss://models/qwen/")...)
-	cmd.Env = append(os.Environ(), "OSS_ENDPOINT="+w.emu.Endpoint(), "OSS_REGION="+region, "OSS_ACCESS_KEY_ID="+ak, "OSS_ACCESS_KEY_SECRET="+sk)
-	a := &agent{name: name, ip: ip, cmd: cmd, cacheRoot: filepath.Join(dir, "cache"), stderr: &syncBuffer{}, change: make(chan struct{}), exited: make(chan struct{})}
-	cmd.Stderr = a.stderr
-	out, err := cmd.StdoutPipe()
+	cfgPath, err := agenttest.WriteConfig(dir, w.agentConfig(dir, o))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	flags := []string{"--verify", "--interval", "100ms", "--http-endpoint", ip + ":0", "-v", strconv.Itoa(max(2, o.verbosity))}
+	if o.corrupt >= 0 {
+		flags = append(flags, "--test-corrupt-chunk", strconv.Itoa(o.corrupt))
+	}
+	a := &node{cacheRoot: filepath.Join(dir, "cache"), stderr: &agenttest.Log{}}
+	a.Proc, err = agenttest.Start(agenttest.Spec{Bin: pluginBinary(t), Config: cfgPath, NodeID: name, NodeIP: ip, Flags: flags,
+		Model: "oss://models/qwen/", Env: agenttest.OSSEnv(w.emu.Endpoint(), region, ak, sk), Stderr: a.stderr})
+	if err != nil {
 		t.Fatal(err)
 	}
-	go a.read(out)
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-a.exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-a.exited
-		}
+		a.Stop(10 * time.Second)
 		if t.Failed() {
-			t.Logf("%s stderr (last 3 KB):\n%s", name, tail(a.stderr.String(), 3000))
+			t.Logf("%s stderr (last 3 KB):\n%s", name, a.stderr.Tail(3000))
 		}
 	})
 	return a
@@ -239,78 +161,35 @@ func tail(s string, n int) string {
 	return s
 }
 
-func (a *agent) read(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		var e event
-		if json.Unmarshal(sc.Bytes(), &e) != nil {
-			continue
-		}
-		a.mu.Lock()
-		a.events = append(a.events, e)
-		close(a.change)
-		a.change = make(chan struct{})
-		a.mu.Unlock()
-	}
-	_ = a.cmd.Wait()
-	close(a.exited)
-}
-
-// waitFor waits until an event satisfies ok (or the deadline), and returns it.
-func (a *agent) waitFor(t *testing.T, what string, timeout time.Duration, ok func(event) bool) event {
+// waitFor waits until an event satisfies ok (or the deadline), and returns it; an error line
+// or the agent's exit first fails the test.
+func (a *node) waitFor(t *testing.T, what string, timeout time.Duration, ok func(agent.Event) bool) agent.Event {
 	t.Helper()
-	deadline := time.After(timeout)
-	seen := 0
-	for {
-		a.mu.Lock()
-		evs, ch := a.events[seen:], a.change
-		seen = len(a.events)
-		a.mu.Unlock()
-		for _, e := range evs {
-			if e.Event == "error" {
-				t.Fatalf("%s failed: %s\n%s", a.name, e.Error, tail(a.stderr.String(), 3000))
-			}
-			if ok(e) {
-				return e
-			}
-		}
-		select {
-		case <-ch:
-		case <-a.exited:
-			a.mu.Lock()
-			n := len(a.events)
-			a.mu.Unlock()
-			if n == seen {
-				t.Fatalf("%s exited before %s\n%s", a.name, what, tail(a.stderr.String(), 3000))
-			}
-		case <-deadline:
-			t.Fatalf("%s: no %s within %s\n%s", a.name, what, timeout, tail(a.stderr.String(), 3000))
-		}
+	e, err := a.WaitFor(ok, timeout)
+	if err != nil {
+		t.Fatalf("%s: no %s: %v\n%s", a.Name, what, err, a.stderr.Tail(3000))
 	}
+	return e
 }
 
-func (a *agent) ready(t *testing.T) event {
-	return a.waitFor(t, "ready", 2*time.Minute, func(e event) bool { return e.Event == "ready" })
+func (a *node) ready(t *testing.T) agent.Event {
+	return a.waitFor(t, "ready", 2*time.Minute, agenttest.IsReady)
 }
 
 // metrics scrapes the agent's /metrics.
-func (a *agent) metrics(t *testing.T) *promtest.Samples {
+func (a *node) metrics(t *testing.T) *promtest.Samples {
 	t.Helper()
-	start := a.waitFor(t, "start", 30*time.Second, func(e event) bool { return e.Event == "start" })
-	s, err := promtest.Scrape(t.Context(), "http://"+start.HTTP+"/metrics")
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	s, err := a.Metrics(ctx)
 	if err != nil {
-		t.Fatalf("%s: %v", a.name, err)
+		t.Fatalf("%s: %v\n%s", a.Name, err, a.stderr.Tail(3000))
 	}
 	return s
 }
 
-func (a *agent) kill() {
-	_ = a.cmd.Process.Kill()
-	<-a.exited
-}
-
 // checkModel reads the agent's staged model and compares every file with the source.
-func (w *world) checkModel(t *testing.T, name string, e event) {
+func (w *world) checkModel(t *testing.T, name string, e agent.Event) {
 	t.Helper()
 	if !e.Verified {
 		t.Errorf("%s: ready without its end-to-end CRC-64 check", name)

@@ -5,10 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,6 +16,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/test/agenttest"
 	"github.com/modelcast/modelcast/test/redistest"
 )
 
@@ -97,7 +97,7 @@ func TestStatus(t *testing.T) {
 	outputs = append(outputs, frames)
 
 	for _, a := range as {
-		w.checkModel(t, a.name, a.ready(t))
+		w.checkModel(t, a.Name, a.ready(t))
 	}
 	// Ready: each node's completion is published when it commits.
 	table := w.status(t)
@@ -117,7 +117,7 @@ func TestStatus(t *testing.T) {
 	}
 
 	// A node gone (SIGKILL, no goodbye) shows as gone once its heartbeat expires.
-	as[2].kill()
+	as[2].Kill()
 	deadline = time.Now().Add(30 * time.Second)
 	for !regexp.MustCompile(`(?m)^  3 +node-2 .* gone$`).MatchString(table) {
 		if time.Now().After(deadline) {
@@ -159,12 +159,13 @@ func TestStatus(t *testing.T) {
 // (it comes from the environment).
 func (w *world) statusConfig(t *testing.T) string {
 	t.Helper()
-	host, port, _ := net.SplitHostPort(w.redis.Addr())
-	p, _ := strconv.Atoi(port)
-	b, _ := json.Marshal(map[string]any{"broadcast": map[string]any{"enableBroadcast": true, "tenant": tenant,
-		"db": map[string]any{"host": host, "port": p, "username": w.dbUser}}})
-	path := filepath.Join(t.TempDir(), "config.json")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
+	db, err := agenttest.RedisDB(w.redis.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Username = w.dbUser
+	path, err := agenttest.WriteConfig(t.TempDir(), config.Config{Broadcast: config.Broadcast{EnableBroadcast: true, Tenant: tenant, DB: db}})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -201,7 +202,7 @@ func (w *world) watchStatus(t *testing.T, frames int) string {
 	t.Helper()
 	cmd := exec.Command(pluginBinary(t), "status", "--config", w.statusConfig(t), "--watch", "--interval", "200ms")
 	cmd.Env = append(os.Environ(), "MODELCAST_REDIS_PASSWORD="+w.dbPass)
-	var out, errOut syncBuffer
+	var out, errOut agenttest.Log
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/modelcast/modelcast/pkg/coord"
 )
 
 // rebuildTime is how long after Redis answers again the soak still counts as an outage: the
@@ -48,16 +50,17 @@ func TestChaos(t *testing.T) {
 		faults, firstFault, faultEnd, set.quiet, set.readyLimit)
 
 	w.t0 = time.Now()
+	chains := coord.NewCoordinator(w.rdb)
 	for i := range set.agents - set.late {
 		s := w.slots[i]
 		r := w.startRun(s)
 		w.logf("start %s (%s, pid %d)", s.name, s.ip, r.pid)
-		select {
-		case <-r.start: // keep the join order: the first agent heads the chain
-		case <-r.exited:
-			t.Fatalf("%s exited at start:\n%s", s.name, r.stderr.tail(3000))
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s: no start event within 30 s:\n%s", s.name, r.stderr.tail(3000))
+		// Keep the join order: the first agent heads the chain, each next one joins behind.
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		_, err := r.p.WaitJoined(ctx, chains, tenant)
+		cancel()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, r.stderr.Tail(3000))
 		}
 	}
 	stop, checked := make(chan struct{}), make(chan struct{})
@@ -206,7 +209,7 @@ func (w *world) waitReady() {
 			continue
 		case <-w.abort:
 			return
-		case <-r.exited:
+		case <-r.p.Exited():
 			w.fail(invAgents, "%s (run %d) exited before it was ready", s.name, r.gen)
 			return
 		case <-deadline:

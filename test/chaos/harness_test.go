@@ -25,15 +25,11 @@
 package chaos
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -44,6 +40,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/modelcast/modelcast/pkg/agent"
+	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/test/agenttest"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/redistest"
 )
@@ -119,75 +118,36 @@ func settingsFromEnv(t *testing.T) settings {
 	return s
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
 // pluginBinary builds csi-plugin once for the package.
 func pluginBinary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "chaos-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "csi-plugin")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/modelcast/modelcast/cmd/csi-plugin").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %w: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	bin, err := agenttest.BuildPlugin()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return binPath
+	return bin
 }
 
-// event is one JSON line of an agent.
-type event struct {
-	Event     string  `json:"event"`
-	Node      string  `json:"node"`
-	Done      int64   `json:"done"`
-	Total     int64   `json:"total"`
-	From      string  `json:"from"`
-	Seconds   float64 `json:"seconds"`
-	FromOSS   int64   `json:"fromOSS"`
-	FromPeers int64   `json:"fromPeers"`
-	Served    int64   `json:"served"`
-	Verified  bool    `json:"verified"`
-	Dir       string  `json:"dir"`
-	Addr      string  `json:"addr"`
-	HTTP      string  `json:"http"`
-	Error     string  `json:"error"`
+// logLines hands fn the agent's log a line at a time (exec's copy of its stderr is the one
+// writer).
+type logLines struct {
+	fn   func(line []byte)
+	part []byte
 }
 
-// tailBuffer keeps the last bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	b   []byte
-	max int
-}
-
-func (tb *tailBuffer) Write(p []byte) (int, error) {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	tb.b = append(tb.b, p...)
-	if len(tb.b) > 2*tb.max {
-		tb.b = append([]byte(nil), tb.b[len(tb.b)-tb.max:]...)
+func (l *logLines) Write(p []byte) (int, error) {
+	l.part = append(l.part, p...)
+	rest := l.part
+	for {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			break
+		}
+		l.fn(rest[:i])
+		rest = rest[i+1:]
 	}
+	l.part = append(l.part[:0], rest...)
 	return len(p), nil
-}
-
-func (tb *tailBuffer) tail(n int) string {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	if len(tb.b) > n {
-		return string(tb.b[len(tb.b)-n:])
-	}
-	return string(tb.b)
 }
 
 // slot is one agent: a node name and address that runs after run (each a process, with a
@@ -219,13 +179,11 @@ type mark struct {
 type run struct {
 	slot   *slot
 	gen    int
-	cmd    *exec.Cmd
+	p      *agenttest.Proc
 	pid    int
 	begun  time.Time
-	stderr *tailBuffer
-	start  chan struct{} // closed at the start event
+	stderr *agenttest.Log
 	ready  chan struct{} // closed at the ready event
-	exited chan struct{} // closed once the process is reaped
 
 	mu         sync.Mutex
 	done       int64 // bytes staged so far (progress), the model's size once ready
@@ -234,14 +192,13 @@ type run struct {
 	from       string
 	fromOSS    int64
 	fromPeers  int64
-	readyEv    *event
+	readyEv    *agent.Event
 	readyAt    time.Duration // on the soak's clock
-	errEv      *event
+	errEv      *agent.Event
 	unverified bool // a ready event without verified: true
 	staging    bool // it reported progress: its model is in the chain and served
 	fallback   bool // staged from OSS directly, Redis out of reach
 	signaled   bool // the soak ended it: its exit is expected
-	exitErr    error
 	marks      []mark
 }
 
@@ -275,6 +232,10 @@ type world struct {
 
 func newWorld(t *testing.T, set settings) *world {
 	t.Helper()
+	port, err := agenttest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	w := &world{
 		t:        t,
 		set:      set,
@@ -282,7 +243,7 @@ func newWorld(t *testing.T, set settings) *world {
 		root:     t.TempDir(),
 		emu:      ossemu.Start(t, ossemu.Options{Region: region, Credentials: []ossemu.Credential{{AccessKeyID: ak, AccessKeySecret: sk}}, EgressBytesPerSec: set.egress}),
 		redis:    redistest.Start(t, redistest.Options{}),
-		port:     freePort(t),
+		port:     port,
 		files:    map[string][]byte{},
 		abort:    make(chan struct{}),
 		counts:   map[string]int{},
@@ -324,15 +285,6 @@ func newWorld(t *testing.T, set settings) *world {
 	return w
 }
 
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // since is the soak's clock.
 func (w *world) since() time.Duration { return time.Since(w.t0) }
 
@@ -359,122 +311,77 @@ func (w *world) startRun(s *slot) *run {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	host, port, _ := net.SplitHostPort(w.redis.Addr())
-	p, _ := strconv.Atoi(port)
-	cfg := map[string]any{
-		"expireTimeSec": 3600,
-		"prefetch":      map[string]any{"vcpus": 2, "workers": 4},
-		"broadcast": map[string]any{"enableBroadcast": true, "tenant": tenant, "headConcurrency": w.set.headConc,
-			"db": map[string]any{"host": host, "port": p}},
-		"bindPort": w.port,
-		"cache":    map[string]any{"root": filepath.Join(dir, "cache"), "tmpfs": false},
-	}
-	b, _ := json.Marshal(cfg)
-	cfgPath := filepath.Join(dir, "config.json")
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(w.bin, "agent", "--config", cfgPath, "--node-id", s.name, "--node-ip", s.ip, "--verify",
-		"--interval", "200ms", "--http-endpoint", s.ip+":0", "-v", "2", "oss://"+bucket+"/"+modelPrefix)
-	cmd.Env = append(os.Environ(), "OSS_ENDPOINT="+w.emu.Endpoint(), "OSS_REGION="+region, "OSS_ACCESS_KEY_ID="+ak, "OSS_ACCESS_KEY_SECRET="+sk)
-	// The kernel kills the agent if the test process dies without its cleanups.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
+	db, err := agenttest.RedisDB(w.redis.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
-	stderr, err := cmd.StderrPipe()
+	cfgPath, err := agenttest.WriteConfig(dir, config.Config{
+		ExpireTimeSec: 3600,
+		Prefetch:      config.Prefetch{VCPUs: 2, Workers: 4},
+		Broadcast:     config.Broadcast{EnableBroadcast: true, Tenant: tenant, HeadConcurrency: w.set.headConc, DB: db},
+		BindPort:      w.port,
+		Cache:         config.Cache{Root: filepath.Join(dir, "cache"), Tmpfs: agenttest.Ptr(false)},
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	r := &run{slot: s, gen: gen, cmd: cmd, pid: cmd.Process.Pid, begun: now, stderr: &tailBuffer{max: 64 << 10},
-		start: make(chan struct{}), ready: make(chan struct{}), exited: make(chan struct{}), lastGrowth: now}
+	r := &run{slot: s, gen: gen, begun: now, stderr: &agenttest.Log{Max: 64 << 10}, ready: make(chan struct{}), lastGrowth: now}
+	r.p, err = agenttest.Start(agenttest.Spec{Bin: w.bin, Config: cfgPath, NodeID: s.name, NodeIP: s.ip,
+		Flags: []string{"--verify", "--interval", "200ms", "--http-endpoint", s.ip + ":0", "-v", "2"},
+		Model: "oss://" + bucket + "/" + modelPrefix, Env: agenttest.OSSEnv(w.emu.Endpoint(), region, ak, sk),
+		Stderr: io.MultiWriter(r.stderr, &logLines{fn: func(line []byte) { w.mark(r, line) }}), OnEvent: func(e agent.Event) { w.onEvent(r, e) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.pid = r.p.Pid()
 	w.mu.Lock()
 	s.runs = append(s.runs, r)
 	s.state, s.liveSince = stUp, now
 	w.mu.Unlock()
-	var pipes sync.WaitGroup
-	pipes.Add(2)
-	go func() {
-		defer pipes.Done()
-		w.readEvents(r, stdout)
-	}()
-	go func() {
-		defer pipes.Done()
-		w.readLog(r, stderr)
-	}()
-	go func() {
-		pipes.Wait()
-		err := cmd.Wait()
-		r.mu.Lock()
-		r.exitErr = err
-		r.mu.Unlock()
-		close(r.exited)
-	}()
 	return r
 }
 
-// readEvents follows the agent's JSON lines.
-func (w *world) readEvents(r *run, out io.Reader) {
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		var e event
-		if json.Unmarshal(sc.Bytes(), &e) != nil {
-			continue
+// onEvent follows the agent's JSON lines.
+func (w *world) onEvent(r *run, e agent.Event) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch e.Event {
+	case agent.EventProgress:
+		r.staging = true
+		if e.Done > r.done {
+			r.done, r.lastGrowth = e.Done, now
 		}
-		now := time.Now()
-		r.mu.Lock()
-		switch e.Event {
-		case "start":
-			close(r.start)
-		case "progress":
-			r.staging = true
-			if e.Done > r.done {
-				r.done, r.lastGrowth = e.Done, now
-			}
-			r.total, r.from, r.fromOSS, r.fromPeers = e.Total, e.From, e.FromOSS, e.FromPeers
-			if strings.Contains(e.From, "broadcast off") {
-				r.fallback = true
-			}
-		case "ready":
-			r.readyEv, r.readyAt = &e, w.since()
-			r.done, r.total, r.lastGrowth = e.Total, e.Total, now
-			r.fromOSS, r.fromPeers = e.FromOSS, e.FromPeers
-			if !e.Verified {
-				r.unverified = true
-			}
-			if strings.Contains(e.From, "broadcast off") {
-				r.fallback = true
-			}
-			close(r.ready)
-		case "error":
-			r.errEv = &e
+		r.total, r.from, r.fromOSS, r.fromPeers = e.Total, e.From, e.FromOSS, e.FromPeers
+		if strings.Contains(e.From, "broadcast off") {
+			r.fallback = true
 		}
-		r.mu.Unlock()
+	case agent.EventReady:
+		r.readyEv, r.readyAt = &e, w.since()
+		r.done, r.total, r.lastGrowth = e.Total, e.Total, now
+		r.fromOSS, r.fromPeers = e.FromOSS, e.FromPeers
+		if !e.Verified {
+			r.unverified = true
+		}
+		if strings.Contains(e.From, "broadcast off") {
+			r.fallback = true
+		}
+		close(r.ready)
+	case agent.EventError:
+		r.errEv = &e
 	}
-	_, _ = io.Copy(io.Discard, out)
 }
 
-// readLog keeps the agent's stderr tail and marks the lines that say where bytes come from.
-func (w *world) readLog(r *run, errs io.Reader) {
-	sc := bufio.NewScanner(errs)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		_, _ = r.stderr.Write(append(line, '\n'))
-		for _, m := range []string{logOSSHead, logTakeover, logNoChain, logFallback, logStepBack, logRelink} {
-			if bytes.Contains(line, []byte(m)) {
-				r.mu.Lock()
-				r.marks = append(r.marks, mark{w.since(), m})
-				r.mu.Unlock()
-			}
+// mark notes a line of the agent's log that says where bytes come from.
+func (w *world) mark(r *run, line []byte) {
+	for _, m := range []string{logOSSHead, logTakeover, logNoChain, logFallback, logStepBack, logRelink} {
+		if bytes.Contains(line, []byte(m)) {
+			r.mu.Lock()
+			r.marks = append(r.marks, mark{w.since(), m})
+			r.mu.Unlock()
 		}
 	}
-	_, _ = io.Copy(io.Discard, errs)
 }
 
 // signal sends sig to the run's process; end marks its exit as expected.
@@ -484,13 +391,13 @@ func (r *run) signal(sig syscall.Signal, end bool) {
 		r.signaled = true
 		r.mu.Unlock()
 	}
-	_ = r.cmd.Process.Signal(sig)
+	_ = r.p.Signal(sig)
 }
 
 // hasExited reports whether the process has exited and been reaped.
 func (r *run) hasExited() bool {
 	select {
-	case <-r.exited:
+	case <-r.p.Exited():
 		return true
 	default:
 		return false
@@ -500,7 +407,7 @@ func (r *run) hasExited() bool {
 // waitExit waits until the process has exited, at most d.
 func (r *run) waitExit(d time.Duration) bool {
 	select {
-	case <-r.exited:
+	case <-r.p.Exited():
 		return true
 	case <-time.After(d):
 		return false
@@ -516,10 +423,8 @@ func (w *world) killAll() {
 	}
 	w.mu.Unlock()
 	for _, r := range runs {
-		select {
-		case <-r.exited:
+		if r.hasExited() {
 			continue
-		default:
 		}
 		r.signal(syscall.SIGKILL, true)
 		r.waitExit(10 * time.Second)

@@ -86,12 +86,12 @@ func (w *world) dumpLocked() {
 	for _, s := range w.slots {
 		for _, r := range s.runs {
 			r.mu.Lock()
-			own := r.exitErr != nil && !r.signaled || r.errEv != nil && !r.signaled
+			own := r.p.Err() != nil && !r.signaled || r.errEv != nil && !r.signaled
 			r.mu.Unlock()
 			if r != s.cur() && !own {
 				continue
 			}
-			w.t.Logf("---- %s run %d (pid %d) stderr, last 3 KB:\n%s", s.name, r.gen, r.pid, r.stderr.tail(3000))
+			w.t.Logf("---- %s run %d (pid %d) stderr, last 3 KB:\n%s", s.name, r.gen, r.pid, r.stderr.Tail(3000))
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -124,14 +124,9 @@ func (w *world) check(ctx context.Context) {
 	for _, s := range w.slots {
 		for _, r := range s.runs {
 			r.mu.Lock()
-			exitErr, errEv, signaled, unverified := r.exitErr, r.errEv, r.signaled, r.unverified
+			exitErr, errEv, signaled, unverified := r.p.Err(), r.errEv, r.signaled, r.unverified
 			r.mu.Unlock()
-			exited := false
-			select {
-			case <-r.exited:
-				exited = true
-			default:
-			}
+			exited := r.hasExited()
 			if !signaled && !w.acct.reported[r] && (exited || errEv != nil) {
 				w.acct.reported[r] = true
 				msg := fmt.Sprintf("%s (run %d, pid %d) ended on its own", s.name, r.gen, r.pid)
@@ -334,7 +329,7 @@ func (w *world) stopAll() {
 	w.inv[invClean].checks++
 	w.mu.Unlock()
 	for _, r := range runs {
-		_ = r.cmd.Process.Signal(syscall.SIGCONT)
+		_ = r.p.Signal(syscall.SIGCONT)
 		r.signal(syscall.SIGTERM, true)
 	}
 	for _, r := range runs {

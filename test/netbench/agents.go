@@ -1,68 +1,40 @@
 package netbench
 
 import (
-	"bufio"
 	"cmp"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// Event is one line of an agent (see cmd/csi-plugin/agent.go).
-type Event struct {
-	Event     string  `json:"event"`
-	Node      string  `json:"node"`
-	Done      int64   `json:"done"`
-	Total     int64   `json:"total"`
-	From      string  `json:"from"`
-	FromOSS   int64   `json:"fromOSS"`
-	FromPeers int64   `json:"fromPeers"`
-	Served    int64   `json:"served"`
-	Verified  bool    `json:"verified"`
-	Seconds   float64 `json:"seconds"` // ready: from its start line to the model staged, before --verify
-	Error     string  `json:"error"`
-	CPU       float64 `json:"cpu"`       // the agent's core-seconds so far (user + system)
-	VerifyCPU float64 `json:"verifyCPU"` // ready: core-seconds of the --verify re-read alone
-}
+	"github.com/modelcast/modelcast/pkg/agent"
+	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/test/agenttest"
+)
 
 // positionRE finds a node's place in its chain in an event's From: "OSS (position 1 of 8)".
 var positionRE = regexp.MustCompile(`\(position (\d+) of (\d+)`)
 
-// agent is one node agent process in its host's namespace.
-type agent struct {
-	name    string
+// hasPosition: the line says where the node is in its chain.
+func hasPosition(e agent.Event) bool { return positionRE.MatchString(e.From) }
+
+// node is one node agent process in its host's namespace.
+type node struct {
+	*agenttest.Proc
 	started time.Time
-	cmd     *exec.Cmd
 	logPath string
 
 	unmount string // its cache tmpfs, to unmount once it exits (it runs in this mount namespace)
 
-	mu       sync.Mutex
-	last     Event
-	ready    *Event
-	readyT   time.Duration // from start to the ready line
-	stopped  *Event        // its stop line
-	startCPU float64       // its CPU at its start line: process and driver start-up
-	position int           // its place in the chain, as last reported (0: not yet)
-	of       int           // the chain's length then
-	failed   string
-	change   chan struct{}
-	exited   chan struct{}
-	cpu      time.Duration // user + system, once exited
-	user     time.Duration
-	sys      time.Duration
+	mu     sync.Mutex
+	readyT time.Duration // from start to the ready line
 }
 
 type agentSpec struct {
@@ -78,37 +50,28 @@ type agentSpec struct {
 	bindPort  int // its data plane's; 0: 19898
 }
 
-func startAgent(s agentSpec) (*agent, error) {
+func startAgent(s agentSpec) (*node, error) {
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return nil, err
 	}
-	host, port := "", 0
+	cfg := config.Config{
+		ExpireTimeSec: 3600,
+		Broadcast:     config.Broadcast{EnableBroadcast: s.redis != "", Tenant: s.tenant},
+		BindPort:      cmp.Or(s.bindPort, 19898),
+		Cache:         config.Cache{Root: filepath.Join(s.dir, "cache"), Tmpfs: agenttest.Ptr(true), TmpfsSize: strconv.FormatInt(s.cacheSize, 10)},
+	}
 	if s.redis != "" {
-		h, p, _ := splitHostPort(s.redis)
-		host, port = h, p
+		db, err := agenttest.RedisDB(s.redis)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Broadcast.DB = db
 	}
-	cfg := map[string]any{
-		"expireTimeSec": 3600,
-		"broadcast": map[string]any{"enableBroadcast": s.redis != "", "tenant": s.tenant,
-			"db": map[string]any{"host": host, "port": max(port, 1)}},
-		"bindPort": cmp.Or(s.bindPort, 19898),
-		"cache":    map[string]any{"root": filepath.Join(s.dir, "cache"), "tmpfs": true, "tmpfsSize": strconv.FormatInt(s.cacheSize, 10)},
-	}
-	b, _ := json.Marshal(cfg)
-	cfgPath := filepath.Join(s.dir, "config.json")
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+	cfgPath, err := agenttest.WriteConfig(s.dir, cfg)
+	if err != nil {
 		return nil, err
 	}
-	name := cmp.Or(s.name, s.host.NS)
-	args := []string{"agent", "--config", cfgPath, "--node-id", name, "--node-ip", s.host.IP, "--verify", "--interval", "250ms", s.model}
-	cmd := exec.Command(s.plugin, args...)
-	if s.host.NS != "" {
-		// ip netns exec gives the agent a mount namespace of its own too: its tmpfs goes with it.
-		cmd = exec.Command("ip", append([]string{"netns", "exec", s.host.NS, s.plugin}, args...)...)
-	}
-	cmd.Env = append(os.Environ(), "OSS_ENDPOINT="+s.endpoint, "OSS_REGION="+region,
-		"OSS_ACCESS_KEY_ID="+accessKeyID, "OSS_ACCESS_KEY_SECRET="+accessKeySecret)
-	a := &agent{name: name, logPath: filepath.Join(s.dir, "agent.log"), cmd: cmd, change: make(chan struct{}), exited: make(chan struct{})}
+	a := &node{logPath: filepath.Join(s.dir, "agent.log")}
 	if s.host.NS == "" {
 		a.unmount = filepath.Join(s.dir, "cache")
 	}
@@ -116,152 +79,144 @@ func startAgent(s agentSpec) (*agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
+	defer logf.Close() // the agent has its own descriptor
+	spec := agenttest.Spec{Bin: s.plugin, Config: cfgPath, NodeID: cmp.Or(s.name, s.host.NS), NodeIP: s.host.IP,
+		Flags: []string{"--verify", "--interval", "250ms"}, Model: s.model,
+		Env:    agenttest.OSSEnv(s.endpoint, region, accessKeyID, accessKeySecret),
+		Stderr: logf, OnEvent: a.onEvent}
+	if s.host.NS != "" {
+		// ip netns exec gives the agent a mount namespace of its own too: its tmpfs goes with it.
+		spec.Wrap = []string{"ip", "netns", "exec", s.host.NS}
 	}
 	a.started = time.Now()
-	if err := cmd.Start(); err != nil {
+	if a.Proc, err = agenttest.Start(spec); err != nil {
 		return nil, err
 	}
-	go a.read(out, logf)
 	return a, nil
 }
 
-func (a *agent) read(r io.Reader, logf *os.File) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		var e Event
-		if json.Unmarshal(sc.Bytes(), &e) != nil {
-			continue
-		}
+func (a *node) onEvent(e agent.Event) {
+	if e.Event == agent.EventReady {
 		a.mu.Lock()
-		a.last = e
-		if m := positionRE.FindStringSubmatch(e.From); m != nil {
-			a.position, _ = strconv.Atoi(m[1])
-			a.of, _ = strconv.Atoi(m[2])
-		}
-		switch e.Event {
-		case "ready":
-			e := e
-			a.ready, a.readyT = &e, time.Since(a.started)
-		case "start":
-			a.startCPU = e.CPU
-		case "stop":
-			e := e
-			a.stopped = &e
-		case "error":
-			a.failed = e.Error
-		}
-		close(a.change)
-		a.change = make(chan struct{})
+		a.readyT = time.Since(a.started)
 		a.mu.Unlock()
 	}
-	_ = a.cmd.Wait()
-	logf.Close()
-	if a.unmount != "" {
-		_ = unix.Unmount(a.unmount, unix.MNT_DETACH) // EINVAL if the agent did
+}
+
+// last is the agent's last line so far.
+func (a *node) last() agent.Event {
+	e, _ := a.Latest(nil)
+	return e
+}
+
+// line is the agent's last line of kind (start, ready, stop), nil if none.
+func (a *node) line(kind string) *agent.Event {
+	e, ok := a.Latest(func(e agent.Event) bool { return e.Event == kind })
+	if !ok {
+		return nil
 	}
+	return &e
+}
+
+// readyTime is from the agent's start to its ready line.
+func (a *node) readyTime() time.Duration {
 	a.mu.Lock()
-	if st := a.cmd.ProcessState; st != nil {
-		a.cpu = st.UserTime() + st.SystemTime()
-		a.user, a.sys = st.UserTime(), st.SystemTime()
+	defer a.mu.Unlock()
+	return a.readyT
+}
+
+// position is the agent's place in its chain and the chain's length then, as its lines last
+// said (0: not yet).
+func (a *node) position() (pos, of int) {
+	e, ok := a.Latest(hasPosition)
+	if !ok {
+		return 0, 0
 	}
-	if a.ready == nil && a.failed == "" {
-		a.failed = "exited before ready; see " + a.logPath
+	m := positionRE.FindStringSubmatch(e.From)
+	pos, _ = strconv.Atoi(m[1])
+	of, _ = strconv.Atoi(m[2])
+	return pos, of
+}
+
+// cpuTimes are the exited agent's user and system time (0 while it runs).
+func (a *node) cpuTimes() (user, sys time.Duration) {
+	if st := a.State(); st != nil {
+		return st.UserTime(), st.SystemTime()
 	}
-	close(a.change)
-	a.change = make(chan struct{})
-	a.mu.Unlock()
-	close(a.exited)
+	return 0, 0
+}
+
+// cpu is user + system of the exited agent, in core-seconds.
+func (a *node) cpu() float64 {
+	user, sys := a.cpuTimes()
+	return (user + sys).Seconds()
 }
 
 // cpuAtStop is the agent's CPU time when it stopped serving: its stop line's, else (killed,
 // or an agent that does not report it) user + system at its exit.
-func (a *agent) cpuAtStop() float64 {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.stopped != nil && a.stopped.CPU > 0 {
-		return a.stopped.CPU
+func (a *node) cpuAtStop() float64 {
+	if stopped := a.line(agent.EventStop); stopped != nil && stopped.CPU > 0 {
+		return stopped.CPU
 	}
-	return a.cpu.Seconds()
+	return a.cpu()
 }
 
-// waitUntil waits for cond on the agent's state, or the deadline (or ctx).
-func (a *agent) waitUntil(ctx context.Context, deadline time.Time, cond func(a *agent) bool) error {
-	for {
-		a.mu.Lock()
-		ok, failed, ch := cond(a), a.failed, a.change
-		a.mu.Unlock()
-		if ok {
-			return nil
-		}
-		if failed != "" {
-			return fmt.Errorf("%s: %s", a.name, failed)
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Until(deadline)):
-			return fmt.Errorf("%s: timed out", a.name)
-		}
+// waitFor waits for a line that satisfies cond, or the deadline (or ctx); an error line or the
+// agent's exit first is an error.
+func (a *node) waitFor(ctx context.Context, deadline time.Time, cond func(agent.Event) bool) error {
+	ctx, cancel := context.WithDeadlineCause(ctx, deadline, errors.New("timed out"))
+	defer cancel()
+	if _, err := a.WaitForContext(ctx, cond); err != nil {
+		return fmt.Errorf("%w; see %s", err, a.logPath)
 	}
+	return nil
 }
 
-// waitAny waits until cond holds for one of agents and returns it, or the deadline (or ctx).
-func waitAny(ctx context.Context, deadline time.Time, agents []*agent, cond func(a *agent) bool) (*agent, error) {
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	for {
-		cases := []reflect.SelectCase{
-			{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())},
-			{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(timer.C)},
+// waitAny waits until one of agents prints a line that satisfies cond and returns it, or the
+// deadline (or ctx); an error line or an exit of any of them first is an error.
+func waitAny(ctx context.Context, deadline time.Time, agents []*node, cond func(agent.Event) bool) (*node, error) {
+	ctx, cancel := context.WithDeadlineCause(ctx, deadline, errors.New("timed out"))
+	defer cancel()
+	type result struct {
+		a   *node
+		err error
+	}
+	results := make(chan result, len(agents))
+	for _, a := range agents {
+		go func() {
+			_, err := a.WaitForContext(ctx, cond)
+			results <- result{a, err}
+		}()
+	}
+	var err error
+	for range agents {
+		r := <-results
+		if r.err == nil {
+			return r.a, nil
 		}
-		for _, a := range agents {
-			a.mu.Lock()
-			ok, failed, ch := cond(a), a.failed, a.change
-			a.mu.Unlock()
-			if ok {
-				return a, nil
-			}
-			if failed != "" {
-				return nil, fmt.Errorf("%s: %s", a.name, failed)
-			}
-			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
-		}
-		switch i, _, _ := reflect.Select(cases); i {
-		case 0:
-			return nil, ctx.Err()
-		case 1:
-			return nil, fmt.Errorf("timed out")
+		if err == nil {
+			err = r.err
+			cancel() // the first failure decides; the others end with ctx
 		}
 	}
+	return nil, err
 }
 
-func (a *agent) kill() {
-	_ = a.cmd.Process.Kill()
-	<-a.exited
+// kill sends SIGKILL and waits for the agent to exit.
+func (a *node) kill() {
+	a.Kill()
+	a.cleanUp()
 }
 
-func (a *agent) stop() {
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.exited:
-	case <-time.After(15 * time.Second):
-		_ = a.cmd.Process.Kill()
-		<-a.exited
+// stop sends SIGTERM and waits for the agent to exit (killing it after 15 s).
+func (a *node) stop() {
+	a.Stop(15 * time.Second)
+	a.cleanUp()
+}
+
+// cleanUp unmounts the exited agent's cache tmpfs, if it ran in this mount namespace.
+func (a *node) cleanUp() {
+	if a.unmount != "" {
+		_ = unix.Unmount(a.unmount, unix.MNT_DETACH) // EINVAL if the agent did
 	}
-}
-
-func splitHostPort(s string) (string, int, error) {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == ':' {
-			p, err := strconv.Atoi(s[i+1:])
-			return s[:i], p, err
-		}
-	}
-	return s, 0, fmt.Errorf("no port in %q", s)
 }

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/modelcast/modelcast/test/agenttest"
 	"github.com/modelcast/modelcast/test/ossemu"
 )
 
@@ -149,7 +150,7 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 		return nil, err
 	}
 	defer redis.Stop()
-	port, err := freePort()
+	port, err := agenttest.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +173,7 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 		if err := oss.Reset(); err != nil {
 			return run, err
 		}
-		bindPort, err := freePort()
+		bindPort, err := agenttest.FreePort()
 		if err != nil {
 			return run, err
 		}
@@ -188,29 +189,27 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 			return run, err
 		}
 		defer a.stop()
-		if err := a.waitUntil(ctx, time.Now().Add(5*time.Minute), func(a *agent) bool { return a.ready != nil }); err != nil {
-			return run, err
+		r, err := a.Ready(5 * time.Minute)
+		if err != nil {
+			return run, fmt.Errorf("%w; see %s", err, a.logPath)
 		}
 		if run.OSSBytes, err = oss.Served(); err != nil {
 			return run, err
 		}
-		a.mu.Lock()
-		r := *a.ready
-		run.Wall = a.readyT
-		a.mu.Unlock()
+		run.Wall = a.readyTime()
 		run.Stage = time.Duration(r.Seconds * float64(time.Second))
 		run.Received, run.Verified, run.From = r.FromOSS+r.FromPeers, r.Verified, r.From
 		log("  round %d %s: %.3f GB/s (staged in %.3f s; %.3f s from its process start to ready, with the --verify re-read), from %s, OSS %d bytes",
 			round, mode, run.GBps(cfg.Size), run.Stage.Seconds(), run.Wall.Seconds(), run.From, run.OSSBytes)
 		switch {
 		case !run.Verified:
-			return run, fmt.Errorf("%s: ready without its CRC-64 check of every file", a.name)
+			return run, fmt.Errorf("%s: ready without its CRC-64 check of every file", a.Name)
 		case run.Received != cfg.Size || r.FromOSS != cfg.Size:
-			return run, fmt.Errorf("%s: staged %d bytes (%d from OSS) of a %d-byte model", a.name, run.Received, r.FromOSS, cfg.Size)
+			return run, fmt.Errorf("%s: staged %d bytes (%d from OSS) of a %d-byte model", a.Name, run.Received, r.FromOSS, cfg.Size)
 		case run.OSSBytes != cfg.Size:
-			return run, fmt.Errorf("%s: OSS served %d bytes for a %d-byte model: want exactly one copy", a.name, run.OSSBytes, cfg.Size)
+			return run, fmt.Errorf("%s: OSS served %d bytes for a %d-byte model: want exactly one copy", a.Name, run.OSSBytes, cfg.Size)
 		case run.Stage <= 0:
-			return run, fmt.Errorf("%s: its ready line has no stage time", a.name)
+			return run, fmt.Errorf("%s: its ready line has no stage time", a.Name)
 		}
 		return run, nil
 	}
@@ -272,14 +271,14 @@ func relayLoopback(ctx context.Context, bin Binaries, dir, redis string, oss *OS
 		return nil, err
 	}
 	tenant := fmt.Sprintf("relay-%d-%d", seq, time.Now().UnixNano()%1e6)
-	var agents []*agent
+	var agents []*node
 	defer func() {
 		for _, a := range agents {
 			a.stop()
 		}
 	}()
 	for i := range 3 {
-		port, err := freePort()
+		port, err := agenttest.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -293,12 +292,12 @@ func relayLoopback(ctx context.Context, bin Binaries, dir, redis string, oss *OS
 		}
 		agents = append(agents, a)
 		// Join in order: wait until this one knows its place before starting the next.
-		if err := a.waitUntil(ctx, time.Now().Add(time.Minute), func(a *agent) bool { return a.position > 0 }); err != nil {
+		if err := a.waitFor(ctx, time.Now().Add(time.Minute), hasPosition); err != nil {
 			return nil, err
 		}
 	}
 	for _, a := range agents {
-		if err := a.waitUntil(ctx, time.Now().Add(5*time.Minute), func(a *agent) bool { return a.ready != nil }); err != nil {
+		if err := a.waitFor(ctx, time.Now().Add(5*time.Minute), agenttest.IsReady); err != nil {
 			return nil, err
 		}
 	}

@@ -9,6 +9,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/modelcast/modelcast/pkg/agent"
+	"github.com/modelcast/modelcast/test/agenttest"
 )
 
 // Kinds of scenario.
@@ -113,11 +116,11 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 	if s.Kind == Direct {
 		redis = ""
 	}
-	launch := func(i int) (*agent, error) {
+	launch := func(i int) (*node, error) {
 		return startAgent(agentSpec{host: hosts[i], plugin: e.Bin.Plugin, dir: filepath.Join(runDir, fmt.Sprint(i)),
 			model: "oss://models/" + s.Model, endpoint: e.OSS.Endpoint, redis: redis, tenant: tenant, cacheSize: cacheSize(s.Size)})
 	}
-	var agents []*agent
+	var agents []*node
 	defer func() {
 		for _, a := range agents {
 			a.stop()
@@ -139,43 +142,43 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 		}
 		agents = append(agents, a)
 		if s.Kind == SlowHost && i < 2 {
-			joined := func(a *agent) bool { return a.position > 0 || a.ready != nil }
-			if err := a.waitUntil(ctx, deadline, joined); err != nil {
-				return nil, fmt.Errorf("waiting for %s to join the chain: %w", a.name, err)
+			joined := func(e agent.Event) bool { return hasPosition(e) || agenttest.IsReady(e) }
+			if err := a.waitFor(ctx, deadline, joined); err != nil {
+				return nil, fmt.Errorf("waiting for %s to join the chain: %w", a.Name, err)
 			}
 		}
 	}
-	var slow *agent
+	var slow *node
 	if s.Kind == SlowHost {
 		slow = agents[1]
-		slow.mu.Lock()
-		res.Slow = &Slow{Name: slow.name, Rate: hosts[1].Rate, Position: slow.position}
-		slow.mu.Unlock()
+		pos, _ := slow.position()
+		res.Slow = &Slow{Name: slow.Name, Rate: hosts[1].Rate, Position: pos}
 		if res.Slow.Position != 2 {
-			e.Log("  the slow host %s joined at position %d, not 2", slow.name, res.Slow.Position)
+			e.Log("  the slow host %s joined at position %d, not 2", slow.Name, res.Slow.Position)
 		}
 	}
-	var victim *agent
+	var victim *node
 	if s.Kind == Fail && s.N >= 3 {
 		// A middle node of the chain (not its head, not its tail), by position in Redis's order.
 		want := fmt.Sprintf("(position %d of ", (s.N+1)/2)
-		victim, err = waitAny(ctx, deadline, agents, func(a *agent) bool { return strings.Contains(a.last.From, want) })
+		victim, err = waitAny(ctx, deadline, agents, func(e agent.Event) bool { return strings.Contains(e.From, want) })
 		if err != nil {
 			return nil, fmt.Errorf("waiting for a node to report chain position %s: %w", want, err)
 		}
-		err = victim.waitUntil(ctx, deadline, func(a *agent) bool { return a.last.Total > 0 && a.last.Done >= a.last.Total/2 })
+		err = victim.waitFor(ctx, deadline, func(e agent.Event) bool { return e.Total > 0 && e.Done >= e.Total/2 })
 		if err != nil {
 			return nil, err
 		}
 		victim.kill()
-		res.Killed = victim.name + " " + strings.Trim(want, "()")
-		e.Log("  killed %s at %d%%", res.Killed, victim.last.Done*100/max(victim.last.Total, 1))
+		res.Killed = victim.Name + " " + strings.Trim(want, "()")
+		last := victim.last()
+		e.Log("  killed %s at %d%%", res.Killed, last.Done*100/max(last.Total, 1))
 	}
 	for _, a := range agents {
 		if a == victim {
 			continue
 		}
-		if err := a.waitUntil(ctx, deadline, func(a *agent) bool { return a.ready != nil }); err != nil {
+		if err := a.waitFor(ctx, deadline, agenttest.IsReady); err != nil {
 			return nil, err
 		}
 	}
@@ -187,7 +190,7 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 		agents = append(agents, a)
 	}
 	for _, a := range agents[first:] {
-		if err := a.waitUntil(ctx, deadline, func(a *agent) bool { return a.ready != nil }); err != nil {
+		if err := a.waitFor(ctx, deadline, agenttest.IsReady); err != nil {
 			return nil, err
 		}
 	}
@@ -202,35 +205,32 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 		}
 	}
 	for _, a := range agents {
-		a.mu.Lock()
+		last := a.last()
 		if os.Getenv("NETBENCH_DEBUG") != "" {
-			e.Log("  %s: ready %v user %.2fs sys %.2fs fromOSS %d fromPeers %d served %d", a.name, a.readyT, a.user.Seconds(), a.sys.Seconds(), a.last.FromOSS, a.last.FromPeers, a.last.Served)
+			user, sys := a.cpuTimes()
+			e.Log("  %s: ready %v user %.2fs sys %.2fs fromOSS %d fromPeers %d served %d", a.Name, a.readyTime(), user.Seconds(), sys.Seconds(), last.FromOSS, last.FromPeers, last.Served)
 			if log, err := os.ReadFile(a.logPath); err == nil {
 				e.Log("%s", log)
 			}
 		}
-		res.CPU += a.cpu.Seconds()
+		res.CPU += a.cpu()
 		if a == victim {
-			a.mu.Unlock()
 			continue
 		}
-		r := a.ready
+		r := a.line(agent.EventReady)
 		if !r.Verified {
-			a.mu.Unlock()
-			return nil, fmt.Errorf("%s: ready without its CRC-64 check of every file", a.name)
+			return nil, fmt.Errorf("%s: ready without its CRC-64 check of every file", a.Name)
 		}
 		if r.FromOSS+r.FromPeers < s.Size {
-			a.mu.Unlock()
-			return nil, fmt.Errorf("%s: received %d bytes of a %d-byte model", a.name, r.FromOSS+r.FromPeers, s.Size)
+			return nil, fmt.Errorf("%s: received %d bytes of a %d-byte model", a.Name, r.FromOSS+r.FromPeers, s.Size)
 		}
 		if a == slow {
-			res.Slow.Ready = a.readyT
+			res.Slow.Ready = a.readyTime()
 		} else {
-			res.Ready = append(res.Ready, a.readyT)
+			res.Ready = append(res.Ready, a.readyTime())
 		}
 		res.PeerBytes += r.FromPeers
-		res.Forwarded += a.last.Served
-		a.mu.Unlock()
+		res.Forwarded += last.Served
 	}
 	if s.Kind != Direct && s.N >= 3 {
 		res.Relay = middle(agents, s.N, victim, slow)
@@ -242,27 +242,27 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 
 // middle picks the relay nearest the middle of a chain of n (by the position it reported)
 // among the agents that received from a peer and forwarded to one, skip left out; nil if none.
-func middle(agents []*agent, n int, skip ...*agent) *Relay {
+func middle(agents []*node, n int, skip ...*node) *Relay {
 	var best *Relay
 	dist := 0.0
 	for _, a := range agents {
 		if slices.Contains(skip, a) {
 			continue
 		}
-		a.mu.Lock()
-		served := a.last.Served
-		if a.stopped != nil {
-			served = a.stopped.Served
+		served := a.last().Served
+		if stopped := a.line(agent.EventStop); stopped != nil {
+			served = stopped.Served
 		}
-		r := &Relay{Node: a.name, Position: a.position, Of: n, Served: served, StartCPU: a.startCPU}
-		relay := a.ready != nil && a.ready.FromPeers > 0 && served > 0
-		if relay {
-			r.VerifyCPU = a.ready.VerifyCPU
+		pos, _ := a.position()
+		r := &Relay{Node: a.Name, Position: pos, Of: n, Served: served}
+		if start := a.line(agent.EventStart); start != nil {
+			r.StartCPU = start.CPU
 		}
-		a.mu.Unlock()
-		if !relay {
+		ready := a.line(agent.EventReady)
+		if ready == nil || ready.FromPeers == 0 || served == 0 {
 			continue
 		}
+		r.VerifyCPU = ready.VerifyCPU
 		r.CPU = a.cpuAtStop()
 		d := math.Abs(float64(r.Position) - float64(n+1)/2)
 		if best == nil || d < dist {

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/modelcast/modelcast/test/agenttest"
 	"github.com/modelcast/modelcast/test/ossemu"
 )
 
@@ -85,7 +86,7 @@ func StartRedis(bin, dir string) (*Redis, error) { return startRedis(bin, dir, b
 
 // startRedis runs redis-server on ip (the bridge's, or loopback).
 func startRedis(bin, dir, ip string) (*Redis, error) {
-	port, err := freePort()
+	port, err := agenttest.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -104,15 +105,6 @@ func startRedis(bin, dir, ip string) (*Redis, error) {
 
 // Stop ends Redis.
 func (r *Redis) Stop() { r.p.stop() }
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
 
 // waitDial waits until addr accepts connections, the process exits, or timeout.
 func (p *proc) waitDial(addr string, timeout time.Duration) error {

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcast/modelcast/pkg/config"
+	"github.com/modelcast/modelcast/pkg/driver"
+)
+
+// TestOptionsValidate: the servers' defaults are valid (but for the node ID, which has none
+// without $NODE_NAME), and every bad value or combination is refused naming its flags.
+func TestOptionsValidate(t *testing.T) {
+	t.Setenv("NODE_NAME", "")
+	t.Setenv("NODE_IP", "")
+	defaults := func(mode string) Options {
+		o := Options{Mode: mode}
+		o.AddFlags(flag.NewFlagSet(mode, flag.ContinueOnError))
+		return o
+	}
+	for _, tc := range []struct {
+		name string
+		mode string
+		set  func(*Options)
+		want []string // every one in the error; none: valid
+	}{
+		{name: "node defaults", mode: driver.ModeNode, set: func(o *Options) { o.Node.NodeID = "node-1" }},
+		{name: "controller defaults", mode: driver.ModeController},
+		{name: "controller: the node's flags are not its own", mode: driver.ModeController, set: func(o *Options) {
+			o.ProgressEvery, o.PublishWait, o.KubeletCSIEndpoint = 0, -time.Second, "relative"
+		}},
+		{name: "node with an IP and kubelet registration", mode: driver.ModeNode, set: func(o *Options) {
+			o.Node.NodeID, o.Node.NodeIP, o.RegistrationDir = "node-1", "10.0.0.7", "/registration"
+		}},
+		{name: "tcp endpoint with the socket's host path", mode: driver.ModeNode, set: func(o *Options) {
+			o.Node.NodeID, o.Endpoint, o.RegistrationDir, o.KubeletCSIEndpoint = "node-1", "tcp://127.0.0.1:10000", "/registration", "/var/lib/kubelet/plugins/x/csi.sock"
+		}},
+		{name: "HTTP off, any port", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = "" }},
+		{name: "HTTP on port 0", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = "127.0.0.1:0" }},
+
+		{name: "node without an ID", mode: driver.ModeNode, want: []string{"--node-id is empty", "$NODE_NAME"}},
+		{name: "node IP not an IP", mode: driver.ModeNode, set: func(o *Options) { o.Node.NodeID, o.Node.NodeIP = "node-1", "node-1.example:19898" }, want: []string{`--node-ip "node-1.example:19898"`}},
+		{name: "no endpoint", mode: driver.ModeController, set: func(o *Options) { o.Endpoint = "" }, want: []string{"--endpoint is empty"}},
+		{name: "endpoint without a scheme", mode: driver.ModeController, set: func(o *Options) { o.Endpoint = "/csi/csi.sock" }, want: []string{`--endpoint "/csi/csi.sock"`, "unix:///path/csi.sock"}},
+		{name: "unix endpoint without a path", mode: driver.ModeController, set: func(o *Options) { o.Endpoint = "unix://" }, want: []string{`--endpoint "unix://" has no socket path`}},
+		{name: "tcp endpoint without a port", mode: driver.ModeController, set: func(o *Options) { o.Endpoint = "tcp://127.0.0.1" }, want: []string{`--endpoint "tcp://127.0.0.1"`}},
+		{name: "no driver name", mode: driver.ModeController, set: func(o *Options) { o.DriverName = "" }, want: []string{"--driver-name is empty"}},
+		{name: "driver name with a slash", mode: driver.ModeController, set: func(o *Options) { o.DriverName = "oss/csi" }, want: []string{`--driver-name "oss/csi"`}},
+		{name: "driver name too long", mode: driver.ModeController, set: func(o *Options) { o.DriverName = strings.Repeat("a", 64) }, want: []string{"--driver-name", "63 characters"}},
+		{name: "HTTP endpoint without a port", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = "19899" }, want: []string{`--http-endpoint "19899"`}},
+		{name: "HTTP port out of range", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = ":99999" }, want: []string{`--http-endpoint ":99999"`}},
+		{name: "negative publish wait", mode: driver.ModeNode, set: func(o *Options) { o.Node.NodeID, o.PublishWait = "node-1", -time.Second }, want: []string{"--publish-wait -1s"}},
+		{name: "no progress cadence", mode: driver.ModeNode, set: func(o *Options) { o.Node.NodeID, o.ProgressEvery = "node-1", 0 }, want: []string{"--progress-every 0s"}},
+		{name: "kubelet endpoint without registration", mode: driver.ModeNode, set: func(o *Options) {
+			o.Node.NodeID, o.KubeletCSIEndpoint = "node-1", "/var/lib/kubelet/plugins/x/csi.sock"
+		}, want: []string{"--kubelet-csi-endpoint needs --kubelet-registration-dir"}},
+		{name: "registration with a relative host path", mode: driver.ModeNode, set: func(o *Options) {
+			o.Node.NodeID, o.RegistrationDir, o.KubeletCSIEndpoint = "node-1", "/registration", "csi.sock"
+		}, want: []string{`--kubelet-csi-endpoint "csi.sock"`, "absolute"}},
+		{name: "registration of a tcp endpoint without a host path", mode: driver.ModeNode, set: func(o *Options) {
+			o.Node.NodeID, o.Endpoint, o.RegistrationDir = "node-1", "tcp://127.0.0.1:10000", "/registration"
+		}, want: []string{"--kubelet-registration-dir", "not a unix socket", "set --kubelet-csi-endpoint"}},
+		{name: "registration of a relative unix socket", mode: driver.ModeNode, set: func(o *Options) {
+			o.Node.NodeID, o.Endpoint, o.RegistrationDir = "node-1", "unix:csi.sock", "/registration"
+		}, want: []string{"--kubelet-registration-dir", "not an absolute path", "set --kubelet-csi-endpoint"}},
+		{name: "every error at once", mode: driver.ModeNode, set: func(o *Options) {
+			o.Endpoint, o.ProgressEvery, o.HTTPEndpoint = "csi.sock", 0, "x"
+		}, want: []string{"--endpoint", "--node-id", "--progress-every", "--http-endpoint"}},
+		{name: "not a server's mode", mode: driver.ModeAll, want: []string{`mode "all"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := defaults(tc.mode)
+			if tc.set != nil {
+				tc.set(&o)
+			}
+			err := o.Validate()
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Errorf("Validate() = %v; want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate() = nil; want an error saying %q", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Validate() = %q; want it to say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestDriverAgentMode: a driver in agent mode builds the node's code without a CSI endpoint: live and ready by its cache,
+// and Serve refuses to run rather than listen on anything.
+func TestDriverAgentMode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts driver.Options
+	}{
+		{"ModeAgent", driver.Options{Mode: driver.ModeAgent}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := config.Load(nodeConfig(t, t.TempDir()), func(string) string { return "" })
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := tc.opts
+			opts.NodeID, opts.NodeIP, opts.Config = "node-1", "127.0.0.1", cfg
+			d, err := driver.New(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if d.Store() == nil || d.Chain() == nil {
+				t.Fatalf("no cache or chain: the agent runs the node's code")
+			}
+			for _, path := range []string{"/healthz", "/readyz"} {
+				rec := httptest.NewRecorder()
+				d.HTTPHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+				if rec.Code != http.StatusOK {
+					t.Errorf("%s: %d %q; want 200: an agent is judged by its cache", path, rec.Code, rec.Body)
+				}
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			if err := d.Serve(ctx); err == nil || !strings.Contains(err.Error(), "serves no CSI endpoint") {
+				t.Errorf("Serve = %v; want a refusal", err)
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		name string
+		opts driver.Options
+		want string
+	}{
+		{"without a node ID", driver.Options{Mode: driver.ModeAgent}, "node ID is required in agent mode"},
+		{"with an endpoint", driver.Options{Mode: driver.ModeAgent, NodeID: "node-1", Endpoint: "unix:///csi/csi.sock"}, "serves no CSI endpoint"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.opts.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Validate() = %v; want an error saying %q", err, tc.want)
+			}
+		})
+	}
+}
