@@ -269,13 +269,57 @@ func TestE2E(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { _ = e.emu.SetEgressRate(0) }()
+		if err := e.emu.ResetStats(); err != nil {
+			t.Fatal(err)
+		}
 		pod := readerPod("reader-slow", corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
 			Driver: driverName, ReadOnly: ptr(true),
 			VolumeAttributes: map[string]string{"ossPath": "oss://models/slow/"},
 		}})
+		// When the emulator served the model's last byte: the staging's end, give or take the
+		// commit (polling with a deadline, in the background while the pod starts).
+		served := make(chan time.Time, 1)
+		wctx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go func() {
+			for wctx.Err() == nil {
+				if st, err := e.emu.Stats(); err == nil && st.BytesServed >= slowSize {
+					served <- time.Now()
+					return
+				}
+				time.Sleep(100 * time.Millisecond) // polling with a deadline (the subtest's)
+			}
+		}()
 		start := time.Now()
 		e.runReader(t, ctx, pod, slow, 4*time.Minute)
 		took := time.Since(start)
+		// The model was staged once, though expireTimeSec (10 s) is shorter than kubelet's
+		// backoff between the publishes that answered Unavailable.
+		if st, err := e.emu.Stats(); err != nil || st.BytesServed != slowSize {
+			t.Errorf("the emulator served %d bytes (%v) for the %d-byte slow model: want one copy", st.BytesServed, err, slowSize)
+		}
+		// The gap between the staging's end and the container's start: kubelet's backoff when the
+		// staging ends between two of its retries (--publish-wait 10 s here).
+		var ended time.Time
+		select {
+		case ended = <-served:
+		default:
+			t.Errorf("never saw the emulator serve the whole slow model")
+		}
+		if p, err := e.kube.CoreV1().Pods(testNS).Get(ctx, "reader-slow", metav1.GetOptions{}); err == nil && !ended.IsZero() {
+			for _, cs := range p.Status.ContainerStatuses {
+				var began time.Time
+				switch {
+				case cs.State.Terminated != nil:
+					began = cs.State.Terminated.StartedAt.Time
+				case cs.State.Running != nil:
+					began = cs.State.Running.StartedAt.Time
+				}
+				if !began.IsZero() {
+					t.Logf("container started %.0f s after the staging ended (±1 s: a container's start time is truncated to the second; --publish-wait 10 s, so the publish that mounted it was a kubelet retry)", began.Sub(ended).Seconds())
+				}
+			}
+		}
 		if took < 20*time.Second {
 			t.Errorf("the slow model was ready in %v: the test needs a staging that outlasts a 10 s call", took)
 		}
