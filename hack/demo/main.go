@@ -27,6 +27,7 @@ import (
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/coord"
 	"github.com/modelcast/modelcast/test/agenttest"
+	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/ossemu"
 )
 
@@ -124,7 +125,7 @@ func run(ctx context.Context, n int, sizeFlag, rateFlag, redisAddr, bin string) 
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
 	defer rdb.Close()
 	chains := coord.NewCoordinator(rdb)
-	bind, err := agenttest.FreePort()
+	bind, err := freeport.Get()
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/modelcast/modelcast/pkg/driver"
+	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/redistest"
 )
 
@@ -27,7 +28,7 @@ func TestBroadcastPublish(t *testing.T) {
 	rds := redistest.Start(t, redistest.Options{Username: "modelcast", Password: "pw"})
 	host, port, _ := net.SplitHostPort(rds.Addr())
 	p, _ := strconv.Atoi(port)
-	bind := freePort(t)
+	bind := freeport.Must(t)
 	broadcast := func(ip string) pluginOpt {
 		return withOptions(func(o *driver.Options) {
 			o.NodeID, o.NodeIP = "node-"+ip, ip
@@ -89,13 +90,4 @@ func TestBroadcastPublish(t *testing.T) {
 		driver.ReasonStaging: regexp.MustCompile(`^Staging model oss://models/qwen/ \(16\.\d MB, \d+ files\) from node node-127\.0\.0\.31 \(position 2 of 2\)$`),
 		driver.ReasonReady:   regexp.MustCompile(`^Ready: 16\.\d MB in \d+\.\d s \(peer 16\.\d MB, OSS 0 B\)$`),
 	})
-}
-
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/modelcast/modelcast/internal/version"
 	"github.com/modelcast/modelcast/pkg/driver"
+	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/promtest"
 )
@@ -28,7 +29,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	for _, f := range files {
 		size += int64(len(f))
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	addr := "127.0.0.1:" + strconv.Itoa(freeport.Must(t))
 	p := startPlugin(t, inProcess{srv}, "", withOptions(func(o *driver.Options) { o.HTTPEndpoint = addr }))
 	base := "http://" + addr
 	waitHTTP(t, base+"/readyz", http.StatusOK)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/driver"
+	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/redistest"
 )
 
@@ -58,7 +59,7 @@ func TestRunStopsEverythingWhenServingFails(t *testing.T) {
 			o.HTTPEndpoint = ln.Addr().String()
 		}, "metrics and health: listen"},
 		{"registration fails while HTTP serves", func(t *testing.T, o *driver.Options) {
-			o.HTTPEndpoint = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+			o.HTTPEndpoint = net.JoinHostPort("127.0.0.1", strconv.Itoa(freeport.Must(t)))
 			o.WhileServing = func(context.Context) error { return errRegistration }
 		}, errRegistration.Error()},
 	} {
@@ -68,7 +69,7 @@ func TestRunStopsEverythingWhenServingFails(t *testing.T) {
 			cfg := config.Default()
 			cfg.Cache.Root = filepath.Join(dir, "cache")
 			cfg.Cache.TmpfsSize = "64m"
-			cfg.BindPort = freePort(t)
+			cfg.BindPort = freeport.Must(t)
 			cfg.Broadcast.EnableBroadcast = true
 			cfg.Broadcast.DB.Host, cfg.Broadcast.DB.Port = host, redisPort
 			cfg.Broadcast.DB.Username, cfg.Broadcast.DB.Password = "modelcast", "pw"

@@ -47,13 +47,3 @@ func OSSEnv(endpoint, region, accessKeyID, accessKeySecret string) []string {
 	return []string{"OSS_ENDPOINT=" + endpoint, "OSS_REGION=" + region,
 		"OSS_ACCESS_KEY_ID=" + accessKeyID, "OSS_ACCESS_KEY_SECRET=" + accessKeySecret}
 }
-
-// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}

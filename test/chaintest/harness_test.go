@@ -17,6 +17,7 @@ import (
 	"github.com/modelcast/modelcast/pkg/agent"
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/test/agenttest"
+	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/promtest"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -55,7 +56,7 @@ type world struct {
 
 func newWorld(t *testing.T, size int64, ropts redistest.Options) *world {
 	t.Helper()
-	port, err := agenttest.FreePort()
+	port, err := freeport.Get()
 	if err != nil {
 		t.Fatal(err)
 	}

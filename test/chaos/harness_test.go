@@ -43,6 +43,7 @@ import (
 	"github.com/modelcast/modelcast/pkg/agent"
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/test/agenttest"
+	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/redistest"
 )
@@ -232,7 +233,7 @@ type world struct {
 
 func newWorld(t *testing.T, set settings) *world {
 	t.Helper()
-	port, err := agenttest.FreePort()
+	port, err := freeport.Get()
 	if err != nil {
 		t.Fatal(err)
 	}

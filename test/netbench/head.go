@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/modelcast/modelcast/test/agenttest"
+	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/ossemu"
 )
 
@@ -150,7 +151,7 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 		return nil, err
 	}
 	defer redis.Stop()
-	port, err := agenttest.FreePort()
+	port, err := freeport.Get()
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +174,7 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 		if err := oss.Reset(); err != nil {
 			return run, err
 		}
-		bindPort, err := agenttest.FreePort()
+		bindPort, err := freeport.Get()
 		if err != nil {
 			return run, err
 		}
@@ -278,7 +279,7 @@ func relayLoopback(ctx context.Context, bin Binaries, dir, redis string, oss *OS
 		}
 	}()
 	for i := range 3 {
-		port, err := agenttest.FreePort()
+		port, err := freeport.Get()
 		if err != nil {
 			return nil, err
 		}

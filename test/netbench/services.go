@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/modelcast/modelcast/test/agenttest"
+	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/ossemu"
 )
 
@@ -86,7 +86,7 @@ func StartRedis(bin, dir string) (*Redis, error) { return startRedis(bin, dir, b
 
 // startRedis runs redis-server on ip (the bridge's, or loopback).
 func startRedis(bin, dir, ip string) (*Redis, error) {
-	port, err := agenttest.FreePort()
+	port, err := freeport.Get()
 	if err != nil {
 		return nil, err
 	}

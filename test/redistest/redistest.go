@@ -35,6 +35,8 @@ import (
 	"unicode"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/modelcast/modelcast/test/freeport"
 )
 
 const (
@@ -222,7 +224,7 @@ func (s *Server) cleanup() {
 
 // configure picks a free port and writes the configuration file for it.
 func (s *Server) configure() error {
-	port, err := freePort()
+	port, err := freeport.Get()
 	if err != nil {
 		return err
 	}
@@ -407,16 +409,6 @@ func (s *Server) logTail(from int64) string {
 		return fmt.Sprintf("(log unreadable: %v)", err)
 	}
 	return string(b)
-}
-
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // quote makes s one argument of redis.conf: a double-quoted string in which

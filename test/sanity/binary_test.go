@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/modelcast/modelcast/pkg/driver"
+	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/ossemu"
 )
 
@@ -73,7 +73,7 @@ func TestSanityBinary(t *testing.T) {
 	}
 
 	cfgPath := filepath.Join(dir, "config.json")
-	cfg := fmt.Sprintf(`{"bindPort": %d, "cache": {"root": %q, "tmpfsSize": "256m"}}`, freePort(t), filepath.Join(dir, "cache"))
+	cfg := fmt.Sprintf(`{"bindPort": %d, "cache": {"root": %q, "tmpfsSize": "256m"}}`, freeport.Must(t), filepath.Join(dir, "cache"))
 	writeFile(t, cfgPath, cfg)
 	env := pluginEnv(srv.Endpoint())
 	nodeSock, ctrlSock := filepath.Join(dir, "node.sock"), filepath.Join(dir, "controller.sock")
@@ -321,16 +321,6 @@ func unmountUnder(t *testing.T, dir string) {
 			t.Errorf("unmount %s: %v", m.Mountpoint, err)
 		}
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func writeFile(t *testing.T, path, content string) {
