@@ -42,21 +42,10 @@ func newWorld(t *testing.T, size int64, _ int) *world {
 	w := &world{
 		emu:   ossemu.Start(t, ossemu.Options{Region: region, Credentials: []ossemu.Credential{{AccessKeyID: ak, AccessKeySecret: sk}}}),
 		redis: redistest.Start(t, redistest.Options{}),
-		files: map[string][]byte{},
 	}
-	src := t.TempDir()
-	objs, err := w.emu.GenerateModel("models", "qwen/", ossemu.ModelSpec{Size: size, Seed: 3, Dir: src})
-	if err != nil {
+	var err error
+	if w.files, w.size, err = w.emu.GenerateModelFiles("models", "qwen/", ossemu.ModelSpec{Size: size, Seed: 3, Dir: t.TempDir()}); err != nil {
 		t.Fatal(err)
-	}
-	for _, o := range objs {
-		rel := strings.TrimPrefix(o.Key, "qwen/")
-		b, err := os.ReadFile(filepath.Join(src, rel))
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.files[rel] = b
-		w.size += int64(len(b))
 	}
 	return w
 }

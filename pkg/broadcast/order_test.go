@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,18 +35,10 @@ type orderWorld struct {
 
 func newOrderWorld(t *testing.T, size int64) *orderWorld {
 	t.Helper()
-	w := &orderWorld{emu: ossemu.Start(t, ossemu.Options{}), files: map[string][]byte{}}
-	src := t.TempDir()
-	objs, err := w.emu.GenerateModel("models", "m/", ossemu.ModelSpec{Size: size, Seed: 5, Dir: src})
-	if err != nil {
+	w := &orderWorld{emu: ossemu.Start(t, ossemu.Options{})}
+	var err error
+	if w.files, _, err = w.emu.GenerateModelFiles("models", "m/", ossemu.ModelSpec{Size: size, Seed: 5, Dir: t.TempDir()}); err != nil {
 		t.Fatal(err)
-	}
-	for _, o := range objs {
-		b, err := os.ReadFile(filepath.Join(src, strings.TrimPrefix(o.Key, "m/")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.files[strings.TrimPrefix(o.Key, "m/")] = b
 	}
 	if w.oss, err = ossclient.New(ossclient.Config{Endpoint: w.emu.Endpoint(), Region: "cn-test"}); err != nil {
 		t.Fatal(err)

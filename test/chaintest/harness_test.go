@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -65,24 +64,12 @@ func newWorld(t *testing.T, size int64, ropts redistest.Options) *world {
 		emu:     ossemu.Start(t, ossemu.Options{Region: region, Credentials: []ossemu.Credential{{AccessKeyID: ak, AccessKeySecret: sk}}}),
 		redis:   redistest.Start(t, ropts),
 		port:    port,
-		files:   map[string][]byte{},
 		dbUser:  ropts.Username,
 		dbPass:  ropts.Password,
 		headCon: 4,
 	}
-	src := t.TempDir()
-	objs, err := w.emu.GenerateModel("models", "qwen/", ossemu.ModelSpec{Size: size, Seed: 9, Dir: src})
-	if err != nil {
+	if w.files, w.size, err = w.emu.GenerateModelFiles("models", "qwen/", ossemu.ModelSpec{Size: size, Seed: 9, Dir: t.TempDir()}); err != nil {
 		t.Fatal(err)
-	}
-	for _, o := range objs {
-		rel := strings.TrimPrefix(o.Key, "qwen/")
-		b, err := os.ReadFile(filepath.Join(src, rel))
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.files[rel] = b
-		w.size += int64(len(b))
 	}
 	return w
 }

@@ -133,3 +133,39 @@ func (f *modelFile) write(path string) (crc uint64, err error) {
 	}
 	return crc, nil
 }
+
+// GenerateModelFiles is GenerateModel that also returns every file's bytes by its path under
+// prefix, and their total size: what a test compares a staged copy with.
+func (s *Server) GenerateModelFiles(bucketName, prefix string, spec ModelSpec) (map[string][]byte, int64, error) {
+	infos, err := s.GenerateModel(bucketName, prefix, spec)
+	if err != nil {
+		return nil, 0, err
+	}
+	files := make(map[string][]byte, len(infos))
+	var size int64
+	for _, in := range infos {
+		b, err := s.ObjectBytes(bucketName, in.Key)
+		if err != nil {
+			return nil, 0, err
+		}
+		files[strings.TrimPrefix(in.Key, prefix)] = b
+		size += int64(len(b))
+	}
+	return files, size, nil
+}
+
+// ObjectBytes returns the body of the current version of an object.
+func (s *Server) ObjectBytes(bucketName, key string) ([]byte, error) {
+	o, oerr := s.store.lookup(bucketName, key)
+	if oerr != nil {
+		return nil, fmt.Errorf("%s/%s: %s", bucketName, key, oerr.code)
+	}
+	if o.data != nil || o.path == "" {
+		return slices.Clone(o.data), nil
+	}
+	b, err := os.ReadFile(o.path)
+	if err != nil {
+		return nil, fmt.Errorf("%s/%s: %w", bucketName, key, err)
+	}
+	return b, nil
+}
