@@ -791,16 +791,29 @@ func (s *Store) janitor() {
 		for _, key := range released {
 			s.released(key)
 		}
-		var timer <-chan time.Time
+		var timer clock.Timer
+		var fired <-chan time.Time
 		if next >= 0 {
 			// Due at now+next: removing files, or a clock stepped meanwhile, took some of it.
-			timer = s.clock.After(max(0, next-s.clock.Since(now)))
+			due := now.Add(next)
+			timer = s.clock.NewTimer(due.Sub(s.clock.Now()))
+			if !s.clock.Now().Before(due) {
+				// Due already (before the timer was set, or while it was): another pass now.
+				// A timer set for a time already past fires at once on the real clock but
+				// only at the next step of a fake one.
+				timer.Stop()
+				continue
+			}
+			fired = timer.C()
 		}
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-timer:
+		case <-fired:
 		case <-s.wake:
+		}
+		if timer != nil {
+			timer.Stop()
 		}
 	}
 }
