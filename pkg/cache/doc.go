@@ -8,7 +8,9 @@
 //
 // Every Acquire names a holder (the CSI target path); references are persisted under the
 // root and reconciled with the mount table when the store starts, so a restart of the plugin
-// loses no reference. A model without holders is removed ExpireAfter after its last release,
+// loses no reference. A holder that is not a mount (a ModelCache's claim on the node) pins the
+// model with Pin: recorded under the root too, kept after a restart without a mount, released
+// by Release like any holder. A model without holders is removed ExpireAfter after its last release,
 // or earlier, least recently used first, when staging another model needs the room (the
 // soft cap, maxCacheAdviseGB). A holder whose Acquire stopped waiting keeps a pending hold:
 // the model is kept for it until it comes back, or RetryHold after the staging ends (a

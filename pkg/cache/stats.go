@@ -6,8 +6,9 @@ import "sync/atomic"
 // Store; the rest is the state at the time of the call.
 type Stats struct {
 	// Models are the committed models; Referenced those held by at least one holder; Holders
-	// the references (published volumes); Stagings the stagings in flight.
-	Models, Referenced, Holders, Stagings int
+	// the references (published volumes and pins); Pins the references that are pins
+	// (Store.Pin); Stagings the stagings in flight.
+	Models, Referenced, Holders, Pins, Stagings int
 	// ModelBytes is the size of the committed models; StagingBytes the bytes written so far by
 	// the stagings in flight.
 	ModelBytes, StagingBytes int64
@@ -19,7 +20,7 @@ type Stats struct {
 	ReceivedOSS, ReceivedPeers int64
 	// Staged and StageFailures count stagings that ended, by outcome.
 	Staged, StageFailures int64
-	// Releases counts references dropped (unpublished volumes).
+	// Releases counts references dropped (unpublished volumes, released pins).
 	Releases int64
 	// Expired counts models removed ExpireAfter after their last release; Evicted those removed
 	// early to make room for another model.
@@ -73,7 +74,7 @@ func (s *Store) Stats() Stats {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st.Models, st.Holders, st.Stagings = len(s.entries), len(s.holders), len(s.stagings)
+	st.Models, st.Holders, st.Pins, st.Stagings = len(s.entries), len(s.holders), len(s.pins), len(s.stagings)
 	for _, e := range s.entries {
 		st.ModelBytes += e.meta.Size
 		if len(e.holders) > 0 {

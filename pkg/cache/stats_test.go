@@ -129,7 +129,7 @@ func TestCheck(t *testing.T) {
 }
 
 // TestUnmountIfIdle: a closed store unmounts its tmpfs only when no holder is left; a store
-// with pods' references keeps it for the next plugin to adopt.
+// with pods' references or pins keeps it for the next plugin to adopt.
 func TestUnmountIfIdle(t *testing.T) {
 	requireRoot(t)
 	e := newEnv(t, 0)
@@ -154,6 +154,21 @@ func TestUnmountIfIdle(t *testing.T) {
 	s = e.open(t)
 	if !s.Has(m.Key()) || s.Holds("/pods/1/mount") {
 		t.Fatalf("reopened: has the model %v, holds %v", s.Has(m.Key()), s.Holds("/pods/1/mount"))
+	}
+	// A pin keeps the tmpfs as a pod's reference does, and the next store keeps the pin.
+	if _, err := s.Pin(t.Context(), m, newMemSource(files), "modelcache/ml/a"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if done, err := s.UnmountIfIdle(); done || err != nil || !isMountPoint(t, e.cfg.Root) {
+		t.Fatalf("pinned cache: unmounted %v (%v), mounted %v", done, err, isMountPoint(t, e.cfg.Root))
+	}
+	s = e.open(t)
+	if !s.Has(m.Key()) || !s.Holds("modelcache/ml/a") {
+		t.Fatalf("reopened: has the model %v, holds the pin %v", s.Has(m.Key()), s.Holds("modelcache/ml/a"))
+	}
+	if err := s.Release("modelcache/ml/a"); err != nil {
+		t.Fatal(err)
 	}
 	s.Close()
 	if done, err := s.UnmountIfIdle(); !done || err != nil || isMountPoint(t, e.cfg.Root) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -81,6 +82,7 @@ type Store struct {
 	cfg                                      Config
 	clock                                    clock.WithTickerAndDelayedExecution
 	root, incoming, models, meta, trash, dbf string
+	pinsf                                    string // state/pins.json: the holders that are pins
 
 	ctx    context.Context // ends with Close; stagings and the janitor run under it
 	cancel context.CancelFunc
@@ -91,6 +93,7 @@ type Store struct {
 	entries  map[string]*entry       // committed models by key
 	stagings map[string]*staging     // stagings in flight by key
 	holders  map[string]string       // holder → key
+	pins     map[string]string       // holder → key, for the holders that are pins (a subset of holders)
 	pending  map[string]*pendingHold // holder → the model its Acquire stopped waiting for
 	trashSeq int
 	closed   bool
@@ -205,10 +208,10 @@ func New(cfg Config) (*Store, error) {
 		cfg: cfg, clock: cfg.Clock, root: root,
 		incoming: filepath.Join(root, "incoming"), models: filepath.Join(root, "models"),
 		meta: filepath.Join(root, "meta"), trash: filepath.Join(root, "trash"),
-		dbf: filepath.Join(root, "state", "holders.json"),
+		dbf: filepath.Join(root, "state", "holders.json"), pinsf: filepath.Join(root, "state", "pins.json"),
 		ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1),
 		entries: map[string]*entry{}, stagings: map[string]*staging{}, holders: map[string]string{},
-		pending: map[string]*pendingHold{},
+		pins: map[string]string{}, pending: map[string]*pendingHold{},
 	}
 	for _, d := range []string{s.incoming, s.models, s.meta, s.trash, filepath.Dir(s.dbf)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -289,12 +292,25 @@ func (s *Store) recover(table *mountTable) error {
 	if err := readJSON(s.dbf, &persisted); err != nil {
 		klog.ErrorS(err, "Ignoring unreadable cache references; the mount table is the truth")
 	}
+	// A pin has no mount: it is kept when both files record it (a crash between Pin's two
+	// writes loses it, and its owner pins again when it starts).
+	pins := map[string]string{}
+	if err := readJSON(s.pinsf, &pins); err != nil {
+		klog.ErrorS(err, "Ignoring unreadable cache pins; their owners pin the models again")
+	}
 	for holder, key := range persisted {
-		if binds[holder] != key || s.entries[key] == nil {
+		switch {
+		case s.entries[key] == nil:
+			klog.InfoS("Dropped a reference to a model no longer cached", "holder", holder, "key", key)
+		case binds[holder] == key:
+			s.addHolderLocked(s.entries[key], holder, key)
+		case pins[holder] == key:
+			klog.InfoS("Kept a pinned model", "holder", holder, "key", key, "model", s.entries[key].meta.URI)
+			s.addHolderLocked(s.entries[key], holder, key)
+			s.pins[holder] = key
+		default:
 			klog.InfoS("Dropped a reference whose mount is gone", "holder", holder, "key", key)
-			continue
 		}
-		s.addHolderLocked(s.entries[key], holder, key)
 	}
 	for holder, key := range binds {
 		if _, ok := s.holders[holder]; !ok && s.entries[key] != nil {
@@ -305,7 +321,10 @@ func (s *Store) recover(table *mountTable) error {
 	if err := s.saveHoldersLocked(); err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
-	klog.InfoS("Opened the model cache", "root", s.root, "models", len(s.entries), "holders", len(s.holders))
+	if err := s.savePinsLocked(); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	klog.InfoS("Opened the model cache", "root", s.root, "models", len(s.entries), "holders", len(s.holders), "pins", len(s.pins))
 	return nil
 }
 
@@ -328,6 +347,47 @@ func (s *Store) Acquire(ctx context.Context, m Model, src Source, holder string)
 		s.dropPendingLocked(holder)
 	}
 	return dir, err
+}
+
+// Pin is Acquire for a holder that is not a mount: a ModelCache's claim on this node, say
+// ("modelcache/<namespace>/<name>"; never an absolute path, which names a pod's mount). Like
+// any holder it keeps the model from expiring and from eviction until Release(holder); unlike
+// a pod's mount, which the mount table vouches for after a restart, a pin is recorded in
+// state/pins.json and kept by the next Store as it is. Its owner must release the pins it no
+// longer wants when it starts (Pins lists them): a ModelCache deleted while the plugin was
+// down. A closed store keeps its tmpfs while a pin is left (UnmountIfIdle), as for a pod.
+//
+// When ctx ends before the staging, Pin returns a *StagingError as Acquire does and nothing is
+// pinned yet: the staging goes on (with a pending hold for holder), and a later Pin takes it.
+func (s *Store) Pin(ctx context.Context, m Model, src Source, holder string) (string, error) {
+	dir, err := s.Acquire(ctx, m, src, holder)
+	if err != nil {
+		return "", err
+	}
+	key := m.Key()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holders[holder] != key {
+		// Released (or released and acquired again for another model) meanwhile.
+		return "", fmt.Errorf("pin %s for %s: released while it was being pinned", m, holder)
+	}
+	if s.pins[holder] == key {
+		return dir, nil
+	}
+	s.pins[holder] = key
+	if err := s.savePinsLocked(); err != nil {
+		delete(s.pins, holder)
+		return "", fmt.Errorf("pin %s for %s: %w", m, holder, err)
+	}
+	klog.V(2).InfoS("Pinned model", "holder", holder, "model", m.String(), "key", key)
+	return dir, nil
+}
+
+// Pins returns the pinned holders and the keys of their models (holder → key).
+func (s *Store) Pins() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.pins)
 }
 
 func (s *Store) acquire(ctx context.Context, m Model, src Source, holder, key string) (string, error) {
@@ -381,8 +441,8 @@ func (s *Store) acquire(ctx context.Context, m Model, src Source, holder, key st
 	}
 }
 
-// Release drops holder's reference. A model nobody holds is removed ExpireAfter later.
-// Releasing an unknown holder is not an error.
+// Release drops holder's reference, a pin's too. A model nobody holds is removed ExpireAfter
+// later. Releasing an unknown holder is not an error.
 func (s *Store) Release(holder string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -395,6 +455,14 @@ func (s *Store) Release(holder string) error {
 	if err := s.saveHoldersLocked(); err != nil {
 		s.addHolderLocked(e, holder, key)
 		return fmt.Errorf("release %s: %w", holder, err)
+	}
+	if _, pinned := s.pins[holder]; pinned {
+		delete(s.pins, holder)
+		// Harmless if it fails: a pin is kept at recovery only if holders.json has it too.
+		if err := s.savePinsLocked(); err != nil {
+			klog.ErrorS(err, "Could not record the release of a pin; the next start drops it anyway", "holder", holder, "key", key)
+		}
+		klog.V(2).InfoS("Unpinned model", "holder", holder, "key", key)
 	}
 	s.count.releases.Add(1)
 	if e != nil && len(e.holders) == 0 {
@@ -546,7 +614,8 @@ func (s *Store) StagingModels() []StagingStatus {
 // ModelStatus is one staged model as the store sees it.
 type ModelStatus struct {
 	Meta
-	Holders int
+	// Holders counts its references, Pins those of them that are pins.
+	Holders, Pins int
 }
 
 // Models lists the staged models, most recently used first.
@@ -555,7 +624,13 @@ func (s *Store) Models() []ModelStatus {
 	defer s.mu.Unlock()
 	out := make([]ModelStatus, 0, len(s.entries))
 	for _, e := range s.entries {
-		out = append(out, ModelStatus{Meta: e.meta, Holders: len(e.holders)})
+		ms := ModelStatus{Meta: e.meta, Holders: len(e.holders)}
+		for h := range e.holders {
+			if _, ok := s.pins[h]; ok {
+				ms.Pins++
+			}
+		}
+		out = append(out, ms)
 	}
 	slices.SortFunc(out, func(a, b ModelStatus) int { return b.LastUsed.Compare(a.LastUsed) })
 	return out
@@ -656,6 +731,7 @@ func (s *Store) removeHolderLocked(holder string) *entry {
 }
 
 func (s *Store) saveHoldersLocked() error { return writeJSON(s.dbf, s.holders) }
+func (s *Store) savePinsLocked() error    { return writeJSON(s.pinsf, s.pins) }
 
 // holdPendingLocked keeps key for holder, whose Acquire stopped waiting for it: while the
 // staging is in flight (until it ends), or RetryHold from now if it is committed already. A
