@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo deve
 LDFLAGS := -X github.com/modelcast/modelcast/internal/version.version=$(VERSION)
 BIN := bin
 
-.PHONY: help build test verify update bench bench-quick chaos demo manifests e2e clean
+.PHONY: help build test verify update generate bench bench-quick chaos demo manifests e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,7 +41,10 @@ bench-quick: ## four shaped hosts broadcast a 256 MiB model, and a chain head al
 chaos: ## chaos soak: agents killed, frozen, released, late joiners, Redis and OSS faults, invariants checked (CHAOS_S seconds, default 300; CHAOS_SEED replays)
 	CHAOS_S=$${CHAOS_S:-300} $(GO) test -count=1 -timeout 30m -run TestChaos -v ./test/chaos/
 
-manifests: ## render the Helm chart into deploy/modelcast.yaml (a test checks it is current)
+generate: ## deepcopy methods and the chart's CRDs from the API types in pkg/apis, with controller-gen (a test checks they are current)
+	bash hack/generate.sh
+
+manifests: generate ## render the Helm chart into deploy/modelcast.yaml (a test checks it is current)
 	bash hack/manifests.sh
 
 demo: ## the emulator serves a generated model; csi-plugin fetch downloads and verifies it
