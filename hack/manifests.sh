@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Renders the Helm chart into deploy/modelcast.yaml: plain manifests for `kubectl apply`.
+# Renders the Helm chart, its CRDs included, into deploy/modelcast.yaml: plain manifests for
+# `kubectl apply`.
 # TestManifestsCurrent fails when they differ from what the chart renders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +13,5 @@ bash hack/tools.sh
 # or an external Redis), or set broadcast.db in the ConfigMap's config.json and
 # MODELCAST_REDIS_PASSWORD in the node DaemonSet.
 HEAD
-	bin/tools/helm template modelcast charts/modelcast --namespace kube-system --set redis.mode=none
+	bin/tools/helm template modelcast charts/modelcast --namespace kube-system --set redis.mode=none --include-crds
 } > deploy/modelcast.yaml

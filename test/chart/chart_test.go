@@ -7,6 +7,7 @@ package chart
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -96,11 +98,15 @@ func has[T runtime.Object](r rendered, name string) bool {
 	return false
 }
 
-// decodeStrict decodes every YAML document of a stream with client-go's scheme: unknown
-// kinds, unknown fields and duplicate fields are errors.
+// decodeStrict decodes every YAML document of a stream with client-go's scheme and the CRD
+// types: unknown kinds, unknown fields and duplicate fields are errors.
 func decodeStrict(t *testing.T, name string, stream []byte) rendered {
 	t.Helper()
-	dec := serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+	sch := runtime.NewScheme()
+	if err := errors.Join(scheme.AddToScheme(sch), apiextensionsv1.AddToScheme(sch)); err != nil {
+		t.Fatal(err)
+	}
+	dec := serializer.NewCodecFactory(sch, serializer.EnableStrict).UniversalDeserializer()
 	rd := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(stream)))
 	var r rendered
 	for i := 0; ; i++ {
@@ -444,7 +450,7 @@ func TestManifestsCurrent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := run(t, "template", "modelcast", chartDir, "--namespace", "kube-system", "--set", "redis.mode=none")
+	out, err := run(t, "template", "modelcast", chartDir, "--namespace", "kube-system", "--set", "redis.mode=none", "--include-crds")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,7 +458,11 @@ func TestManifestsCurrent(t *testing.T) {
 	if !bytes.Equal(bytes.TrimSpace(body), bytes.TrimSpace([]byte(out))) {
 		t.Fatal("deploy/modelcast.yaml is not what the chart renders: run `make manifests`")
 	}
-	decodeStrict(t, "deploy/modelcast.yaml", have)
+	r := decodeStrict(t, "deploy/modelcast.yaml", have)
+	// kubectl apply installs what helm install does, the chart's CRDs included.
+	if !has[*apiextensionsv1.CustomResourceDefinition](r, "modelcaches.modelcast.io") {
+		t.Errorf("deploy/modelcast.yaml lacks the ModelCache CRD (kinds: %v)", r.kinds())
+	}
 }
 
 // TestExamples: every example decodes strictly, names the driver and uses only attributes
