@@ -349,16 +349,17 @@ func (s *Store) Acquire(ctx context.Context, m Model, src Source, holder string)
 	return dir, err
 }
 
-// Pin is Acquire for a holder that is not a mount: a ModelCache's claim on this node, say
-// ("modelcache/<namespace>/<name>"; never an absolute path, which names a pod's mount). Like
+// Pin is Acquire for a holder that is not a mount, such as a ModelCache's claim on this node
+// (holder "modelcache/<namespace>/<name>"; never an absolute path, which names a pod's mount). Like
 // any holder it keeps the model from expiring and from eviction until Release(holder); unlike
 // a pod's mount, which the mount table vouches for after a restart, a pin is recorded in
 // state/pins.json and kept by the next Store as it is. Its owner must release the pins it no
 // longer wants when it starts (Pins lists them): a ModelCache deleted while the plugin was
 // down. A closed store keeps its tmpfs while a pin is left (UnmountIfIdle), as for a pod.
 //
-// When ctx ends before the staging, Pin returns a *StagingError as Acquire does and nothing is
-// pinned yet: the staging goes on (with a pending hold for holder), and a later Pin takes it.
+// When ctx ends before the staging does, Pin returns a *StagingError as Acquire does and
+// nothing is pinned yet: the staging goes on (with a pending hold for holder), and a later Pin
+// takes the model.
 func (s *Store) Pin(ctx context.Context, m Model, src Source, holder string) (string, error) {
 	dir, err := s.Acquire(ctx, m, src, holder)
 	if err != nil {
