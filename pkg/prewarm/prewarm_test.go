@@ -1,0 +1,363 @@
+package prewarm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
+	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/prewarm"
+)
+
+func mc(name string, nodeNames []string, selector map[string]string) *v1alpha1.ModelCache {
+	return &v1alpha1.ModelCache{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+		Spec:       v1alpha1.ModelCacheSpec{OSSPath: "oss://bucket/" + name + "/", NodeNames: nodeNames, NodeSelector: selector},
+	}
+}
+
+func TestSelects(t *testing.T) {
+	gpu := map[string]string{"gpu": "a100", "zone": "b"}
+	for _, tc := range []struct {
+		name     string
+		names    []string
+		selector map[string]string
+		labels   map[string]string
+		want     bool
+	}{
+		{"name listed", []string{"other", "node-1"}, nil, nil, true},
+		{"name not listed", []string{"other"}, nil, gpu, false},
+		{"selector matches", nil, map[string]string{"gpu": "a100"}, gpu, true},
+		{"selector needs every label", nil, map[string]string{"gpu": "a100", "zone": "c"}, gpu, false},
+		{"selector, node without labels", nil, map[string]string{"gpu": "a100"}, nil, false},
+		{"both, only the name matches", []string{"node-1"}, map[string]string{"gpu": "h100"}, gpu, true},
+		{"both, only the selector matches", []string{"other"}, map[string]string{"zone": "b"}, gpu, true},
+		{"both, neither matches", []string{"other"}, map[string]string{"zone": "c"}, gpu, false},
+		{"neither set", nil, nil, gpu, false},
+		{"empty selector selects nothing", nil, map[string]string{}, gpu, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := prewarm.Selects(mc("m", tc.names, tc.selector), "node-1", tc.labels); got != tc.want {
+				t.Errorf("Selects = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	t.Run("label changes", func(t *testing.T) {
+		m := mc("m", nil, map[string]string{"gpu": "a100"})
+		labels := map[string]string{"gpu": "a100"}
+		if !prewarm.Selects(m, "node-1", labels) {
+			t.Fatal("labels match: want selected")
+		}
+		labels["gpu"] = "h100"
+		if prewarm.Selects(m, "node-1", labels) {
+			t.Fatal("label changed: want not selected")
+		}
+		delete(labels, "gpu")
+		if prewarm.Selects(m, "node-1", labels) {
+			t.Fatal("label removed: want not selected")
+		}
+	})
+}
+
+// fakeCache records pins and releases; pin decides each Pin's outcome.
+type fakeCache struct {
+	mu       sync.Mutex
+	pins     map[string]string // holder → ossPath
+	calls    []string          // "pin holder ossPath", "release holder"
+	pin      func(ctx context.Context, spec v1alpha1.ModelCacheSpec, report func(cache.Progress)) (int64, error)
+	attempts int
+}
+
+func (c *fakeCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, holder string, report func(cache.Progress)) (int64, error) {
+	c.mu.Lock()
+	c.calls = append(c.calls, "pin "+holder+" "+spec.OSSPath)
+	c.attempts++
+	pin := c.pin
+	c.mu.Unlock()
+	size := int64(100)
+	var err error
+	if pin != nil {
+		size, err = pin(ctx, spec, report)
+	}
+	if err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pins[holder] = spec.OSSPath
+	return size, nil
+}
+
+func (c *fakeCache) Release(holder string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, "release "+holder)
+	delete(c.pins, holder)
+	return nil
+}
+
+func (c *fakeCache) Pins() map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]string{}
+	for k, v := range c.pins {
+		out[k] = v
+	}
+	return out
+}
+
+func (c *fakeCache) Calls() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.calls)
+}
+
+// fakeStatus records the entries written, by ModelCache name.
+type fakeStatus struct {
+	mu      sync.Mutex
+	entries map[string][]v1alpha1.NodeStatus
+	removed []string
+}
+
+func (s *fakeStatus) Apply(_ context.Context, namespace, name string, st v1alpha1.NodeStatus) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.entries[namespace+"/"+name] = append(s.entries[namespace+"/"+name], st)
+	return nil
+}
+
+func (s *fakeStatus) Remove(_ context.Context, namespace, name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.removed = append(s.removed, namespace+"/"+name)
+	return nil
+}
+
+func (s *fakeStatus) states(name string) []v1alpha1.NodeState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []v1alpha1.NodeState
+	for _, e := range s.entries["ns/"+name] {
+		out = append(out, e.State)
+	}
+	return out
+}
+
+func (s *fakeStatus) last(name string) v1alpha1.NodeStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.entries["ns/"+name]
+	if len(e) == 0 {
+		return v1alpha1.NodeStatus{}
+	}
+	return e[len(e)-1]
+}
+
+func (s *fakeStatus) Removed() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.removed)
+}
+
+type env struct {
+	cache  *fakeCache
+	status *fakeStatus
+	clock  *clocktesting.FakeClock
+	r      *prewarm.Reconciler
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{cache: &fakeCache{pins: map[string]string{}}, status: &fakeStatus{entries: map[string][]v1alpha1.NodeStatus{}},
+		clock: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
+	e.r = prewarm.NewReconciler(context.Background(), "node-1", e.cache, e.status, e.clock, time.Minute)
+	t.Cleanup(e.r.Stop)
+	return e
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func (e *env) waitState(t *testing.T, name string, want v1alpha1.NodeState) {
+	t.Helper()
+	waitFor(t, name+" "+string(want), func() bool { return e.status.last(name).State == want })
+}
+
+func TestReconcilePinsAndReportsReady(t *testing.T) {
+	e := newEnv(t)
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("a", []string{"node-1"}, nil)}, false)
+	e.waitState(t, "a", v1alpha1.NodeReady)
+	if got, want := e.cache.Calls(), []string{"pin modelcache/ns/a oss://bucket/a/"}; !slices.Equal(got, want) {
+		t.Errorf("calls = %q, want %q", got, want)
+	}
+	if got, want := e.status.states("a"), []v1alpha1.NodeState{v1alpha1.NodePending, v1alpha1.NodeReady}; !slices.Equal(got, want) {
+		t.Errorf("states = %v, want %v", got, want)
+	}
+	last := e.status.last("a")
+	if last.Node != "node-1" || last.Bytes != 100 || last.TotalBytes != 100 || last.LastUpdateTime == nil {
+		t.Errorf("ready entry = %+v, want node-1 with 100 of 100 bytes and a time", last)
+	}
+	// A reconcile with the same ModelCache (its selection changed, its model not) pins nothing again.
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("a", []string{"node-1", "node-2"}, nil)}, false)
+	if got := e.cache.Calls(); len(got) != 1 {
+		t.Errorf("calls after an unchanged model = %q, want the one pin", got)
+	}
+}
+
+func TestReconcileReportsStagingProgress(t *testing.T) {
+	e := newEnv(t)
+	proceed := make(chan struct{})
+	e.cache.pin = func(ctx context.Context, _ v1alpha1.ModelCacheSpec, report func(cache.Progress)) (int64, error) {
+		report(cache.Progress{Done: 0, Total: 1000, From: "OSS (position 1 of 2, chain head)"})
+		e.clock.Step(2 * time.Second)
+		report(cache.Progress{Done: 400, Total: 1000, From: "OSS (position 1 of 2, chain head)"})
+		<-proceed
+		return 1000, nil
+	}
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("a", []string{"node-1"}, nil)}, false)
+	waitFor(t, "the second progress report", func() bool { return e.status.last("a").Bytes == 400 })
+	got := e.status.last("a")
+	want := v1alpha1.NodeStatus{Node: "node-1", State: v1alpha1.NodeStaging, Bytes: 400, TotalBytes: 1000, Rate: 200, Source: "OSS (position 1 of 2, chain head)"}
+	got.LastUpdateTime = nil
+	if got != want {
+		t.Errorf("staging entry = %+v, want %+v", got, want)
+	}
+	close(proceed)
+	e.waitState(t, "a", v1alpha1.NodeReady)
+}
+
+func TestReconcileReleasesWhenUnselected(t *testing.T) {
+	e := newEnv(t)
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("a", []string{"node-1"}, nil), mc("b", []string{"node-1"}, nil)}, false)
+	e.waitState(t, "a", v1alpha1.NodeReady)
+	e.waitState(t, "b", v1alpha1.NodeReady)
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("b", []string{"node-1"}, nil)}, false)
+	if _, ok := e.cache.Pins()["modelcache/ns/a"]; ok {
+		t.Error("a is still pinned after it stopped selecting the node")
+	}
+	if _, ok := e.cache.Pins()["modelcache/ns/b"]; !ok {
+		t.Error("b was released although it still selects the node")
+	}
+	if got, want := e.status.Removed(), []string{"ns/a"}; !slices.Equal(got, want) {
+		t.Errorf("entries removed = %q, want %q", got, want)
+	}
+}
+
+func TestReconcileRepinsAnotherModel(t *testing.T) {
+	e := newEnv(t)
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("a", []string{"node-1"}, nil)}, false)
+	e.waitState(t, "a", v1alpha1.NodeReady)
+	changed := mc("a", []string{"node-1"}, nil)
+	changed.Spec.OSSPath = "oss://bucket/other/"
+	e.r.Reconcile([]*v1alpha1.ModelCache{changed}, false)
+	waitFor(t, "the new model pinned", func() bool { return e.cache.Pins()["modelcache/ns/a"] == "oss://bucket/other/" })
+	want := []string{"pin modelcache/ns/a oss://bucket/a/", "release modelcache/ns/a", "pin modelcache/ns/a oss://bucket/other/"}
+	if got := e.cache.Calls(); !slices.Equal(got, want) {
+		t.Errorf("calls = %q, want %q", got, want)
+	}
+	if got := e.status.Removed(); len(got) != 0 {
+		t.Errorf("entries removed = %q, want none (the ModelCache still selects the node)", got)
+	}
+	e.waitState(t, "a", v1alpha1.NodeReady)
+}
+
+func TestReconcileRefusesSecretRef(t *testing.T) {
+	e := newEnv(t)
+	m := mc("a", []string{"node-1"}, nil)
+	m.Spec.SecretRef = &v1alpha1.SecretReference{Name: "oss"}
+	e.r.Reconcile([]*v1alpha1.ModelCache{m}, false)
+	e.waitState(t, "a", v1alpha1.NodeFailed)
+	if got := e.status.last("a").Reason; got != prewarm.ReasonSecretsNotSupported {
+		t.Errorf("reason = %q, want %q", got, prewarm.ReasonSecretsNotSupported)
+	}
+	if got := e.cache.Calls(); len(got) != 0 {
+		t.Errorf("calls = %q, want none: the node's own credentials must not be used instead", got)
+	}
+}
+
+func TestReconcileRetriesAFailure(t *testing.T) {
+	e := newEnv(t)
+	e.cache.pin = func(context.Context, v1alpha1.ModelCacheSpec, func(cache.Progress)) (int64, error) {
+		e.cache.mu.Lock()
+		n := e.cache.attempts
+		e.cache.mu.Unlock()
+		if n == 1 {
+			return 0, fmt.Errorf("stage oss://bucket/a/: %w", cache.ErrNoSpace)
+		}
+		return 100, nil
+	}
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("a", []string{"node-1"}, nil)}, false)
+	e.waitState(t, "a", v1alpha1.NodeFailed)
+	if got := e.status.last("a"); got.Reason != "NoSpace" || got.Message == "" {
+		t.Errorf("failed entry = %+v, want reason NoSpace with a message", got)
+	}
+	waitFor(t, "the retry timer", func() bool { return e.clock.HasWaiters() })
+	e.clock.Step(time.Minute)
+	e.waitState(t, "a", v1alpha1.NodeReady)
+}
+
+func TestReconcileReleasesUnknownPinsAtStart(t *testing.T) {
+	e := newEnv(t)
+	e.cache.pins = map[string]string{
+		"modelcache/ns/a":          "oss://bucket/a/", // still selects the node: kept
+		"modelcache/ns/gone":       "oss://bucket/gone/",
+		"/var/lib/kubelet/pods/x/": "oss://bucket/pod/", // a pod's mount: not the watcher's
+	}
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("a", []string{"node-1"}, nil)}, true)
+	e.waitState(t, "a", v1alpha1.NodeReady)
+	pins := e.cache.Pins()
+	if _, ok := pins["modelcache/ns/gone"]; ok {
+		t.Error("the pin of a ModelCache that no longer selects the node was kept")
+	}
+	if _, ok := pins["modelcache/ns/a"]; !ok {
+		t.Error("the pin of a ModelCache that selects the node was released")
+	}
+	if _, ok := pins["/var/lib/kubelet/pods/x/"]; !ok {
+		t.Error("a pod's holder was released")
+	}
+	if got, want := e.status.Removed(), []string{"ns/gone"}; !slices.Equal(got, want) {
+		t.Errorf("entries removed = %q, want %q", got, want)
+	}
+}
+
+func TestStopEndsStagingsAndKeepsPins(t *testing.T) {
+	e := newEnv(t)
+	e.cache.pins["modelcache/ns/done"] = "oss://bucket/done/"
+	started := make(chan struct{})
+	e.cache.pin = func(ctx context.Context, spec v1alpha1.ModelCacheSpec, _ func(cache.Progress)) (int64, error) {
+		if spec.OSSPath == "oss://bucket/done/" {
+			return 100, nil
+		}
+		close(started)
+		<-ctx.Done()
+		return 0, fmt.Errorf("pin: %w", errors.Join(cache.ErrStaging, ctx.Err()))
+	}
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("slow", []string{"node-1"}, nil), mc("done", []string{"node-1"}, nil)}, true)
+	<-started
+	e.waitState(t, "done", v1alpha1.NodeReady)
+	e.r.Stop() // returns only once the slow staging's job has ended
+	for _, c := range e.cache.Calls() {
+		if c[:7] == "release" {
+			t.Errorf("stopping released a pin: %q", c)
+		}
+	}
+	if got := e.status.last("slow").State; got != v1alpha1.NodePending {
+		t.Errorf("slow's last state = %q, want Pending (a stopped staging is not a failure)", got)
+	}
+}

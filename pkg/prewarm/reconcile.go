@@ -1,0 +1,251 @@
+// Package prewarm is the node's ModelCache watcher: it pins, on this node, the models of the
+// ModelCaches that select it, releases them when they stop selecting it, and writes this
+// node's entry of their status.
+package prewarm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
+	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/ossclient"
+)
+
+// HolderPrefix starts the cache holder of every ModelCache's pin: modelcache/<namespace>/<name>.
+const HolderPrefix = "modelcache/"
+
+// Holder is the cache holder of the ModelCache namespace/name's pin.
+func Holder(namespace, name string) string { return HolderPrefix + namespace + "/" + name }
+
+// Reasons the watcher writes in a Failed entry besides the errors' (ReasonFor).
+const (
+	ReasonSecretsNotSupported = "SecretsNotSupported"
+)
+
+// Cache is what the watcher asks of the node: the model of a ModelCache pinned for holder
+// through the path a publish takes (resolved, staged through the chain), and released.
+type Cache interface {
+	// Pin resolves spec's model and pins it for holder, calling report with the staging's
+	// progress now and then meanwhile; it returns the model's size once pinned.
+	Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, holder string, report func(cache.Progress)) (int64, error)
+	Release(holder string) error
+	Pins() map[string]string
+}
+
+// StatusWriter writes this node's entry of a ModelCache's status.nodes (and nothing else).
+type StatusWriter interface {
+	Apply(ctx context.Context, namespace, name string, st v1alpha1.NodeStatus) error
+	// Remove drops this node's entry; a ModelCache that no longer exists is not an error.
+	Remove(ctx context.Context, namespace, name string) error
+}
+
+// Selects says whether mc selects the node: named in nodeNames, or its labels match a
+// non-empty nodeSelector.
+func Selects(mc *v1alpha1.ModelCache, node string, nodeLabels map[string]string) bool {
+	if slices.Contains(mc.Spec.NodeNames, node) {
+		return true
+	}
+	if len(mc.Spec.NodeSelector) == 0 {
+		return false
+	}
+	return labels.SelectorFromSet(mc.Spec.NodeSelector).Matches(labels.Set(nodeLabels))
+}
+
+// ReasonFor is the Failed reason of a staging error.
+func ReasonFor(err error) string {
+	switch {
+	case errors.Is(err, cache.ErrNoSpace):
+		return "NoSpace"
+	case errors.Is(err, ossclient.ErrNotFound):
+		return "NotFound"
+	case errors.Is(err, ossclient.ErrAccessDenied):
+		return "AccessDenied"
+	case errors.Is(err, ossclient.ErrInvalidConfig), errors.Is(err, ossclient.ErrInvalidURI):
+		return "InvalidConfig"
+	case errors.Is(err, ossclient.ErrTooLarge):
+		return "TooLarge"
+	case errors.Is(err, ossclient.ErrUnavailable):
+		return "Unavailable"
+	}
+	return "StagingFailed"
+}
+
+// model is the part of a spec that names the model (not where it goes): a change of it is
+// another model, released and pinned again.
+func model(spec v1alpha1.ModelCacheSpec) v1alpha1.ModelCacheSpec {
+	m := *spec.DeepCopy()
+	m.NodeSelector, m.NodeNames = nil, nil
+	return m
+}
+
+// Reconciler keeps one job per ModelCache that selects the node: a goroutine that pins its
+// model and writes its status, retrying after a failure, and exits once the model is pinned.
+type Reconciler struct {
+	node   string
+	cache  Cache
+	status StatusWriter
+	clock  clock.WithTicker
+	retry  time.Duration
+
+	ctx    context.Context // the jobs run under it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	jobs   map[string]*job // by holder; only the reconcile loop touches it
+}
+
+type job struct {
+	namespace, name string
+	model           v1alpha1.ModelCacheSpec
+	cancel          context.CancelFunc
+	done            chan struct{}
+}
+
+// NewReconciler returns a reconciler for node whose jobs run under ctx (with its values, not
+// its cancellation: Stop ends them). retry is the wait after a failed staging.
+func NewReconciler(ctx context.Context, node string, c Cache, status StatusWriter, clk clock.WithTicker, retry time.Duration) *Reconciler {
+	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	return &Reconciler{node: node, cache: c, status: status, clock: clk, retry: retry, ctx: jctx, cancel: cancel, jobs: map[string]*job{}}
+}
+
+// Reconcile makes the jobs and pins match selected, the ModelCaches that select the node.
+// With releaseUnknown (after the first sync) it also releases the cache's ModelCache pins
+// that no selected ModelCache claims: those changed or deleted while the plugin was down.
+func (r *Reconciler) Reconcile(selected []*v1alpha1.ModelCache, releaseUnknown bool) {
+	want := map[string]*v1alpha1.ModelCache{}
+	for _, mc := range selected {
+		want[Holder(mc.Namespace, mc.Name)] = mc
+	}
+	for _, holder := range slices.Sorted(maps.Keys(r.jobs)) {
+		j := r.jobs[holder]
+		mc, ok := want[holder]
+		if ok && equalModel(j.model, model(mc.Spec)) {
+			continue
+		}
+		j.cancel()
+		<-j.done
+		delete(r.jobs, holder)
+		r.release(holder, j.namespace, j.name, !ok)
+	}
+	if releaseUnknown {
+		for _, holder := range slices.Sorted(maps.Keys(r.cache.Pins())) {
+			if _, ok := want[holder]; ok || !strings.HasPrefix(holder, HolderPrefix) {
+				continue
+			}
+			ns, name, _ := strings.Cut(strings.TrimPrefix(holder, HolderPrefix), "/")
+			r.release(holder, ns, name, true)
+		}
+	}
+	for _, holder := range slices.Sorted(maps.Keys(want)) {
+		if r.jobs[holder] != nil {
+			continue
+		}
+		mc := want[holder]
+		jctx, cancel := context.WithCancel(r.ctx)
+		j := &job{namespace: mc.Namespace, name: mc.Name, model: model(mc.Spec), cancel: cancel, done: make(chan struct{})}
+		r.jobs[holder] = j
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			defer close(j.done)
+			r.run(jctx, holder, j, *mc.Spec.DeepCopy())
+		}()
+	}
+}
+
+// release drops holder's pin and, when the ModelCache no longer selects the node (rather than
+// naming another model), this node's status entry.
+func (r *Reconciler) release(holder, namespace, name string, unselected bool) {
+	if err := r.cache.Release(holder); err != nil {
+		klog.ErrorS(err, "Could not release a ModelCache's pin", "holder", holder)
+	} else {
+		klog.V(2).InfoS("Released a ModelCache's pin", "holder", holder)
+	}
+	if !unselected {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, 30*time.Second)
+	defer cancel()
+	if err := r.status.Remove(ctx, namespace, name); err != nil {
+		klog.ErrorS(err, "Could not remove the node's status entry", "modelCache", klog.KRef(namespace, name))
+	}
+}
+
+// Stop ends the jobs and waits for them. Pins stay: a restarted plugin keeps them.
+func (r *Reconciler) Stop() {
+	r.cancel()
+	r.wg.Wait()
+}
+
+func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alpha1.ModelCacheSpec) {
+	ref := klog.KRef(j.namespace, j.name)
+	write := func(st v1alpha1.NodeStatus) {
+		st.Node = r.node
+		now := metav1.NewTime(r.clock.Now())
+		st.LastUpdateTime = &now
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := r.status.Apply(wctx, j.namespace, j.name, st); err != nil && ctx.Err() == nil {
+			klog.ErrorS(err, "Could not write the node's status entry", "modelCache", ref, "state", st.State)
+		}
+	}
+	if spec.SecretRef != nil {
+		write(v1alpha1.NodeStatus{State: v1alpha1.NodeFailed, Reason: ReasonSecretsNotSupported,
+			Message: fmt.Sprintf("spec.secretRef (%s) is not supported yet: remove it to stage with the node plugin's own credentials", spec.SecretRef.Name)})
+		return
+	}
+	for {
+		write(v1alpha1.NodeStatus{State: v1alpha1.NodePending})
+		var last cache.Progress
+		var lastAt time.Time
+		size, err := r.cache.Pin(ctx, spec, holder, func(p cache.Progress) {
+			now := r.clock.Now()
+			var rate int64
+			if !lastAt.IsZero() && now.After(lastAt) && p.Done >= last.Done {
+				rate = int64(float64(p.Done-last.Done) / now.Sub(lastAt).Seconds())
+			}
+			last, lastAt = p, now
+			write(v1alpha1.NodeStatus{State: v1alpha1.NodeStaging, Bytes: p.Done, TotalBytes: p.Total, Rate: rate, Source: p.From})
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			klog.V(2).InfoS("Pinned a ModelCache's model", "modelCache", ref, "model", spec.OSSPath, "bytes", size)
+			write(v1alpha1.NodeStatus{State: v1alpha1.NodeReady, Bytes: size, TotalBytes: size})
+			return
+		}
+		klog.ErrorS(err, "Could not stage a ModelCache's model; trying again later", "modelCache", ref, "model", spec.OSSPath, "retryAfter", r.retry)
+		write(v1alpha1.NodeStatus{State: v1alpha1.NodeFailed, Reason: ReasonFor(err), Message: err.Error()})
+		t := r.clock.NewTimer(r.retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+	}
+}
+
+func equalModel(a, b v1alpha1.ModelCacheSpec) bool {
+	return a.OSSPath == b.OSSPath && a.Endpoint == b.Endpoint && a.Region == b.Region && a.Tenant == b.Tenant &&
+		ptrEq(a.Broadcast, b.Broadcast) && ptrEq(a.SecretRef, b.SecretRef)
+}
+
+func ptrEq[T comparable](a, b *T) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}

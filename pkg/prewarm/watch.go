@@ -1,0 +1,179 @@
+package prewarm
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
+)
+
+// Resource is the ModelCaches' resource.
+var Resource = schema.GroupVersionResource{Group: v1alpha1.Group, Version: v1alpha1.GroupVersion.Version, Resource: "modelcaches"}
+
+// Config wires a watcher.
+type Config struct {
+	Node    string
+	Kube    kubernetes.Interface // the node's own Node object, for its labels
+	Dynamic dynamic.Interface    // ModelCaches, and their status
+	Cache   Cache
+	// Status writes the node's status entries; default: server-side apply through Dynamic.
+	Status StatusWriter
+	Clock  clock.WithTicker // default: the real clock
+	// RetryAfter is the wait after a failed staging; default one minute.
+	RetryAfter time.Duration
+}
+
+// Run watches the ModelCaches (all namespaces) and the node's own Node until ctx ends, keeping
+// the pins of those that select the node; then it stops its jobs and waits for them.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Status == nil {
+		cfg.Status = NewApplier(cfg.Dynamic, cfg.Node)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = time.Minute
+	}
+	changed := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	handler := toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { poke() },
+		UpdateFunc: func(any, any) { poke() },
+		DeleteFunc: func(any) { poke() },
+	}
+	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0)
+	mcInformer := dynFactory.ForResource(Resource).Informer()
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.Node).String()
+	}))
+	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+	if _, err := mcInformer.AddEventHandler(handler); err != nil {
+		return fmt.Errorf("watch modelcaches: %w", err)
+	}
+	if _, err := nodeInformer.AddEventHandler(handler); err != nil {
+		return fmt.Errorf("watch node %s: %w", cfg.Node, err)
+	}
+	ictx, stopInformers := context.WithCancel(ctx)
+	defer func() {
+		stopInformers()
+		dynFactory.Shutdown()
+		nodeFactory.Shutdown()
+	}()
+	dynFactory.Start(ictx.Done())
+	nodeFactory.Start(ictx.Done())
+	klog.InfoS("Watching ModelCaches", "node", cfg.Node)
+	if !toolscache.WaitForCacheSync(ctx.Done(), mcInformer.HasSynced, nodeInformer.HasSynced) {
+		return nil // ctx ended first
+	}
+	r := NewReconciler(ctx, cfg.Node, cfg.Cache, cfg.Status, cfg.Clock, cfg.RetryAfter)
+	defer r.Stop()
+	first := true
+	for {
+		var nodeLabels map[string]string
+		if obj, ok, _ := nodeInformer.GetStore().GetByKey(cfg.Node); ok {
+			if n, isNode := obj.(*corev1.Node); isNode {
+				nodeLabels = n.Labels
+			}
+		}
+		var selected []*v1alpha1.ModelCache
+		for _, obj := range mcInformer.GetStore().List() {
+			mc, err := fromUnstructured(obj)
+			if err != nil {
+				klog.ErrorS(err, "Ignoring a ModelCache that does not decode")
+				continue
+			}
+			if Selects(mc, cfg.Node, nodeLabels) {
+				selected = append(selected, mc)
+			}
+		}
+		r.Reconcile(selected, first)
+		first = false
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+func fromUnstructured(obj any) (*v1alpha1.ModelCache, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return nil, fmt.Errorf("modelcache: unexpected object %T", obj)
+	}
+	mc := &v1alpha1.ModelCache{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, mc); err != nil {
+		return nil, fmt.Errorf("modelcache %s/%s: %w", u.GetNamespace(), u.GetName(), err)
+	}
+	return mc, nil
+}
+
+// Applier writes a node's status entries with server-side apply on the status subresource,
+// under the field manager modelcast-node-<node>: each node owns its own entry of the list-map.
+type Applier struct {
+	client dynamic.Interface
+	node   string
+}
+
+// NewApplier returns the StatusWriter of node.
+func NewApplier(client dynamic.Interface, node string) *Applier {
+	return &Applier{client: client, node: node}
+}
+
+// FieldManager is the field manager of node's status entries.
+func FieldManager(node string) string { return "modelcast-node-" + node }
+
+// Apply writes st as the node's entry.
+func (a *Applier) Apply(ctx context.Context, namespace, name string, st v1alpha1.NodeStatus) error {
+	entry, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&st)
+	if err != nil {
+		return fmt.Errorf("status of modelcache %s/%s: %w", namespace, name, err)
+	}
+	return a.apply(ctx, namespace, name, map[string]any{"nodes": []any{entry}})
+}
+
+// Remove applies no entry, which drops the one this node's manager owned.
+func (a *Applier) Remove(ctx context.Context, namespace, name string) error {
+	err := a.apply(ctx, namespace, name, map[string]any{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func (a *Applier) apply(ctx context.Context, namespace, name string, status map[string]any) error {
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": v1alpha1.GroupVersion.String(),
+		"kind":       "ModelCache",
+		"metadata":   map[string]any{"name": name, "namespace": namespace},
+		"status":     status,
+	}}
+	_, err := a.client.Resource(Resource).Namespace(namespace).Apply(ctx, name, obj,
+		metav1.ApplyOptions{FieldManager: FieldManager(a.node), Force: true}, "status")
+	if err != nil {
+		return fmt.Errorf("apply status of modelcache %s/%s: %w", namespace, name, err)
+	}
+	return nil
+}
