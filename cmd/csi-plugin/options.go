@@ -33,7 +33,7 @@ type Options struct {
 	DriverName   string // --driver-name
 	HTTPEndpoint string // --http-endpoint: /metrics, /healthz, /readyz; "": off
 	ConfigPath   string // --config
-	Kubeconfig   string // --kubeconfig: for pod Events; "": in-cluster when in a pod
+	Kubeconfig   string // --kubeconfig: for pod Events and ModelCaches; "": in-cluster when in a pod
 
 	// Node holds the flags the node shares with the agent (the node's model code without CSI).
 	Node NodeOptions
@@ -52,7 +52,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.DriverName, "driver-name", driver.DefaultDriverName, "CSI driver name (the CSIDriver object's)")
 	fs.StringVar(&o.HTTPEndpoint, "http-endpoint", ":"+strconv.Itoa(DefaultHTTPPort), "where to serve /metrics, /healthz and /readyz (host:port; empty: off)")
 	fs.StringVar(&o.ConfigPath, "config", config.DefaultPath, "configuration file (OSS Connector's keys; see README)")
-	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig for posting pod Events (default: in-cluster, when running in a pod)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig for pod Events and ModelCaches (default: in-cluster, when running in a pod)")
 	if o.Mode != driver.ModeNode {
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -62,11 +63,11 @@ func runServe(ctx context.Context, mode string, args []string) error {
 		return err
 	}
 	opts.Config = cfg
-	if opts.KubeClient, err = kubeClient(o.Kubeconfig); err != nil {
+	if opts.KubeClient, opts.DynamicClient, err = kubeClients(o.Kubeconfig); err != nil {
 		return err
 	}
 	if opts.KubeClient == nil {
-		klog.InfoS("No Kubernetes API configured: pod Events are off")
+		klog.InfoS("No Kubernetes API configured: pod Events and ModelCaches are off")
 	}
 	klog.InfoS("Configuration", "config", o.ConfigPath, "expireTimeSec", cfg.ExpireTimeSec, "parallelRequests", cfg.Concurrency(),
 		"maxCacheAdviseGB", cfg.Prefetch.MaxCacheAdviseGB, "cacheRoot", cfg.Cache.Root, "tmpfsSize", cfg.Cache.TmpfsSize, "huge", cfg.Cache.Huge)
@@ -105,9 +106,9 @@ func registrationHook(reg registration.Config) (func(context.Context) error, err
 	}, nil
 }
 
-// kubeClient builds a client from a kubeconfig, or in-cluster when running in a pod; nil when
-// neither is available.
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+// kubeClients builds the clients (typed, and dynamic for ModelCaches) from a kubeconfig, or
+// in-cluster when running in a pod; nil when neither is available.
+func kubeClients(kubeconfig string) (kubernetes.Interface, dynamic.Interface, error) {
 	var rc *rest.Config
 	var err error
 	switch {
@@ -116,10 +117,18 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
 		rc, err = rest.InClusterConfig()
 	default:
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return kubernetes.NewForConfig(rc)
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	return kube, dyn, nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -61,6 +62,9 @@ type Options struct {
 	Getenv func(string) string
 	// KubeClient posts pod Events; nil: no Events.
 	KubeClient kubernetes.Interface
+	// DynamicClient, with KubeClient, runs the node's ModelCache watcher (pre-warming the
+	// models of the ModelCaches that select the node); nil: none.
+	DynamicClient dynamic.Interface
 	// NodeIP is this node's address for peers (the broadcast data plane listens on
 	// bindPort); default: all interfaces, advertised as the host name's address.
 	NodeIP string
@@ -359,6 +363,15 @@ func (d *Driver) Serve(ctx context.Context) error {
 	} else {
 		close(hookDone)
 	}
+	watchDone := make(chan struct{})
+	if d.watchesModelCaches() {
+		go func() {
+			defer close(watchDone)
+			d.watchModelCaches(sctx)
+		}()
+	} else {
+		close(watchDone)
+	}
 	select {
 	case err = <-served:
 		d.server.Stop() // the connections it had
@@ -375,6 +388,7 @@ func (d *Driver) Serve(ctx context.Context) error {
 	}
 	stopServing()
 	<-hookDone
+	<-watchDone // its stagings ended before the cache closes
 	d.serving.Store(false)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil

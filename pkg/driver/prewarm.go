@@ -1,0 +1,99 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
+	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/prewarm"
+)
+
+// prewarmProgressEvery is how often a ModelCache's staging reports its progress (each report
+// is one status write to the API server).
+const prewarmProgressEvery = 5 * time.Second
+
+// prewarmCache pins ModelCaches' models through the path a publish takes: the resolver (the
+// node's own credentials) and the cache, staged through the chain.
+type prewarmCache struct{ d *Driver }
+
+var _ prewarm.Cache = prewarmCache{}
+
+func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, holder string, report func(cache.Progress)) (int64, error) {
+	attrs := map[string]string{AttrOSSPath: spec.OSSPath}
+	for k, v := range map[string]string{AttrEndpoint: spec.Endpoint, AttrRegion: spec.Region, AttrTenant: spec.Tenant} {
+		if v != "" {
+			attrs[k] = v
+		}
+	}
+	if spec.Broadcast != nil {
+		attrs[AttrBroadcast] = strconv.FormatBool(*spec.Broadcast)
+	}
+	vs, err := parseVolume(attrs)
+	if err != nil {
+		return 0, err
+	}
+	model, src, err := c.d.res.model(ctx, vs, nil)
+	if err != nil {
+		return 0, err
+	}
+	err = c.pin(ctx, model, src, holder, report)
+	if errors.Is(err, cache.ErrHolderConflict) {
+		// The pin is of a version of the model OSS no longer has (pinned before a restart):
+		// follow OSS.
+		klog.InfoS("A ModelCache's model changed in OSS: pinning the new version", "holder", holder, "model", model.String())
+		if err := c.d.store.Release(holder); err != nil {
+			return 0, err
+		}
+		err = c.pin(ctx, model, src, holder, report)
+	}
+	if err != nil {
+		return 0, err
+	}
+	meta, _ := c.d.store.Info(model.Key())
+	return meta.Size, nil
+}
+
+// pin pins model for holder, reporting the staging's progress every prewarmProgressEvery.
+func (c prewarmCache) pin(ctx context.Context, model cache.Model, src cache.Source, holder string, report func(cache.Progress)) error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.d.store.Pin(ctx, model, src, holder)
+		done <- err
+	}()
+	t := c.d.opts.Clock.NewTicker(prewarmProgressEvery)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-t.C():
+			if p, ok := c.d.store.Staging(model.Key()); ok {
+				report(p)
+			}
+		}
+	}
+}
+
+func (c prewarmCache) Release(holder string) error { return c.d.store.Release(holder) }
+
+func (c prewarmCache) Pins() map[string]string { return c.d.store.Pins() }
+
+// watchesModelCaches says whether the node plugin runs the ModelCache watcher: on a node,
+// with a Kubernetes client.
+func (d *Driver) watchesModelCaches() bool {
+	return d.store != nil && d.opts.Mode != ModeAgent && d.opts.KubeClient != nil && d.opts.DynamicClient != nil
+}
+
+// watchModelCaches runs the ModelCache watcher until ctx ends.
+func (d *Driver) watchModelCaches(ctx context.Context) {
+	err := prewarm.Run(ctx, prewarm.Config{Node: d.opts.NodeID, Kube: d.opts.KubeClient, Dynamic: d.opts.DynamicClient,
+		Cache: prewarmCache{d: d}, Clock: d.opts.Clock})
+	if err != nil {
+		klog.ErrorS(err, "The ModelCache watcher stopped: ModelCaches are not pre-warmed on this node")
+	}
+}
