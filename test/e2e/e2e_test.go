@@ -24,10 +24,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
 	"github.com/modelcast/modelcast/pkg/ossclient"
+	"github.com/modelcast/modelcast/pkg/prewarm"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/promtest"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -44,6 +49,7 @@ const (
 	smallSize  = 48 << 20
 	slowSize   = 40 << 20
 	slowRate   = 1 << 20 // bytes/s: the slow model takes ~40 s, four NodePublish calls of 10 s
+	warmSize   = 24 << 20
 	expireSec  = 10
 	httpPort   = 19899
 	testNS     = "default"
@@ -51,6 +57,7 @@ const (
 
 type env struct {
 	kube       kubernetes.Interface
+	dyn        dynamic.Interface
 	kubeletDir string
 	nodeName   string
 	nodeIP     string
@@ -81,6 +88,9 @@ func setup(t *testing.T, ctx context.Context) *env {
 	if e.kube, err = kubernetes.NewForConfig(rc); err != nil {
 		t.Fatal(err)
 	}
+	if e.dyn, err = dynamic.NewForConfig(rc); err != nil {
+		t.Fatal(err)
+	}
 	if e.repo, err = filepath.Abs("../.."); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +101,8 @@ func setup(t *testing.T, ctx context.Context) *env {
 	// pod reach it; the models are generated safetensors-like files with OSS CRC-64s.
 	e.emu, err = ossemu.StartProcess(ctx, "--listen", e.nodeIP+":0", "--region", region,
 		"--access-key-id", accessKey, "--access-key-secret", secretKey, "--bucket", "models",
-		"--generate", fmt.Sprintf("models/small/=%d", smallSize), "--generate", fmt.Sprintf("models/slow/=%d", slowSize))
+		"--generate", fmt.Sprintf("models/small/=%d", smallSize), "--generate", fmt.Sprintf("models/slow/=%d", slowSize),
+		"--generate", fmt.Sprintf("models/warm/=%d", warmSize))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,6 +347,62 @@ func TestE2E(t *testing.T) {
 			t.Errorf("kubelet did not retry a NodePublishVolume that answered while staging:\n%s", evs)
 		}
 		t.Logf("slow model (%d bytes at %d B/s) ready in %v; events:\n%s", slowSize, slowRate, took.Round(time.Second), evs)
+	})
+
+	t.Run("a ModelCache pre-warms the node, deleting it releases the model", func(t *testing.T) {
+		if err := e.emu.ResetStats(); err != nil {
+			t.Fatal(err)
+		}
+		refs := scrape().Get("modelcast_cache_references")
+		mc := &v1alpha1.ModelCache{TypeMeta: metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "ModelCache"},
+			ObjectMeta: metav1.ObjectMeta{Name: "e2e-warm", Namespace: testNS},
+			Spec:       v1alpha1.ModelCacheSpec{OSSPath: "oss://models/warm/", NodeNames: []string{e.nodeName}}}
+		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(mc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mcs := e.dyn.Resource(prewarm.Resource).Namespace(testNS)
+		if _, err := mcs.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var entry v1alpha1.NodeStatus
+		waitFor(t, ctx, 2*time.Minute, "the node's status entry Ready", func() (bool, string) {
+			u, err := mcs.Get(ctx, "e2e-warm", metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			var got v1alpha1.ModelCache
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &got); err != nil {
+				return false, err.Error()
+			}
+			for _, n := range got.Status.Nodes {
+				if n.Node == e.nodeName {
+					entry = n
+					return n.State == v1alpha1.NodeReady, fmt.Sprintf("%+v", n)
+				}
+			}
+			return false, fmt.Sprintf("status %+v", got.Status)
+		})
+		if entry.Bytes != warmSize || entry.TotalBytes != warmSize {
+			t.Errorf("Ready entry %+v: want %d of %d bytes", entry, warmSize, warmSize)
+		}
+		if got := scrape().Get("modelcast_cache_references"); got != refs+1 {
+			t.Errorf("references %v with the ModelCache's pin, want %v", got, refs+1)
+		}
+		st, err := e.emu.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.BytesServed != warmSize {
+			t.Errorf("the emulator served %d bytes for a %d-byte model: want one copy", st.BytesServed, warmSize)
+		}
+		if err := mcs.Delete(ctx, "e2e-warm", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, ctx, time.Minute, "the pin released", func() (bool, string) {
+			got := scrape().Get("modelcast_cache_references")
+			return got == refs, fmt.Sprintf("references %v, want %v", got, refs)
+		})
 	})
 
 	t.Run("release after expireTimeSec, uninstall leaves no mount", func(t *testing.T) {
