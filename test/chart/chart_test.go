@@ -25,6 +25,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 
+	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/driver"
 )
@@ -103,7 +104,7 @@ func has[T runtime.Object](r rendered, name string) bool {
 func decodeStrict(t *testing.T, name string, stream []byte) rendered {
 	t.Helper()
 	sch := runtime.NewScheme()
-	if err := errors.Join(scheme.AddToScheme(sch), apiextensionsv1.AddToScheme(sch)); err != nil {
+	if err := errors.Join(scheme.AddToScheme(sch), apiextensionsv1.AddToScheme(sch), v1alpha1.AddToScheme(sch)); err != nil {
 		t.Fatal(err)
 	}
 	dec := serializer.NewCodecFactory(sch, serializer.EnableStrict).UniversalDeserializer()
@@ -473,6 +474,7 @@ func TestExamples(t *testing.T) {
 		t.Fatalf("examples: %v %v", files, err)
 	}
 	var attrs []map[string]string
+	caches := 0
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -490,6 +492,18 @@ func TestExamples(t *testing.T) {
 					t.Errorf("%s: PV %+v", f, v.Spec.CSI)
 				}
 				attrs = append(attrs, v.Spec.CSI.VolumeAttributes)
+			case *v1alpha1.ModelCache:
+				caches++
+				a := map[string]string{driver.AttrOSSPath: v.Spec.OSSPath}
+				if v.Spec.Endpoint != "" {
+					a[driver.AttrEndpoint] = v.Spec.Endpoint
+				}
+				if _, err := driver.ParseVolumeAttributes(a); err != nil {
+					t.Errorf("%s: ModelCache %s: %v", f, v.Name, err)
+				}
+				if len(v.Spec.NodeNames) == 0 && len(v.Spec.NodeSelector) == 0 {
+					t.Errorf("%s: ModelCache %s selects no node", f, v.Name)
+				}
 			case *corev1.Pod:
 				for _, vol := range v.Spec.Volumes {
 					if vol.CSI != nil {
@@ -501,6 +515,9 @@ func TestExamples(t *testing.T) {
 				}
 			}
 		}
+	}
+	if caches != 1 {
+		t.Errorf("%d ModelCaches in the examples, want 1", caches)
 	}
 	if len(attrs) != 3 {
 		t.Errorf("%d volumes in the examples, want a StorageClass, a static PV and an inline volume", len(attrs))
