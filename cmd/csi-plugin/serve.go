@@ -31,6 +31,8 @@ const controllerUsage = `usage: csi-plugin controller [flags]
 Serves the CSI controller service on --endpoint: CreateVolume turns a StorageClass's
 parameters into a volume (its capacity the model's size, when the provisioner secret's
 credentials can list it), DeleteVolume (never touches OSS) and ValidateVolumeCapabilities.
+With a Kubernetes API (--kubeconfig, or in-cluster), it also writes the ModelCaches' totals
+(desired and ready nodes, size, the Ready condition).
 `
 
 // runServe runs the CSI services in the given mode (driver.ModeNode or ModeController) until

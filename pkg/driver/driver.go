@@ -372,6 +372,15 @@ func (d *Driver) Serve(ctx context.Context) error {
 	} else {
 		close(watchDone)
 	}
+	totalsDone := make(chan struct{})
+	if d.writesTotals() {
+		go func() {
+			defer close(totalsDone)
+			d.writeTotals(sctx)
+		}()
+	} else {
+		close(totalsDone)
+	}
 	select {
 	case err = <-served:
 		d.server.Stop() // the connections it had
@@ -389,6 +398,7 @@ func (d *Driver) Serve(ctx context.Context) error {
 	stopServing()
 	<-hookDone
 	<-watchDone // its stagings ended before the cache closes
+	<-totalsDone
 	d.serving.Store(false)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil

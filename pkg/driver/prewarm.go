@@ -97,3 +97,16 @@ func (d *Driver) watchModelCaches(ctx context.Context) {
 		klog.ErrorS(err, "The ModelCache watcher stopped: ModelCaches are not pre-warmed on this node")
 	}
 }
+
+// writesTotals says whether the controller writes ModelCaches' totals: in controller mode (or
+// all), with a Kubernetes client.
+func (d *Driver) writesTotals() bool {
+	return (d.opts.Mode == ModeController || d.opts.Mode == ModeAll) && d.opts.KubeClient != nil && d.opts.DynamicClient != nil
+}
+
+// writeTotals runs the ModelCaches' totals writer until ctx ends.
+func (d *Driver) writeTotals(ctx context.Context) {
+	if err := prewarm.RunTotals(ctx, d.opts.KubeClient, d.opts.DynamicClient, d.opts.Clock); err != nil {
+		klog.ErrorS(err, "The ModelCache totals writer stopped: ModelCaches' totals are not written")
+	}
+}

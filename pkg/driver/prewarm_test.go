@@ -25,6 +25,7 @@ import (
 type applied struct {
 	mu      sync.Mutex
 	entries map[string][]v1alpha1.NodeStatus
+	totals  map[string]int // the controller's applies of the totals, by ModelCache
 	bad     []string
 }
 
@@ -69,11 +70,17 @@ func TestModelCachesArePrewarmed(t *testing.T) {
 		modelCache("by-label", v1alpha1.ModelCacheSpec{OSSPath: "oss://models/qwen/", NodeSelector: map[string]string{"gpu": "a100"}}),
 		modelCache("elsewhere", v1alpha1.ModelCacheSpec{OSSPath: "oss://models/qwen/", NodeNames: []string{"node-2"}}),
 	)
-	got := &applied{entries: map[string][]v1alpha1.NodeStatus{}}
+	got := &applied{entries: map[string][]v1alpha1.NodeStatus{}, totals: map[string]int{}}
 	dyn.PrependReactor("patch", "modelcaches", func(action k8stesting.Action) (bool, runtime.Object, error) {
 		p := action.(k8stesting.PatchActionImpl)
 		got.mu.Lock()
 		defer got.mu.Unlock()
+		// The plugin runs in ModeAll: its controller part applies the totals (pkg/prewarm's
+		// tests check their content).
+		if p.GetSubresource() == "status" && p.GetPatchType() == types.ApplyPatchType && p.GetPatchOptions().FieldManager == prewarm.ControllerFieldManager {
+			got.totals[p.GetName()]++
+			return true, &unstructured.Unstructured{Object: map[string]any{"apiVersion": v1alpha1.GroupVersion.String(), "kind": "ModelCache"}}, nil
+		}
 		if p.GetSubresource() != "status" || p.GetPatchType() != types.ApplyPatchType || p.GetPatchOptions().FieldManager != "modelcast-node-node-1" {
 			got.bad = append(got.bad, string(p.GetPatchType())+" "+p.GetSubresource()+" "+p.GetPatchOptions().FieldManager)
 			return true, nil, nil
@@ -143,5 +150,8 @@ func TestModelCachesArePrewarmed(t *testing.T) {
 	defer got.mu.Unlock()
 	if len(got.bad) > 0 {
 		t.Errorf("patches that are not this node's server-side apply of the status: %q", got.bad)
+	}
+	if got.totals["by-name"] == 0 || got.totals["elsewhere"] == 0 {
+		t.Errorf("the controller applied no totals of by-name or elsewhere: %v", got.totals)
 	}
 }
