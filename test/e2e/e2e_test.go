@@ -386,6 +386,21 @@ func TestE2E(t *testing.T) {
 		if entry.Bytes != warmSize || entry.TotalBytes != warmSize {
 			t.Errorf("Ready entry %+v: want %d of %d bytes", entry, warmSize, warmSize)
 		}
+		// The controller's totals (its own field manager, through its ClusterRole).
+		waitFor(t, ctx, time.Minute, "the totals readyNodes == desiredNodes == 1", func() (bool, string) {
+			u, err := mcs.Get(ctx, "e2e-warm", metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			var got v1alpha1.ModelCache
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &got); err != nil {
+				return false, err.Error()
+			}
+			st := got.Status
+			ok := st.DesiredNodes == 1 && st.ReadyNodes == 1 && st.Size == warmSize && len(st.Nodes) == 1 &&
+				len(st.Conditions) == 1 && st.Conditions[0].Status == metav1.ConditionTrue
+			return ok, fmt.Sprintf("status %+v", st)
+		})
 		if got := scrape().Get("modelcast_cache_references"); got != refs+1 {
 			t.Errorf("references %v with the ModelCache's pin, want %v", got, refs+1)
 		}
