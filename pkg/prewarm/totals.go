@@ -13,10 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -177,55 +174,17 @@ func RunTotals(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Inter
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	changed := make(chan struct{}, 1)
-	poke := func() {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
+	w, err := watch(ctx, kube, dyn, "")
+	if err != nil || w == nil {
+		return err
 	}
-	handler := toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { poke() },
-		UpdateFunc: func(any, any) { poke() },
-		DeleteFunc: func(any) { poke() },
-	}
-	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
-	mcInformer := dynFactory.ForResource(Resource).Informer()
-	nodeFactory := informers.NewSharedInformerFactory(kube, 0)
-	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
-	if _, err := mcInformer.AddEventHandler(handler); err != nil {
-		return fmt.Errorf("watch modelcaches: %w", err)
-	}
-	if _, err := nodeInformer.AddEventHandler(handler); err != nil {
-		return fmt.Errorf("watch nodes: %w", err)
-	}
-	ictx, stopInformers := context.WithCancel(ctx)
-	defer func() {
-		stopInformers()
-		dynFactory.Shutdown()
-		nodeFactory.Shutdown()
-	}()
-	dynFactory.Start(ictx.Done())
-	nodeFactory.Start(ictx.Done())
+	defer w.stop()
 	klog.InfoS("Writing ModelCaches' totals")
-	if !toolscache.WaitForCacheSync(ctx.Done(), mcInformer.HasSynced, nodeInformer.HasSynced) {
-		return nil // ctx ended first
-	}
 	t := NewTotals(dyn, clk)
 	for {
-		var nodes []*corev1.Node
-		for _, obj := range nodeInformer.GetStore().List() {
-			if n, ok := obj.(*corev1.Node); ok {
-				nodes = append(nodes, n)
-			}
-		}
+		nodes := w.nodeList()
 		failed := false
-		for _, obj := range mcInformer.GetStore().List() {
-			mc, err := fromUnstructured(obj)
-			if err != nil {
-				klog.ErrorS(err, "Ignoring a ModelCache that does not decode")
-				continue
-			}
+		for _, mc := range w.caches() {
 			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			err = t.Reconcile(wctx, mc, nodes)
 			cancel()
@@ -241,7 +200,7 @@ func RunTotals(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Inter
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-changed:
+		case <-w.changed:
 		case <-retry:
 		}
 	}

@@ -5,18 +5,13 @@ import (
 	"fmt"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -51,59 +46,24 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = time.Minute
 	}
-	changed := make(chan struct{}, 1)
-	poke := func() {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
+	w, err := watch(ctx, cfg.Kube, cfg.Dynamic, cfg.Node)
+	if err != nil || w == nil {
+		return err
 	}
-	handler := toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { poke() },
-		UpdateFunc: func(any, any) { poke() },
-		DeleteFunc: func(any) { poke() },
-	}
-	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0)
-	mcInformer := dynFactory.ForResource(Resource).Informer()
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.Node).String()
-	}))
-	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
-	if _, err := mcInformer.AddEventHandler(handler); err != nil {
-		return fmt.Errorf("watch modelcaches: %w", err)
-	}
-	if _, err := nodeInformer.AddEventHandler(handler); err != nil {
-		return fmt.Errorf("watch node %s: %w", cfg.Node, err)
-	}
-	ictx, stopInformers := context.WithCancel(ctx)
-	defer func() {
-		stopInformers()
-		dynFactory.Shutdown()
-		nodeFactory.Shutdown()
-	}()
-	dynFactory.Start(ictx.Done())
-	nodeFactory.Start(ictx.Done())
+	defer w.stop()
 	klog.InfoS("Watching ModelCaches", "node", cfg.Node)
-	if !toolscache.WaitForCacheSync(ctx.Done(), mcInformer.HasSynced, nodeInformer.HasSynced) {
-		return nil // ctx ended first
-	}
 	r := NewReconciler(ctx, cfg.Node, cfg.Cache, cfg.Status, cfg.Clock, cfg.RetryAfter)
 	defer r.Stop()
 	first := true
 	for {
 		var nodeLabels map[string]string
-		if obj, ok, _ := nodeInformer.GetStore().GetByKey(cfg.Node); ok {
-			if n, isNode := obj.(*corev1.Node); isNode {
+		for _, n := range w.nodeList() {
+			if n.Name == cfg.Node {
 				nodeLabels = n.Labels
 			}
 		}
 		var selected []*v1alpha1.ModelCache
-		for _, obj := range mcInformer.GetStore().List() {
-			mc, err := fromUnstructured(obj)
-			if err != nil {
-				klog.ErrorS(err, "Ignoring a ModelCache that does not decode")
-				continue
-			}
+		for _, mc := range w.caches() {
 			if Selects(mc, cfg.Node, nodeLabels) {
 				selected = append(selected, mc)
 			}
@@ -113,7 +73,7 @@ func Run(ctx context.Context, cfg Config) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-changed:
+		case <-w.changed:
 		}
 	}
 }
