@@ -32,6 +32,7 @@ import (
 	"github.com/modelcast/modelcast/pkg/cache"
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/coord"
+	"github.com/modelcast/modelcast/pkg/leader"
 	"github.com/modelcast/modelcast/pkg/metrics"
 	"github.com/modelcast/modelcast/pkg/ossclient"
 )
@@ -65,6 +66,11 @@ type Options struct {
 	// DynamicClient, with KubeClient, runs the node's ModelCache watcher (pre-warming the
 	// models of the ModelCaches that select the node); nil: none.
 	DynamicClient dynamic.Interface
+	// LeaderElection elects, among the controller's replicas, the one that writes the
+	// ModelCaches' totals: a Lease in KubeClient's API, in LeaderElection.Namespace, named
+	// TotalsLeaseName(DriverName) unless Name is set; Identity is required. Namespace "": no
+	// election, this controller writes them.
+	LeaderElection leader.Config
 	// NodeIP is this node's address for peers (the broadcast data plane listens on
 	// bindPort); default: all interfaces, advertised as the host name's address.
 	NodeIP string
@@ -120,6 +126,9 @@ func (o *Options) defaults() {
 	if o.Metrics == nil {
 		o.Metrics = metrics.New(version.Get())
 	}
+	if o.LeaderElection.Namespace != "" && o.LeaderElection.Name == "" {
+		o.LeaderElection.Name = TotalsLeaseName(o.DriverName)
+	}
 }
 
 // Validate checks the options a caller sets.
@@ -133,6 +142,11 @@ func (o *Options) Validate() error {
 	case ModeController:
 	default:
 		errs = append(errs, fmt.Errorf("mode %q: want %s, %s, %s or %s", o.Mode, ModeNode, ModeController, ModeAll, ModeAgent))
+	}
+	if o.LeaderElection.Namespace != "" {
+		if err := o.LeaderElection.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("leader election: %w", err))
+		}
 	}
 	switch {
 	case o.Mode == ModeAgent:

@@ -104,9 +104,13 @@ func (d *Driver) writesTotals() bool {
 	return (d.opts.Mode == ModeController || d.opts.Mode == ModeAll) && d.opts.KubeClient != nil && d.opts.DynamicClient != nil
 }
 
-// writeTotals runs the ModelCaches' totals writer until ctx ends.
+// writeTotals runs the ModelCaches' totals writer until ctx ends, while this controller holds
+// the totals' lease.
 func (d *Driver) writeTotals(ctx context.Context) {
-	if err := prewarm.RunTotals(ctx, d.opts.KubeClient, d.opts.DynamicClient, d.opts.Clock); err != nil {
+	err := d.underLease(ctx, func(ctx context.Context) error {
+		return prewarm.RunTotals(ctx, d.opts.KubeClient, d.opts.DynamicClient, d.opts.Clock)
+	})
+	if err != nil {
 		klog.ErrorS(err, "The ModelCache totals writer stopped: ModelCaches' totals are not written")
 	}
 }
