@@ -86,7 +86,7 @@ func TestCommandLine(t *testing.T) {
 			{
 				args:    []string{"controller", "-h"},
 				usage:   "usage: csi-plugin controller [flags]",
-				own:     []string{"config", "driver-name", "endpoint", "http-endpoint", "kubeconfig"},
+				own:     []string{"config", "driver-name", "endpoint", "http-endpoint", "kubeconfig", "leader-election-namespace"},
 				logging: klogNames,
 			},
 		} {
@@ -141,6 +141,8 @@ func TestCommandLine(t *testing.T) {
 	}{
 		{"stray argument to node", []string{"node", "--node-id", "n", "extra"}, []string{`csi-plugin node: unexpected argument "extra"`}, "usage: csi-plugin node"},
 		{"stray argument to controller", []string{"controller", "extra"}, []string{`csi-plugin controller: unexpected argument "extra"`}, "usage: csi-plugin controller"},
+		{"controller with a lease namespace that is not a name", []string{"controller", "--leader-election-namespace", "Kube_System"},
+			[]string{`csi-plugin controller: --leader-election-namespace "Kube_System": not a namespace's name`}, "usage: csi-plugin controller"},
 		{"flag after an argument", []string{"controller", "extra", "--endpoint", "unix:///x.sock"}, []string{`unexpected argument "extra" (flags go before the arguments)`}, "usage: csi-plugin controller"},
 		{"stray argument to fetch", []string{"fetch", "oss://a/b/", "model", "extra"}, []string{`csi-plugin fetch: unexpected argument "extra"`}, "usage: csi-plugin fetch"},
 		{"fetch without DIR", []string{"fetch", "oss://a/b/"}, []string{"csi-plugin fetch: missing DIR"}, "usage: csi-plugin fetch"},

@@ -1,19 +1,26 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/driver"
+	"github.com/modelcast/modelcast/pkg/leader"
 	"github.com/modelcast/modelcast/pkg/registration"
 )
 
@@ -35,6 +42,12 @@ type Options struct {
 	ConfigPath   string // --config
 	Kubeconfig   string // --kubeconfig: for pod Events and ModelCaches; "": in-cluster when in a pod
 
+	// The controller only.
+	// LeaderElectionNamespace is where the Lease that elects the totals' writer is
+	// (--leader-election-namespace, default $POD_NAMESPACE; "": the pod's own namespace when
+	// in-cluster, else no election).
+	LeaderElectionNamespace string
+
 	// Node holds the flags the node shares with the agent (the node's model code without CSI).
 	Node NodeOptions
 
@@ -53,6 +66,11 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.HTTPEndpoint, "http-endpoint", ":"+strconv.Itoa(DefaultHTTPPort), "where to serve /metrics, /healthz and /readyz (host:port; empty: off)")
 	fs.StringVar(&o.ConfigPath, "config", config.DefaultPath, "configuration file (OSS Connector's keys; see README)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig for pod Events and ModelCaches (default: in-cluster, when running in a pod)")
+	if o.Mode == driver.ModeController {
+		fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the Lease "+
+			"<driver-name>-totals, which elects the one replica that writes ModelCaches' totals (default: $POD_NAMESPACE, "+
+			"else the pod's own namespace when in-cluster; neither: no election, every controller writes them)")
+	}
 	if o.Mode != driver.ModeNode {
 		return
 	}
@@ -84,6 +102,11 @@ func (o *Options) Validate() error {
 	}
 	if err := validHostPort("--http-endpoint", o.HTTPEndpoint); err != nil {
 		errs = append(errs, err)
+	}
+	if o.Mode == driver.ModeController && o.LeaderElectionNamespace != "" {
+		if msgs := validation.IsDNS1123Label(o.LeaderElectionNamespace); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--leader-election-namespace %q: not a namespace's name: %s", o.LeaderElectionNamespace, strings.Join(msgs, "; ")))
+		}
 	}
 	if o.Mode != driver.ModeNode {
 		return errors.Join(errs...)
@@ -121,6 +144,40 @@ func (o *Options) driverOptions() driver.Options {
 		opts.PublishWait, opts.ProgressEvery = o.PublishWait, o.ProgressEvery
 	}
 	return opts
+}
+
+// inClusterNamespaceFile holds the namespace of the pod, beside its service account's token.
+const inClusterNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// leaderElection is the controller's lease for the ModelCaches' totals: in
+// --leader-election-namespace ($POD_NAMESPACE), else in namespaceFile's namespace (the pod's
+// own, when the client is in-cluster; "": none), else none, and then there is no election.
+// The identity is the pod's name ($POD_NAME), else the host's, and a random suffix, as
+// controller-runtime's: two processes never share one, even on one host.
+func (o *Options) leaderElection(namespaceFile string) (leader.Config, error) {
+	var cfg leader.Config
+	cfg.Namespace = o.LeaderElectionNamespace
+	if cfg.Namespace == "" && namespaceFile != "" {
+		b, err := os.ReadFile(namespaceFile)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return cfg, fmt.Errorf("the pod's namespace for the totals' lease (or set --leader-election-namespace): %w", err)
+		default:
+			cfg.Namespace = strings.TrimSpace(string(b))
+		}
+	}
+	name := os.Getenv("POD_NAME")
+	if name == "" {
+		var err error
+		if name, err = os.Hostname(); err != nil {
+			return cfg, fmt.Errorf("an identity for the totals' lease: no $POD_NAME and %w", err)
+		}
+	}
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix) // never fails (crypto/rand)
+	cfg.Identity = name + "_" + hex.EncodeToString(suffix)
+	return cfg, nil
 }
 
 // registration is the kubelet registration these flags ask for (Dir "": none).

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 func TestOptionsValidate(t *testing.T) {
 	t.Setenv("NODE_NAME", "")
 	t.Setenv("NODE_IP", "")
+	t.Setenv("POD_NAMESPACE", "")
 	defaults := func(mode string) Options {
 		o := Options{Mode: mode}
 		o.AddFlags(flag.NewFlagSet(mode, flag.ContinueOnError))
@@ -42,6 +45,7 @@ func TestOptionsValidate(t *testing.T) {
 		}},
 		{name: "HTTP off, any port", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = "" }},
 		{name: "HTTP on port 0", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = "127.0.0.1:0" }},
+		{name: "controller with a lease namespace", mode: driver.ModeController, set: func(o *Options) { o.LeaderElectionNamespace = "kube-system" }},
 
 		{name: "node without an ID", mode: driver.ModeNode, want: []string{"--node-id is empty", "$NODE_NAME"}},
 		{name: "node IP not an IP", mode: driver.ModeNode, set: func(o *Options) { o.Node.NodeID, o.Node.NodeIP = "node-1", "node-1.example:19898" }, want: []string{`--node-ip "node-1.example:19898"`}},
@@ -52,6 +56,8 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "no driver name", mode: driver.ModeController, set: func(o *Options) { o.DriverName = "" }, want: []string{"--driver-name is empty"}},
 		{name: "driver name with a slash", mode: driver.ModeController, set: func(o *Options) { o.DriverName = "oss/csi" }, want: []string{`--driver-name "oss/csi"`}},
 		{name: "driver name too long", mode: driver.ModeController, set: func(o *Options) { o.DriverName = strings.Repeat("a", 64) }, want: []string{"--driver-name", "63 characters"}},
+		{name: "lease namespace not a namespace's name", mode: driver.ModeController, set: func(o *Options) { o.LeaderElectionNamespace = "Kube_System" },
+			want: []string{`--leader-election-namespace "Kube_System"`}},
 		{name: "HTTP endpoint without a port", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = "19899" }, want: []string{`--http-endpoint "19899"`}},
 		{name: "HTTP port out of range", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = ":99999" }, want: []string{`--http-endpoint ":99999"`}},
 		{name: "negative publish wait", mode: driver.ModeNode, set: func(o *Options) { o.Node.NodeID, o.PublishWait = "node-1", -time.Second }, want: []string{"--publish-wait -1s"}},
@@ -92,6 +98,59 @@ func TestOptionsValidate(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("Validate() = %q; want it to say %q", err, w)
 				}
+			}
+		})
+	}
+}
+
+// TestLeaderElection: the controller's lease is in --leader-election-namespace (default
+// $POD_NAMESPACE), else in the pod's own namespace when in-cluster, else nowhere (no
+// election); its identity is the pod's name, else the host's, with a suffix of its own.
+func TestLeaderElection(t *testing.T) {
+	dir := t.TempDir()
+	nsFile := filepath.Join(dir, "namespace")
+	if err := os.WriteFile(nsFile, []byte("modelcast\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name                  string
+		podNamespace, podName string
+		args                  []string
+		file                  string
+		namespace, identity   string // identity: before the suffix
+	}{
+		{name: "in a pod", podNamespace: "kube-system", podName: "mc-controller-7d9f-x2x", file: nsFile, namespace: "kube-system", identity: "mc-controller-7d9f-x2x"},
+		{name: "the flag wins", podNamespace: "kube-system", args: []string{"--leader-election-namespace=ops"}, file: nsFile, namespace: "ops", identity: host},
+		{name: "in-cluster without $POD_NAMESPACE", file: nsFile, namespace: "modelcast", identity: host},
+		{name: "in-cluster, no namespace file", file: filepath.Join(dir, "none"), identity: host},
+		{name: "outside a cluster", identity: host},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("POD_NAMESPACE", tc.podNamespace)
+			t.Setenv("POD_NAME", tc.podName)
+			o := Options{Mode: driver.ModeController}
+			fs := flag.NewFlagSet("controller", flag.ContinueOnError)
+			o.AddFlags(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := o.leaderElection(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Namespace != tc.namespace {
+				t.Errorf("namespace %q, want %q", cfg.Namespace, tc.namespace)
+			}
+			id, suffix, ok := strings.Cut(cfg.Identity, "_")
+			if !ok || id != tc.identity || len(suffix) != 8 {
+				t.Errorf("identity %q, want %s_ and 8 hex digits", cfg.Identity, tc.identity)
+			}
+			if again, _ := o.leaderElection(tc.file); again.Identity == cfg.Identity {
+				t.Errorf("two processes would both be %q", cfg.Identity)
 			}
 		})
 	}

@@ -32,7 +32,8 @@ Serves the CSI controller service on --endpoint: CreateVolume turns a StorageCla
 parameters into a volume (its capacity the model's size, when the provisioner secret's
 credentials can list it), DeleteVolume (never touches OSS) and ValidateVolumeCapabilities.
 With a Kubernetes API (--kubeconfig, or in-cluster), it also writes the ModelCaches' totals
-(desired and ready nodes, size, the Ready condition).
+(desired and ready nodes, size, the Ready condition): of several replicas, the one that holds
+the Lease <driver-name>-totals (dots as dashes) in --leader-election-namespace.
 `
 
 // runServe runs the CSI services in the given mode (driver.ModeNode or ModeController) until
@@ -71,6 +72,15 @@ func runServe(ctx context.Context, mode string, args []string) error {
 	if opts.KubeClient == nil {
 		klog.InfoS("No Kubernetes API configured: pod Events and ModelCaches are off")
 	}
+	if mode == driver.ModeController && opts.KubeClient != nil {
+		namespaceFile := "" // the pod's own namespace, only for the API the pod is in
+		if inCluster(o.Kubeconfig) {
+			namespaceFile = inClusterNamespaceFile
+		}
+		if opts.LeaderElection, err = o.leaderElection(namespaceFile); err != nil {
+			return err
+		}
+	}
 	klog.InfoS("Configuration", "config", o.ConfigPath, "expireTimeSec", cfg.ExpireTimeSec, "parallelRequests", cfg.Concurrency(),
 		"maxCacheAdviseGB", cfg.Prefetch.MaxCacheAdviseGB, "cacheRoot", cfg.Cache.Root, "tmpfsSize", cfg.Cache.TmpfsSize, "huge", cfg.Cache.Huge)
 	return driver.Run(ctx, opts)
@@ -108,6 +118,11 @@ func registrationHook(reg registration.Config) (func(context.Context) error, err
 	}, nil
 }
 
+// inCluster says whether kubeClients uses the in-cluster client: in a pod, without --kubeconfig.
+func inCluster(kubeconfig string) bool {
+	return kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") != ""
+}
+
 // kubeClients builds the clients (typed, and dynamic for ModelCaches) from a kubeconfig, or
 // in-cluster when running in a pod; nil when neither is available.
 func kubeClients(kubeconfig string) (kubernetes.Interface, dynamic.Interface, error) {
@@ -116,7 +131,7 @@ func kubeClients(kubeconfig string) (kubernetes.Interface, dynamic.Interface, er
 	switch {
 	case kubeconfig != "":
 		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+	case inCluster(kubeconfig):
 		rc, err = rest.InClusterConfig()
 	default:
 		return nil, nil, nil
