@@ -18,6 +18,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -284,6 +285,31 @@ func TestDefaults(t *testing.T) {
 	}
 	if p := container(t, ctrl.Spec.Template.Spec, "csi-provisioner"); !slices.Contains(p.Args, "--leader-election") {
 		t.Errorf("provisioner args %v: no leader election", p.Args)
+	}
+	// csi-plugin controller writes the ModelCaches' totals under a Lease in its namespace
+	// ($POD_NAMESPACE), as $POD_NAME: its service account may get, create and update Leases
+	// there.
+	cp := container(t, ctrl.Spec.Template.Spec, "csi-plugin")
+	for name, path := range map[string]string{"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"} {
+		if e, ok := envValue(cp, name); !ok || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != path {
+			t.Errorf("controller env %s: %+v, want the downward API's %s", name, e, path)
+		}
+	}
+	role := find[*rbacv1.Role](t, r, "mc-modelcast-leader-election")
+	leases := false
+	for _, rule := range role.Rules {
+		if slices.Contains(rule.APIGroups, "coordination.k8s.io") && slices.Contains(rule.Resources, "leases") &&
+			slices.Contains(rule.Verbs, "get") && slices.Contains(rule.Verbs, "create") && slices.Contains(rule.Verbs, "update") {
+			leases = true
+		}
+	}
+	if !leases || role.Namespace != "modelcast" {
+		t.Errorf("Role %s/%s: %+v, want get, create and update on leases in the release's namespace", role.Namespace, role.Name, role.Rules)
+	}
+	binding := find[*rbacv1.RoleBinding](t, r, "mc-modelcast-leader-election")
+	sa := rbacv1.Subject{Kind: "ServiceAccount", Name: ctrl.Spec.Template.Spec.ServiceAccountName, Namespace: ctrl.Namespace}
+	if binding.Namespace != role.Namespace || binding.RoleRef.Kind != "Role" || binding.RoleRef.Name != role.Name || !slices.Contains(binding.Subjects, sa) {
+		t.Errorf("RoleBinding %s/%s: %+v to %+v, want the controller's service account %+v", binding.Namespace, binding.Name, binding.Subjects, binding.RoleRef, sa)
 	}
 
 	redis := find[*appsv1.Deployment](t, r, "mc-modelcast-redis")
