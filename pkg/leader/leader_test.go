@@ -62,7 +62,6 @@ type replica struct {
 	running bool
 	starts  int
 	work    func(ctx context.Context) error // default: until ctx ends
-	stopped []chan struct{}
 }
 
 func start(t *testing.T, c *fake.Clientset, cfg leader.Config, work func(ctx context.Context) error) *replica {
