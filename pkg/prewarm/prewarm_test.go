@@ -178,7 +178,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{cache: &fakeCache{pins: map[string]string{}}, status: &fakeStatus{entries: map[string][]v1alpha1.NodeStatus{}},
 		clock: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
-	e.r = prewarm.NewReconciler(context.Background(), "node-1", e.cache, e.status, e.clock, time.Minute)
+	e.r = prewarm.NewReconciler(context.Background(), prewarm.Config{Node: "node-1", Cache: e.cache, Status: e.status, Clock: e.clock, RetryAfter: time.Minute})
 	t.Cleanup(e.r.Stop)
 	return e
 }

@@ -112,11 +112,14 @@ type job struct {
 	done            chan struct{}
 }
 
-// NewReconciler returns a reconciler for node whose jobs run under ctx (with its values, not
-// its cancellation: Stop ends them). retry is the wait after a failed staging.
-func NewReconciler(ctx context.Context, node string, c Cache, status StatusWriter, clk clock.WithTicker, retry time.Duration) *Reconciler {
+// NewReconciler returns a reconciler for cfg.Node whose jobs run under ctx (with its values,
+// not its cancellation: Stop ends them). It uses cfg's Cache, Status (required here: Run
+// defaults it), Clock and RetryAfter; not its informers' clients.
+func NewReconciler(ctx context.Context, cfg Config) *Reconciler {
+	cfg.defaults()
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	return &Reconciler{node: node, cache: c, status: status, clock: clk, retry: retry, ctx: jctx, cancel: cancel, jobs: map[string]*job{}}
+	return &Reconciler{node: cfg.Node, cache: cfg.Cache, status: cfg.Status, clock: cfg.Clock, retry: cfg.RetryAfter,
+		ctx: jctx, cancel: cancel, jobs: map[string]*job{}}
 }
 
 // Reconcile makes the jobs and pins match selected, the ModelCaches that select the node.

@@ -34,17 +34,20 @@ type Config struct {
 	RetryAfter time.Duration
 }
 
-// Run watches the ModelCaches (all namespaces) and the node's own Node until ctx ends, keeping
-// the pins of those that select the node; then it stops its jobs and waits for them.
-func Run(ctx context.Context, cfg Config) error {
-	if cfg.Status == nil {
-		cfg.Status = NewApplier(cfg.Dynamic, cfg.Node)
-	}
+func (cfg *Config) defaults() {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = time.Minute
+	}
+}
+
+// Run watches the ModelCaches (all namespaces) and the node's own Node until ctx ends, keeping
+// the pins of those that select the node; then it stops its jobs and waits for them.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Status == nil {
+		cfg.Status = NewApplier(cfg.Dynamic, cfg.Node)
 	}
 	w, err := watch(ctx, cfg.Kube, cfg.Dynamic, cfg.Node)
 	if err != nil || w == nil {
@@ -52,7 +55,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer w.stop()
 	klog.InfoS("Watching ModelCaches", "node", cfg.Node)
-	r := NewReconciler(ctx, cfg.Node, cfg.Cache, cfg.Status, cfg.Clock, cfg.RetryAfter)
+	r := NewReconciler(ctx, cfg)
 	defer r.Stop()
 	first := true
 	for {
