@@ -3,13 +3,16 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
 
 	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
 	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/ossclient"
 	"github.com/modelcast/modelcast/pkg/prewarm"
 )
 
@@ -17,13 +20,14 @@ import (
 // is one status write to the API server).
 const prewarmProgressEvery = 5 * time.Second
 
-// prewarmCache pins ModelCaches' models through the path a publish takes: the resolver (the
-// node's own credentials) and the cache, staged through the chain.
+// prewarmCache pins ModelCaches' models through the path a publish takes: the resolver (with
+// the ModelCache's secret as a volume's nodePublishSecretRef, else the node's own
+// credentials) and the cache, staged through the chain.
 type prewarmCache struct{ d *Driver }
 
 var _ prewarm.Cache = prewarmCache{}
 
-func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, holder string, report func(cache.Progress)) (int64, error) {
+func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, secret *prewarm.Secret, holder string, report func(cache.Progress)) (int64, error) {
 	attrs := map[string]string{AttrOSSPath: spec.OSSPath}
 	for k, v := range map[string]string{AttrEndpoint: spec.Endpoint, AttrRegion: spec.Region, AttrTenant: spec.Tenant} {
 		if v != "" {
@@ -37,9 +41,34 @@ func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, hol
 	if err != nil {
 		return 0, err
 	}
-	model, src, err := c.d.res.model(ctx, vs, nil)
+	// A secret is checked here, with the keys a volume's secret takes, although the resolver
+	// checks it too: its errors say which ModelCache's secret is wrong, and a secret without
+	// credentials must not fall back to the node's own, as a volume's empty secret does.
+	var secrets map[string]string
+	var creds ossclient.Credentials
+	whose := ""
+	if secret != nil {
+		whose = fmt.Sprintf("the ModelCache's %s (spec.secretRef)", secret)
+		var ok bool
+		creds, ok, err = credentialsIn(secret.Data, whose, prewarm.ErrInvalidSecret)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return 0, fmt.Errorf("%w: %s holds no credentials: it needs %s and %s (and %s for STS credentials)", prewarm.ErrInvalidSecret, whose,
+				strings.Join(secretIDKeys, " or "), strings.Join(secretSecretKeys, " or "), strings.Join(secretTokenKeys, " or "))
+		}
+		secrets = secret.Data
+	}
+	refused := func(err error) error {
+		if secret == nil {
+			return err // the resolver says the node's credentials were refused
+		}
+		return refusedModelCacheSecret(whose, creds, err)
+	}
+	model, src, err := c.d.res.model(ctx, vs, secrets)
 	if err != nil {
-		return 0, err
+		return 0, refused(err)
 	}
 	err = c.pin(ctx, model, src, holder, report)
 	if errors.Is(err, cache.ErrHolderConflict) {
@@ -52,7 +81,7 @@ func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, hol
 		err = c.pin(ctx, model, src, holder, report)
 	}
 	if err != nil {
-		return 0, err
+		return 0, refused(err)
 	}
 	meta, _ := c.d.store.Info(model.Key())
 	return meta.Size, nil

@@ -5,11 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
@@ -72,13 +79,15 @@ type fakeCache struct {
 	mu       sync.Mutex
 	pins     map[string]string // holder → ossPath
 	calls    []string          // "pin holder ossPath", "release holder"
+	secrets  []*prewarm.Secret // each Pin's
 	pin      func(ctx context.Context, spec v1alpha1.ModelCacheSpec, report func(cache.Progress)) (int64, error)
 	attempts int
 }
 
-func (c *fakeCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, holder string, report func(cache.Progress)) (int64, error) {
+func (c *fakeCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, secret *prewarm.Secret, holder string, report func(cache.Progress)) (int64, error) {
 	c.mu.Lock()
 	c.calls = append(c.calls, "pin "+holder+" "+spec.OSSPath)
+	c.secrets = append(c.secrets, secret)
 	c.attempts++
 	pin := c.pin
 	c.mu.Unlock()
@@ -168,17 +177,18 @@ func (s *fakeStatus) Removed() []string {
 }
 
 type env struct {
+	kube   *fake.Clientset // the Secrets ModelCaches name
 	cache  *fakeCache
 	status *fakeStatus
 	clock  *clocktesting.FakeClock
 	r      *prewarm.Reconciler
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, objs ...runtime.Object) *env {
 	t.Helper()
-	e := &env{cache: &fakeCache{pins: map[string]string{}}, status: &fakeStatus{entries: map[string][]v1alpha1.NodeStatus{}},
+	e := &env{kube: fake.NewClientset(objs...), cache: &fakeCache{pins: map[string]string{}}, status: &fakeStatus{entries: map[string][]v1alpha1.NodeStatus{}},
 		clock: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
-	e.r = prewarm.NewReconciler(context.Background(), prewarm.Config{Node: "node-1", Cache: e.cache, Status: e.status, Clock: e.clock, RetryAfter: time.Minute})
+	e.r = prewarm.NewReconciler(context.Background(), prewarm.Config{Node: "node-1", Kube: e.kube, Cache: e.cache, Status: e.status, Clock: e.clock, RetryAfter: time.Minute})
 	t.Cleanup(e.r.Stop)
 	return e
 }
@@ -277,18 +287,123 @@ func TestReconcileRepinsAnotherModel(t *testing.T) {
 	e.waitState(t, "a", v1alpha1.NodeReady)
 }
 
-func TestReconcileRefusesSecretRef(t *testing.T) {
-	e := newEnv(t)
-	m := mc("a", []string{"node-1"}, nil)
-	m.Spec.SecretRef = &v1alpha1.SecretReference{Name: "oss"}
-	e.r.Reconcile([]*v1alpha1.ModelCache{m}, false)
-	e.waitState(t, "a", v1alpha1.NodeFailed)
-	if got := e.status.last("a").Reason; got != prewarm.ReasonSecretsNotSupported {
-		t.Errorf("reason = %q, want %q", got, prewarm.ReasonSecretsNotSupported)
+func secret(name string, data map[string]string) *corev1.Secret {
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name}, Data: map[string][]byte{}}
+	for k, v := range data {
+		s.Data[k] = []byte(v)
 	}
-	if got := e.cache.Calls(); len(got) != 0 {
-		t.Errorf("calls = %q, want none: the node's own credentials must not be used instead", got)
+	return s
+}
+
+func withSecret(m *v1alpha1.ModelCache, name string) *v1alpha1.ModelCache {
+	m.Spec.SecretRef = &v1alpha1.SecretReference{Name: name}
+	return m
+}
+
+// secretReads returns the verbs of the watcher's requests on Secrets: only gets, as the chart
+// grants.
+func (e *env) secretReads() []string {
+	var out []string
+	for _, a := range e.kube.Actions() {
+		if a.GetResource().Resource == "secrets" {
+			out = append(out, a.GetVerb()+" "+a.GetNamespace()+"/"+a.(k8stesting.GetAction).GetName())
+		}
 	}
+	return out
+}
+
+// TestReconcilePinsWithTheSecret: a ModelCache's secretRef is read (a get in its namespace,
+// on each attempt) and its data passed to the cache as the credentials; without secretRef no
+// Secret is read and the cache uses the node's own.
+func TestReconcilePinsWithTheSecret(t *testing.T) {
+	e := newEnv(t, secret("oss", map[string]string{"akId": "LTAI5tExampleKey", "akSecret": "example-secret"}))
+	e.r.Reconcile([]*v1alpha1.ModelCache{withSecret(mc("a", []string{"node-1"}, nil), "oss"), mc("b", []string{"node-1"}, nil)}, false)
+	e.waitState(t, "a", v1alpha1.NodeReady)
+	e.waitState(t, "b", v1alpha1.NodeReady)
+	e.cache.mu.Lock()
+	secrets := slices.Clone(e.cache.secrets)
+	e.cache.mu.Unlock()
+	var got []string
+	for _, s := range secrets {
+		if s == nil {
+			got = append(got, "none")
+			continue
+		}
+		got = append(got, fmt.Sprintf("%s/%s %v", s.Namespace, s.Name, s.Data))
+	}
+	slices.Sort(got)
+	if want := []string{"none", "ns/oss map[akId:LTAI5tExampleKey akSecret:example-secret]"}; !slices.Equal(got, want) {
+		t.Errorf("secrets passed to the cache = %q, want %q", got, want)
+	}
+	if got, want := e.secretReads(), []string{"get ns/oss"}; !slices.Equal(got, want) {
+		t.Errorf("requests on Secrets = %q, want %q (a get, never a list or watch)", got, want)
+	}
+	// The data never print.
+	for _, s := range secrets {
+		if s != nil {
+			if out := fmt.Sprintf("%v %+v %#v %s", s, s, s, s); strings.Contains(out, "example-secret") {
+				t.Errorf("a Secret prints its data: %s", out)
+			}
+		}
+	}
+}
+
+// TestReconcileSecretFailures: a missing Secret, one the node plugin may not read and one the
+// cache finds invalid are Failed entries with their reasons and what to do; the node's own
+// credentials are never used instead. A fixed Secret is read again at the next attempt.
+func TestReconcileSecretFailures(t *testing.T) {
+	t.Run("not found, then created", func(t *testing.T) {
+		e := newEnv(t)
+		e.r.Reconcile([]*v1alpha1.ModelCache{withSecret(mc("a", []string{"node-1"}, nil), "oss")}, false)
+		e.waitState(t, "a", v1alpha1.NodeFailed)
+		got := e.status.last("a")
+		if got.Reason != prewarm.ReasonSecretNotFound || !strings.Contains(got.Message, "secret ns/oss (spec.secretRef) does not exist") ||
+			!strings.Contains(got.Message, "akId and akSecret") {
+			t.Errorf("entry = %+v, want reason %s naming the secret and its keys", got, prewarm.ReasonSecretNotFound)
+		}
+		if calls := e.cache.Calls(); len(calls) != 0 {
+			t.Errorf("calls = %q, want none: the node's own credentials must not be used instead", calls)
+		}
+		if _, err := e.kube.CoreV1().Secrets("ns").Create(t.Context(), secret("oss", map[string]string{"akId": "LTAI5tExampleKey", "akSecret": "s"}), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the retry timer", func() bool { return e.clock.HasWaiters() })
+		e.clock.Step(time.Minute)
+		e.waitState(t, "a", v1alpha1.NodeReady)
+	})
+	t.Run("forbidden", func(t *testing.T) {
+		e := newEnv(t, secret("oss", map[string]string{"akId": "LTAI5tExampleKey", "akSecret": "s"}))
+		// The API server's answer without a Role of modelCache.secretNamespaces in ns.
+		e.kube.PrependReactor("get", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, a.(k8stesting.GetAction).GetName(),
+				errors.New(`User "system:serviceaccount:kube-system:modelcast-node" cannot get resource "secrets" in API group "" in the namespace "ns"`))
+		})
+		e.r.Reconcile([]*v1alpha1.ModelCache{withSecret(mc("a", []string{"node-1"}, nil), "oss")}, false)
+		e.waitState(t, "a", v1alpha1.NodeFailed)
+		got := e.status.last("a")
+		for _, want := range []string{"the node plugin is not allowed to read Secrets in namespace ns", "modelCache.secretNamespaces", "cannot get resource \"secrets\""} {
+			if !strings.Contains(got.Message, want) {
+				t.Errorf("message %q lacks %q", got.Message, want)
+			}
+		}
+		if got.Reason != prewarm.ReasonSecretForbidden {
+			t.Errorf("reason = %q, want %q", got.Reason, prewarm.ReasonSecretForbidden)
+		}
+		if calls := e.cache.Calls(); len(calls) != 0 {
+			t.Errorf("calls = %q, want none: the node's own credentials must not be used instead", calls)
+		}
+	})
+	t.Run("invalid", func(t *testing.T) {
+		e := newEnv(t, secret("oss", map[string]string{"accessKeyId": "LTAI5tExampleKey"}))
+		e.cache.pin = func(context.Context, v1alpha1.ModelCacheSpec, func(cache.Progress)) (int64, error) {
+			return 0, fmt.Errorf("%w: the ModelCache's secret ns/oss has unknown key(s) accessKeyId", prewarm.ErrInvalidSecret)
+		}
+		e.r.Reconcile([]*v1alpha1.ModelCache{withSecret(mc("a", []string{"node-1"}, nil), "oss")}, false)
+		e.waitState(t, "a", v1alpha1.NodeFailed)
+		if got := e.status.last("a"); got.Reason != prewarm.ReasonInvalidSecret || !strings.Contains(got.Message, "accessKeyId") {
+			t.Errorf("entry = %+v, want reason %s with the cache's message", got, prewarm.ReasonInvalidSecret)
+		}
+	})
 }
 
 func TestReconcileRetriesAFailure(t *testing.T) {

@@ -6,7 +6,6 @@ package prewarm
 import (
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -29,17 +29,22 @@ const HolderPrefix = "modelcache/"
 // Holder is the cache holder of the ModelCache namespace/name's pin.
 func Holder(namespace, name string) string { return HolderPrefix + namespace + "/" + name }
 
-// Reasons the watcher writes in a Failed entry besides the errors' (ReasonFor).
+// Reasons of a Failed entry for a ModelCache's secret (ReasonFor).
 const (
-	ReasonSecretsNotSupported = "SecretsNotSupported"
+	ReasonSecretNotFound  = "SecretNotFound"
+	ReasonSecretForbidden = "SecretForbidden"
+	ReasonInvalidSecret   = "InvalidSecret"
 )
 
 // Cache is what the watcher asks of the node: the model of a ModelCache pinned for holder
 // through the path a publish takes (resolved, staged through the chain), and released.
 type Cache interface {
-	// Pin resolves spec's model and pins it for holder, calling report with the staging's
-	// progress now and then meanwhile; it returns the model's size once pinned.
-	Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, holder string, report func(cache.Progress)) (int64, error)
+	// Pin resolves spec's model with the credentials in secret (spec.secretRef's Secret, as
+	// a volume's nodePublishSecretRef is used; keys that are not credentials are an error
+	// wrapping ErrInvalidSecret) or, when secret is nil, the node's own, and pins it for
+	// holder, calling report with the staging's progress now and then meanwhile; it returns
+	// the model's size once pinned.
+	Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, secret *Secret, holder string, report func(cache.Progress)) (int64, error)
 	Release(holder string) error
 	Pins() map[string]string
 }
@@ -66,6 +71,12 @@ func Selects(mc *v1alpha1.ModelCache, node string, nodeLabels map[string]string)
 // ReasonFor is the Failed reason of a staging error.
 func ReasonFor(err error) string {
 	switch {
+	case errors.Is(err, ErrSecretNotFound):
+		return ReasonSecretNotFound
+	case errors.Is(err, ErrSecretForbidden):
+		return ReasonSecretForbidden
+	case errors.Is(err, ErrInvalidSecret):
+		return ReasonInvalidSecret
 	case errors.Is(err, cache.ErrNoSpace):
 		return "NoSpace"
 	case errors.Is(err, ossclient.ErrNotFound):
@@ -94,6 +105,7 @@ func model(spec v1alpha1.ModelCacheSpec) v1alpha1.ModelCacheSpec {
 // model and writes its status, retrying after a failure, and exits once the model is pinned.
 type Reconciler struct {
 	node   string
+	kube   kubernetes.Interface // the Secrets ModelCaches name
 	cache  Cache
 	status StatusWriter
 	clock  clock.WithTicker
@@ -113,12 +125,12 @@ type job struct {
 }
 
 // NewReconciler returns a reconciler for cfg.Node whose jobs run under ctx (with its values,
-// not its cancellation: Stop ends them). It uses cfg's Cache, Status (required here: Run
-// defaults it), Clock and RetryAfter; not its informers' clients.
+// not its cancellation: Stop ends them). It uses cfg's Kube (for the Secrets ModelCaches
+// name), Cache, Status (required here: Run defaults it), Clock and RetryAfter.
 func NewReconciler(ctx context.Context, cfg Config) *Reconciler {
 	cfg.defaults()
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	return &Reconciler{node: cfg.Node, cache: cfg.Cache, status: cfg.Status, clock: cfg.Clock, retry: cfg.RetryAfter,
+	return &Reconciler{node: cfg.Node, kube: cfg.Kube, cache: cfg.Cache, status: cfg.Status, clock: cfg.Clock, retry: cfg.RetryAfter,
 		ctx: jctx, cancel: cancel, jobs: map[string]*job{}}
 }
 
@@ -203,16 +215,11 @@ func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alph
 			klog.ErrorS(err, "Could not write the node's status entry", "modelCache", ref, "state", st.State)
 		}
 	}
-	if spec.SecretRef != nil {
-		write(v1alpha1.NodeStatus{State: v1alpha1.NodeFailed, Reason: ReasonSecretsNotSupported,
-			Message: fmt.Sprintf("spec.secretRef (%s) is not supported yet: remove it to stage with the node plugin's own credentials", spec.SecretRef.Name)})
-		return
-	}
 	for {
 		write(v1alpha1.NodeStatus{State: v1alpha1.NodePending})
 		var last cache.Progress
 		var lastAt time.Time
-		size, err := r.cache.Pin(ctx, spec, holder, func(p cache.Progress) {
+		size, err := r.pin(ctx, holder, j, spec, func(p cache.Progress) {
 			now := r.clock.Now()
 			var rate int64
 			if !lastAt.IsZero() && now.After(lastAt) && p.Done >= last.Done {
@@ -239,6 +246,20 @@ func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alph
 		case <-t.C():
 		}
 	}
+}
+
+// pin is one staging attempt: the ModelCache's secret, read again each time (it may have
+// been created, fixed or rotated since), then the model pinned with it. Without secretRef the
+// node's own credentials are used; with one, never: its failure is the attempt's.
+func (r *Reconciler) pin(ctx context.Context, holder string, j *job, spec v1alpha1.ModelCacheSpec, report func(cache.Progress)) (int64, error) {
+	var secret *Secret
+	if spec.SecretRef != nil {
+		var err error
+		if secret, err = readSecret(ctx, r.kube, j.namespace, spec.SecretRef.Name); err != nil {
+			return 0, err
+		}
+	}
+	return r.cache.Pin(ctx, spec, secret, holder, report)
 }
 
 func equalModel(a, b v1alpha1.ModelCacheSpec) bool {

@@ -23,9 +23,11 @@ var Resource = schema.GroupVersionResource{Group: v1alpha1.Group, Version: v1alp
 
 // Config wires a watcher.
 type Config struct {
-	Node    string
-	Kube    kubernetes.Interface // the node's own Node object, for its labels
-	Dynamic dynamic.Interface    // ModelCaches, and their status
+	Node string
+	// Kube reads the node's own Node object, for its labels, and gets (never lists or
+	// watches) the Secret a ModelCache names in its namespace, on each staging attempt.
+	Kube    kubernetes.Interface
+	Dynamic dynamic.Interface // ModelCaches, and their status
 	Cache   Cache
 	// Status writes the node's status entries; default: server-side apply through Dynamic.
 	Status StatusWriter
