@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
@@ -27,7 +29,7 @@ type prewarmCache struct{ d *Driver }
 
 var _ prewarm.Cache = prewarmCache{}
 
-func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, secret *prewarm.Secret, holder string, report func(cache.Progress)) (int64, error) {
+func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, secret *prewarm.Secret, holder string, report func(cache.Progress)) (cache.Meta, error) {
 	attrs := map[string]string{AttrOSSPath: spec.OSSPath}
 	for k, v := range map[string]string{AttrEndpoint: spec.Endpoint, AttrRegion: spec.Region, AttrTenant: spec.Tenant} {
 		if v != "" {
@@ -39,7 +41,7 @@ func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, sec
 	}
 	vs, err := parseVolume(attrs)
 	if err != nil {
-		return 0, err
+		return cache.Meta{}, err
 	}
 	// A secret is checked here, with the keys a volume's secret takes, although the resolver
 	// checks it too: its errors say which ModelCache's secret is wrong, and a secret without
@@ -52,10 +54,10 @@ func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, sec
 		var ok bool
 		creds, ok, err = credentialsIn(secret.Data, whose, prewarm.ErrInvalidSecret)
 		if err != nil {
-			return 0, err
+			return cache.Meta{}, err
 		}
 		if !ok {
-			return 0, fmt.Errorf("%w: %s holds no credentials: it needs %s and %s (and %s for STS credentials)", prewarm.ErrInvalidSecret, whose,
+			return cache.Meta{}, fmt.Errorf("%w: %s holds no credentials: it needs %s and %s (and %s for STS credentials)", prewarm.ErrInvalidSecret, whose,
 				strings.Join(secretIDKeys, " or "), strings.Join(secretSecretKeys, " or "), strings.Join(secretTokenKeys, " or "))
 		}
 		secrets = secret.Data
@@ -68,7 +70,7 @@ func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, sec
 	}
 	model, src, err := c.d.res.model(ctx, vs, secrets)
 	if err != nil {
-		return 0, refused(err)
+		return cache.Meta{}, refused(err)
 	}
 	err = c.pin(ctx, model, src, holder, report)
 	if errors.Is(err, cache.ErrHolderConflict) {
@@ -76,15 +78,15 @@ func (c prewarmCache) Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, sec
 		// follow OSS.
 		klog.InfoS("A ModelCache's model changed in OSS: pinning the new version", "holder", holder, "model", model.String())
 		if err := c.d.store.Release(holder); err != nil {
-			return 0, err
+			return cache.Meta{}, err
 		}
 		err = c.pin(ctx, model, src, holder, report)
 	}
 	if err != nil {
-		return 0, refused(err)
+		return cache.Meta{}, refused(err)
 	}
 	meta, _ := c.d.store.Info(model.Key())
-	return meta.Size, nil
+	return meta, nil
 }
 
 // pin pins model for holder, reporting the staging's progress every prewarmProgressEvery.
@@ -112,6 +114,15 @@ func (c prewarmCache) Release(holder string) error { return c.d.store.Release(ho
 
 func (c prewarmCache) Pins() map[string]string { return c.d.store.Pins() }
 
+// modelCacheEvents posts the watcher's Events on ModelCaches through the driver's broadcaster
+// (the pods' one, flushed when the driver closes), without OSS request ids: a failure that
+// repeats aggregates into one Event with a count. The ids stay in the plugin's log.
+type modelCacheEvents struct{ recorder record.EventRecorder }
+
+func (e modelCacheEvents) Event(object runtime.Object, eventtype, reason, message string) {
+	e.recorder.Event(object, eventtype, reason, withoutRequestIDs(message))
+}
+
 // watchesModelCaches says whether the node plugin runs the ModelCache watcher: on a node,
 // with a Kubernetes client.
 func (d *Driver) watchesModelCaches() bool {
@@ -121,7 +132,7 @@ func (d *Driver) watchesModelCaches() bool {
 // watchModelCaches runs the ModelCache watcher until ctx ends.
 func (d *Driver) watchModelCaches(ctx context.Context) {
 	err := prewarm.Run(ctx, prewarm.Config{Node: d.opts.NodeID, Kube: d.opts.KubeClient, Dynamic: d.opts.DynamicClient,
-		Cache: prewarmCache{d: d}, Clock: d.opts.Clock})
+		Cache: prewarmCache{d: d}, Events: modelCacheEvents{d.events.recorder}, Clock: d.opts.Clock})
 	if err != nil {
 		klog.ErrorS(err, "The ModelCache watcher stopped: ModelCaches are not pre-warmed on this node")
 	}

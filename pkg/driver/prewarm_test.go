@@ -3,6 +3,7 @@ package driver_test
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -44,7 +45,7 @@ func (a *applied) last(name string) (v1alpha1.NodeStatus, bool) {
 
 func modelCache(name string, spec v1alpha1.ModelCacheSpec) *unstructured.Unstructured {
 	mc := &v1alpha1.ModelCache{TypeMeta: metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "ModelCache"},
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: name}, Spec: spec}
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: name, UID: types.UID("uid-" + name)}, Spec: spec}
 	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(mc)
 	if err != nil {
 		panic(err)
@@ -83,6 +84,34 @@ func recordApplies(dyn *dynamicfake.FakeDynamicClient) *applied {
 		return true, &unstructured.Unstructured{Object: map[string]any{"apiVersion": v1alpha1.GroupVersion.String(), "kind": "ModelCache"}}, nil
 	})
 	return got
+}
+
+// modelCacheEvents returns the Events the fake API server holds on ModelCaches of ml, as
+// "name reason type message", once check accepts them (or the deadline passes), after checking
+// that every one is on a ModelCache (kind, apiVersion, UID) and posted by node-1.
+func modelCacheEvents(t *testing.T, kube *fake.Clientset, check func([]string) bool) []string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		list, err := kube.CoreV1().Events("ml").List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, ev := range list.Items {
+			o := ev.InvolvedObject
+			if o.Kind != "ModelCache" || o.APIVersion != v1alpha1.GroupVersion.String() || o.Namespace != "ml" || o.UID != types.UID("uid-"+o.Name) ||
+				ev.Source.Host != "node-1" || ev.Source.Component != "modelcast" {
+				t.Fatalf("an Event not on a ModelCache of ml from node-1: %+v %+v", o, ev.Source)
+			}
+			got = append(got, o.Name+" "+ev.Reason+" "+ev.Type+" "+ev.Message)
+		}
+		slices.Sort(got)
+		if check(got) || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
 }
 
 // TestModelCachesArePrewarmed: the node plugin, given a Kubernetes client, pins the model of
@@ -156,6 +185,27 @@ func TestModelCachesArePrewarmed(t *testing.T) {
 	}
 	waitUntil("by-label released", func() bool { _, ok := store.Pins()[prewarm.Holder("ml", "by-label")]; return !ok })
 	waitUntil("by-label's entry removed", func() bool { e, ok := got.last("by-label"); return ok && e.State == "" })
+
+	// The node's Events reach the API server on the ModelCaches: staging and ready on both,
+	// released on the one whose selector stopped matching, nothing on the deleted one's
+	// deletion nor on the one for another node.
+	events := modelCacheEvents(t, kube, func(evs []string) bool { return len(evs) >= 5 })
+	wantPrefixes := []string{
+		"by-label ModelReady Normal Model oss://models/qwen/ ready on node node-1: 4.2 MB",
+		"by-label ModelReleased Normal Released oss://models/qwen/ on node node-1: the ModelCache no longer selects the node",
+		"by-label StagingModel Normal Staging oss://models/qwen/ on node node-1",
+		"by-name ModelReady Normal Model oss://models/qwen/ ready on node node-1: 4.2 MB",
+		"by-name StagingModel Normal Staging oss://models/qwen/ on node node-1",
+	}
+	if len(events) != len(wantPrefixes) {
+		t.Errorf("events %q, want %d", events, len(wantPrefixes))
+	} else {
+		for i, w := range wantPrefixes {
+			if !strings.HasPrefix(events[i], w) {
+				t.Errorf("event %q, want %q…", events[i], w)
+			}
+		}
+	}
 	got.mu.Lock()
 	defer got.mu.Unlock()
 	if len(got.bad) > 0 {
@@ -265,6 +315,27 @@ func TestModelCacheSecretRef(t *testing.T) {
 		}
 		if _, ok := store.Pins()[prewarm.Holder("ml", tc.name)]; ok {
 			t.Errorf("%s is pinned: the node's own credentials were used in its secret's place", tc.name)
+		}
+	}
+	// Each failure is a Warning Event with its reason and the node; no secret value in any.
+	events := modelCacheEvents(t, kube, func(evs []string) bool { return len(evs) >= 12 })
+	for _, tc := range []struct{ name, reason string }{
+		{"refused", "AccessDenied"}, {"empty", prewarm.ReasonInvalidSecret}, {"misspelt", prewarm.ReasonInvalidSecret},
+		{"missing", prewarm.ReasonSecretNotFound}, {"locked", prewarm.ReasonSecretForbidden},
+	} {
+		prefix := tc.name + " " + tc.reason + " Warning Staging oss://models/qwen/ on node node-1 failed: "
+		if !slices.ContainsFunc(events, func(ev string) bool { return strings.HasPrefix(ev, prefix) }) {
+			t.Errorf("no Event %q… in %q", prefix, events)
+		}
+	}
+	if !slices.ContainsFunc(events, func(ev string) bool {
+		return strings.HasPrefix(ev, "with-secret StagingModel Normal Staging oss://models/qwen/ on node node-1 with the credentials of secret ml/oss")
+	}) {
+		t.Errorf("no StagingModel Event naming with-secret's secret in %q", events)
+	}
+	for _, ev := range events {
+		if strings.Contains(ev, sk) || strings.Contains(ev, wrongSecret) || strings.Contains(ev, "request id") {
+			t.Errorf("a secret value or an OSS request id in the Event %q", ev)
 		}
 	}
 	for _, a := range kube.Actions() {

@@ -6,14 +6,17 @@ package prewarm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -42,9 +45,9 @@ type Cache interface {
 	// Pin resolves spec's model with the credentials in secret (spec.secretRef's Secret, as
 	// a volume's nodePublishSecretRef is used; keys that are not credentials are an error
 	// wrapping ErrInvalidSecret) or, when secret is nil, the node's own, and pins it for
-	// holder, calling report with the staging's progress now and then meanwhile; it returns
-	// the model's size once pinned.
-	Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, secret *Secret, holder string, report func(cache.Progress)) (int64, error)
+	// holder, calling report with the staging's progress now and then meanwhile; once pinned
+	// it returns the model's cache entry (its size, when and from where it was staged).
+	Pin(ctx context.Context, spec v1alpha1.ModelCacheSpec, secret *Secret, holder string, report func(cache.Progress)) (cache.Meta, error)
 	Release(holder string) error
 	Pins() map[string]string
 }
@@ -108,6 +111,7 @@ type Reconciler struct {
 	kube   kubernetes.Interface // the Secrets ModelCaches name
 	cache  Cache
 	status StatusWriter
+	events Events
 	clock  clock.WithTicker
 	retry  time.Duration
 
@@ -119,6 +123,8 @@ type Reconciler struct {
 
 type job struct {
 	namespace, name string
+	uid             types.UID
+	ref             *corev1.ObjectReference // the ModelCache, for its Events
 	model           v1alpha1.ModelCacheSpec
 	cancel          context.CancelFunc
 	done            chan struct{}
@@ -126,32 +132,60 @@ type job struct {
 
 // NewReconciler returns a reconciler for cfg.Node whose jobs run under ctx (with its values,
 // not its cancellation: Stop ends them). It uses cfg's Kube (for the Secrets ModelCaches
-// name), Cache, Status (required here: Run defaults it), Clock and RetryAfter.
+// name), Cache, Status (required here: Run defaults it), Events (none when nil), Clock and
+// RetryAfter.
 func NewReconciler(ctx context.Context, cfg Config) *Reconciler {
 	cfg.defaults()
+	if cfg.Events == nil {
+		cfg.Events = noEvents{}
+	}
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	return &Reconciler{node: cfg.Node, kube: cfg.Kube, cache: cfg.Cache, status: cfg.Status, clock: cfg.Clock, retry: cfg.RetryAfter,
-		ctx: jctx, cancel: cancel, jobs: map[string]*job{}}
+	return &Reconciler{node: cfg.Node, kube: cfg.Kube, cache: cfg.Cache, status: cfg.Status, events: cfg.Events, clock: cfg.Clock,
+		retry: cfg.RetryAfter, ctx: jctx, cancel: cancel, jobs: map[string]*job{}}
 }
 
-// Reconcile makes the jobs and pins match selected, the ModelCaches that select the node.
-// With releaseUnknown (after the first sync) it also releases the cache's ModelCache pins
-// that no selected ModelCache claims: those changed or deleted while the plugin was down.
-func (r *Reconciler) Reconcile(selected []*v1alpha1.ModelCache, releaseUnknown bool) {
+// Reconcile makes the jobs and pins match the ModelCaches that exist (caches) and select the
+// node (its labels are nodeLabels). With releaseUnknown (after the first sync) it also
+// releases the cache's ModelCache pins that no selecting ModelCache claims: those changed or
+// deleted while the plugin was down.
+func (r *Reconciler) Reconcile(caches []*v1alpha1.ModelCache, nodeLabels map[string]string, releaseUnknown bool) {
+	exists := map[string]*v1alpha1.ModelCache{}
 	want := map[string]*v1alpha1.ModelCache{}
-	for _, mc := range selected {
-		want[Holder(mc.Namespace, mc.Name)] = mc
+	for _, mc := range caches {
+		holder := Holder(mc.Namespace, mc.Name)
+		exists[holder] = mc
+		if Selects(mc, r.node, nodeLabels) {
+			want[holder] = mc
+		}
 	}
 	for _, holder := range slices.Sorted(maps.Keys(r.jobs)) {
 		j := r.jobs[holder]
-		mc, ok := want[holder]
-		if ok && equalModel(j.model, model(mc.Spec)) {
+		mc, selected := want[holder]
+		sameModel := selected && equalModel(j.model, model(mc.Spec))
+		if sameModel && mc.UID == j.uid {
 			continue
 		}
 		j.cancel()
 		<-j.done
 		delete(r.jobs, holder)
-		r.release(holder, j.namespace, j.name, !ok)
+		switch now := exists[holder]; {
+		case now == nil || now.UID != j.uid:
+			// Deleted (or deleted and created again): no Event, nobody would read it on an
+			// object that is gone. A new one of the same model keeps the pin for its own job.
+			if !sameModel {
+				r.release(holder)
+			}
+			if !selected {
+				r.removeEntry(j.namespace, j.name)
+			}
+		case selected:
+			r.release(holder)
+			r.event(j.ref, false, EventReleased, fmt.Sprintf("Released %s on node %s: the ModelCache names another model now", j.model.OSSPath, r.node))
+		default:
+			r.release(holder)
+			r.removeEntry(j.namespace, j.name)
+			r.event(j.ref, false, EventReleased, fmt.Sprintf("Released %s on node %s: the ModelCache no longer selects the node", j.model.OSSPath, r.node))
+		}
 	}
 	if releaseUnknown {
 		for _, holder := range slices.Sorted(maps.Keys(r.cache.Pins())) {
@@ -159,7 +193,8 @@ func (r *Reconciler) Reconcile(selected []*v1alpha1.ModelCache, releaseUnknown b
 				continue
 			}
 			ns, name, _ := strings.Cut(strings.TrimPrefix(holder, HolderPrefix), "/")
-			r.release(holder, ns, name, true)
+			r.release(holder)
+			r.removeEntry(ns, name)
 		}
 	}
 	for _, holder := range slices.Sorted(maps.Keys(want)) {
@@ -168,7 +203,8 @@ func (r *Reconciler) Reconcile(selected []*v1alpha1.ModelCache, releaseUnknown b
 		}
 		mc := want[holder]
 		jctx, cancel := context.WithCancel(r.ctx)
-		j := &job{namespace: mc.Namespace, name: mc.Name, model: model(mc.Spec), cancel: cancel, done: make(chan struct{})}
+		j := &job{namespace: mc.Namespace, name: mc.Name, uid: mc.UID, model: model(mc.Spec), cancel: cancel, done: make(chan struct{}),
+			ref: &corev1.ObjectReference{Kind: "ModelCache", APIVersion: v1alpha1.GroupVersion.String(), Namespace: mc.Namespace, Name: mc.Name, UID: mc.UID}}
 		r.jobs[holder] = j
 		r.wg.Add(1)
 		go func() {
@@ -179,17 +215,17 @@ func (r *Reconciler) Reconcile(selected []*v1alpha1.ModelCache, releaseUnknown b
 	}
 }
 
-// release drops holder's pin and, when the ModelCache no longer selects the node (rather than
-// naming another model), this node's status entry.
-func (r *Reconciler) release(holder, namespace, name string, unselected bool) {
+// release drops holder's pin.
+func (r *Reconciler) release(holder string) {
 	if err := r.cache.Release(holder); err != nil {
 		klog.ErrorS(err, "Could not release a ModelCache's pin", "holder", holder)
 	} else {
 		klog.V(2).InfoS("Released a ModelCache's pin", "holder", holder)
 	}
-	if !unselected {
-		return
-	}
+}
+
+// removeEntry drops this node's entry of a ModelCache that no longer selects it.
+func (r *Reconciler) removeEntry(namespace, name string) {
 	ctx, cancel := context.WithTimeout(r.ctx, 30*time.Second)
 	defer cancel()
 	if err := r.status.Remove(ctx, namespace, name); err != nil {
@@ -215,11 +251,17 @@ func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alph
 			klog.ErrorS(err, "Could not write the node's status entry", "modelCache", ref, "state", st.State)
 		}
 	}
+	began := r.clock.Now()
+	staging := fmt.Sprintf("Staging %s on node %s", spec.OSSPath, r.node)
+	if spec.SecretRef != nil {
+		staging += fmt.Sprintf(" with the credentials of secret %s/%s", j.namespace, spec.SecretRef.Name)
+	}
+	r.event(j.ref, false, EventStaging, staging)
 	for {
 		write(v1alpha1.NodeStatus{State: v1alpha1.NodePending})
 		var last cache.Progress
 		var lastAt time.Time
-		size, err := r.pin(ctx, holder, j, spec, func(p cache.Progress) {
+		meta, err := r.pin(ctx, holder, j, spec, func(p cache.Progress) {
 			now := r.clock.Now()
 			var rate int64
 			if !lastAt.IsZero() && now.After(lastAt) && p.Done >= last.Done {
@@ -232,12 +274,16 @@ func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alph
 			return
 		}
 		if err == nil {
-			klog.V(2).InfoS("Pinned a ModelCache's model", "modelCache", ref, "model", spec.OSSPath, "bytes", size)
-			write(v1alpha1.NodeStatus{State: v1alpha1.NodeReady, Bytes: size, TotalBytes: size})
+			klog.V(2).InfoS("Pinned a ModelCache's model", "modelCache", ref, "model", spec.OSSPath, "bytes", meta.Size)
+			write(v1alpha1.NodeStatus{State: v1alpha1.NodeReady, Bytes: meta.Size, TotalBytes: meta.Size})
+			r.event(j.ref, false, EventReady, readyMessage(spec.OSSPath, r.node, meta, began, r.clock.Now()))
 			return
 		}
-		klog.ErrorS(err, "Could not stage a ModelCache's model; trying again later", "modelCache", ref, "model", spec.OSSPath, "retryAfter", r.retry)
-		write(v1alpha1.NodeStatus{State: v1alpha1.NodeFailed, Reason: ReasonFor(err), Message: err.Error()})
+		reason := ReasonFor(err)
+		msg := fmt.Sprintf("%v; retrying in %s", err, shortDuration(r.retry))
+		klog.ErrorS(err, "Could not stage a ModelCache's model; trying again later", "modelCache", ref, "model", spec.OSSPath, "reason", reason, "retryAfter", r.retry)
+		write(v1alpha1.NodeStatus{State: v1alpha1.NodeFailed, Reason: reason, Message: msg})
+		r.event(j.ref, true, reason, fmt.Sprintf("Staging %s on node %s failed: %s", spec.OSSPath, r.node, msg))
 		t := r.clock.NewTimer(r.retry)
 		select {
 		case <-ctx.Done():
@@ -251,12 +297,12 @@ func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alph
 // pin is one staging attempt: the ModelCache's secret, read again each time (it may have
 // been created, fixed or rotated since), then the model pinned with it. Without secretRef the
 // node's own credentials are used; with one, never: its failure is the attempt's.
-func (r *Reconciler) pin(ctx context.Context, holder string, j *job, spec v1alpha1.ModelCacheSpec, report func(cache.Progress)) (int64, error) {
+func (r *Reconciler) pin(ctx context.Context, holder string, j *job, spec v1alpha1.ModelCacheSpec, report func(cache.Progress)) (cache.Meta, error) {
 	var secret *Secret
 	if spec.SecretRef != nil {
 		var err error
 		if secret, err = readSecret(ctx, r.kube, j.namespace, spec.SecretRef.Name); err != nil {
-			return 0, err
+			return cache.Meta{}, err
 		}
 	}
 	return r.cache.Pin(ctx, spec, secret, holder, report)

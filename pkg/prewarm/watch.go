@@ -31,6 +31,9 @@ type Config struct {
 	Cache   Cache
 	// Status writes the node's status entries; default: server-side apply through Dynamic.
 	Status StatusWriter
+	// Events posts Events on the ModelCaches (staging, ready, failed, released); default:
+	// client-go's broadcaster on Kube, flushed when Run returns.
+	Events Events
 	Clock  clock.WithTicker // default: the real clock
 	// RetryAfter is the wait after a failed staging; default one minute.
 	RetryAfter time.Duration
@@ -51,6 +54,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Status == nil {
 		cfg.Status = NewApplier(cfg.Dynamic, cfg.Node)
 	}
+	if cfg.Events == nil {
+		events, stop := newEvents(cfg.Kube, cfg.Node)
+		defer stop() // after the jobs stopped (deferred below): their last Events are flushed
+		cfg.Events = events
+	}
 	w, err := watch(ctx, cfg.Kube, cfg.Dynamic, cfg.Node)
 	if err != nil || w == nil {
 		return err
@@ -67,13 +75,7 @@ func Run(ctx context.Context, cfg Config) error {
 				nodeLabels = n.Labels
 			}
 		}
-		var selected []*v1alpha1.ModelCache
-		for _, mc := range w.caches() {
-			if Selects(mc, cfg.Node, nodeLabels) {
-				selected = append(selected, mc)
-			}
-		}
-		r.Reconcile(selected, first)
+		r.Reconcile(w.caches(), nodeLabels, first)
 		first = false
 		select {
 		case <-ctx.Done():
