@@ -24,6 +24,7 @@ import (
 
 	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
 	"github.com/modelcast/modelcast/pkg/cache"
+	"github.com/modelcast/modelcast/pkg/ossclient"
 	"github.com/modelcast/modelcast/pkg/prewarm"
 )
 
@@ -571,6 +572,69 @@ func TestReconcileRetriesAFailure(t *testing.T) {
 	}
 	waitFor(t, "the retry timer", func() bool { return e.clock.HasWaiters() })
 	e.clock.Step(time.Minute)
+	e.waitState(t, "a", v1alpha1.NodeReady)
+}
+
+// TestReconcileBacksOff: with the default waits, a staging that keeps failing is retried
+// after 10 s, then twice as long after each failure up to 5 minutes, each wait in the Failed
+// entry's message and the Warning Event; not a moment earlier (the injected clock). Once
+// pinned the job ends, and the next job (a changed model) waits 10 s again.
+func TestReconcileBacksOff(t *testing.T) {
+	e := newEnvWith(t, func(c *prewarm.Config) { c.RetryAfter = 0 }) // the defaults
+	e.cache.pin = func(_ context.Context, spec v1alpha1.ModelCacheSpec, _ func(cache.Progress)) (int64, error) {
+		e.cache.mu.Lock()
+		n := e.cache.attempts
+		e.cache.mu.Unlock()
+		if n <= 7 || n == 9 { // a's first seven attempts, and the first of the changed model
+			return 0, fmt.Errorf("list %s: %w", spec.OSSPath, ossclient.ErrUnavailable)
+		}
+		return 100, nil
+	}
+	attempts := func() int {
+		e.cache.mu.Lock()
+		defer e.cache.mu.Unlock()
+		return e.cache.attempts
+	}
+	waitFailed := func(n int) {
+		t.Helper()
+		waitFor(t, fmt.Sprintf("attempt %d failed and waiting", n), func() bool {
+			return attempts() == n && e.status.last("a").State == v1alpha1.NodeFailed && e.clock.HasWaiters()
+		})
+	}
+	e.r.Reconcile([]*v1alpha1.ModelCache{mc("a", []string{"node-1"}, nil)}, nil, false)
+	waits := []struct {
+		d    time.Duration
+		text string
+	}{{10 * time.Second, "10s"}, {20 * time.Second, "20s"}, {40 * time.Second, "40s"}, {80 * time.Second, "1m20s"},
+		{160 * time.Second, "2m40s"}, {5 * time.Minute, "5m"}, {5 * time.Minute, "5m"}}
+	for i, w := range waits {
+		waitFailed(i + 1)
+		want := "list oss://bucket/a/: " + ossclient.ErrUnavailable.Error() + "; retrying in " + w.text
+		if got := e.status.last("a"); got.Reason != "Unavailable" || got.Message != want {
+			t.Fatalf("attempt %d: entry %+v, want reason Unavailable and the message %q", i+1, got, want)
+		}
+		evs := e.eventsOf("Unavailable")
+		if wantEv := "Warning Unavailable Staging oss://bucket/a/ on node node-1 failed: " + want; len(evs) != i+1 || evs[i] != wantEv {
+			t.Fatalf("attempt %d: events %q, want the last %q", i+1, evs, wantEv)
+		}
+		e.clock.Step(w.d - time.Millisecond)
+		if !e.clock.HasWaiters() || attempts() != i+1 {
+			t.Fatalf("attempt %d: retried before %s", i+1, w.text)
+		}
+		e.clock.Step(time.Millisecond)
+	}
+	e.waitState(t, "a", v1alpha1.NodeReady)
+	if n := attempts(); n != 8 {
+		t.Errorf("%d attempts, want 8", n)
+	}
+	changed := mc("a", []string{"node-1"}, nil)
+	changed.Spec.OSSPath = "oss://bucket/other/"
+	e.r.Reconcile([]*v1alpha1.ModelCache{changed}, nil, false)
+	waitFailed(9)
+	if got := e.status.last("a").Message; !strings.HasSuffix(got, "; retrying in 10s") {
+		t.Errorf("a new job's first failure: %q, want the first wait again (10s)", got)
+	}
+	e.clock.Step(10 * time.Second)
 	e.waitState(t, "a", v1alpha1.NodeReady)
 }
 

@@ -105,7 +105,8 @@ func model(spec v1alpha1.ModelCacheSpec) v1alpha1.ModelCacheSpec {
 }
 
 // Reconciler keeps one job per ModelCache that selects the node: a goroutine that pins its
-// model and writes its status, retrying after a failure, and exits once the model is pinned.
+// model and writes its status, retrying after a failure with a capped exponential backoff,
+// and exits once the model is pinned.
 type Reconciler struct {
 	node   string
 	kube   kubernetes.Interface // the Secrets ModelCaches name
@@ -113,7 +114,8 @@ type Reconciler struct {
 	status StatusWriter
 	events Events
 	clock  clock.WithTicker
-	retry  time.Duration
+	// retry is the wait after a job's first failure, doubled after each next up to maxRetry.
+	retry, maxRetry time.Duration
 
 	ctx    context.Context // the jobs run under it
 	cancel context.CancelFunc
@@ -132,8 +134,8 @@ type job struct {
 
 // NewReconciler returns a reconciler for cfg.Node whose jobs run under ctx (with its values,
 // not its cancellation: Stop ends them). It uses cfg's Kube (for the Secrets ModelCaches
-// name), Cache, Status (required here: Run defaults it), Events (none when nil), Clock and
-// RetryAfter.
+// name), Cache, Status (required here: Run defaults it), Events (none when nil), Clock,
+// RetryAfter and MaxRetryAfter.
 func NewReconciler(ctx context.Context, cfg Config) *Reconciler {
 	cfg.defaults()
 	if cfg.Events == nil {
@@ -141,7 +143,7 @@ func NewReconciler(ctx context.Context, cfg Config) *Reconciler {
 	}
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	return &Reconciler{node: cfg.Node, kube: cfg.Kube, cache: cfg.Cache, status: cfg.Status, events: cfg.Events, clock: cfg.Clock,
-		retry: cfg.RetryAfter, ctx: jctx, cancel: cancel, jobs: map[string]*job{}}
+		retry: cfg.RetryAfter, maxRetry: cfg.MaxRetryAfter, ctx: jctx, cancel: cancel, jobs: map[string]*job{}}
 }
 
 // Reconcile makes the jobs and pins match the ModelCaches that exist (caches) and select the
@@ -257,6 +259,7 @@ func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alph
 		staging += fmt.Sprintf(" with the credentials of secret %s/%s", j.namespace, spec.SecretRef.Name)
 	}
 	r.event(j.ref, false, EventStaging, staging)
+	wait := r.retry
 	for {
 		write(v1alpha1.NodeStatus{State: v1alpha1.NodePending})
 		var last cache.Progress
@@ -280,17 +283,20 @@ func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alph
 			return
 		}
 		reason := ReasonFor(err)
-		msg := fmt.Sprintf("%v; retrying in %s", err, shortDuration(r.retry))
-		klog.ErrorS(err, "Could not stage a ModelCache's model; trying again later", "modelCache", ref, "model", spec.OSSPath, "reason", reason, "retryAfter", r.retry)
+		msg := fmt.Sprintf("%v; retrying in %s", err, shortDuration(wait))
+		klog.ErrorS(err, "Could not stage a ModelCache's model; trying again later", "modelCache", ref, "model", spec.OSSPath, "reason", reason, "retryAfter", wait)
 		write(v1alpha1.NodeStatus{State: v1alpha1.NodeFailed, Reason: reason, Message: msg})
 		r.event(j.ref, true, reason, fmt.Sprintf("Staging %s on node %s failed: %s", spec.OSSPath, r.node, msg))
-		t := r.clock.NewTimer(r.retry)
+		t := r.clock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C():
 		}
+		// Capped exponential backoff: a failure that lasts (a missing Secret, a bucket's
+		// policy) costs the API server and OSS little, one that passes is retried soon.
+		wait = min(2*wait, r.maxRetry)
 	}
 }
 

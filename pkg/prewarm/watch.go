@@ -35,8 +35,12 @@ type Config struct {
 	// client-go's broadcaster on Kube, flushed when Run returns.
 	Events Events
 	Clock  clock.WithTicker // default: the real clock
-	// RetryAfter is the wait after a failed staging; default one minute.
+	// RetryAfter is the wait after a job's first failed staging, doubled after each failure
+	// that follows up to MaxRetryAfter; default 10 s. A job's waits start again from it: a
+	// job ends once its model is pinned, and a changed spec starts another.
 	RetryAfter time.Duration
+	// MaxRetryAfter caps the wait between two stagings; default 5 minutes.
+	MaxRetryAfter time.Duration
 }
 
 func (cfg *Config) defaults() {
@@ -44,8 +48,12 @@ func (cfg *Config) defaults() {
 		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.RetryAfter <= 0 {
-		cfg.RetryAfter = time.Minute
+		cfg.RetryAfter = 10 * time.Second
 	}
+	if cfg.MaxRetryAfter <= 0 {
+		cfg.MaxRetryAfter = 5 * time.Minute
+	}
+	cfg.MaxRetryAfter = max(cfg.MaxRetryAfter, cfg.RetryAfter)
 }
 
 // Run watches the ModelCaches (all namespaces) and the node's own Node until ctx ends, keeping
