@@ -660,6 +660,19 @@ func TestReconcileReleasesUnknownPinsAtStart(t *testing.T) {
 	if got, want := e.status.Removed(), []string{"ns/gone"}; !slices.Equal(got, want) {
 		t.Errorf("entries removed = %q, want %q", got, want)
 	}
+	// A plugin's restart on every node is not news: a's pin, kept, gets no Event.
+	if got := e.Events(); len(got) != 0 {
+		t.Errorf("events = %q, want none for a pin kept across a restart", got)
+	}
+	// Its next job is this plugin's own.
+	changed := mc("a", []string{"node-1"}, nil)
+	changed.Spec.OSSPath = "oss://bucket/other/"
+	e.r.Reconcile([]*v1alpha1.ModelCache{changed}, nil, false)
+	e.waitState(t, "a", v1alpha1.NodeReady)
+	waitFor(t, "the new model's ModelReady", func() bool { return len(e.eventsOf(prewarm.EventReady)) == 1 })
+	if got := e.eventsOf(prewarm.EventStaging); len(got) != 1 {
+		t.Errorf("staging events = %q, want the new model's", got)
+	}
 }
 
 func TestStopEndsStagingsAndKeepsPins(t *testing.T) {

@@ -121,9 +121,14 @@ type Reconciler struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	jobs   map[string]*job // by holder; only the reconcile loop touches it
+	// inherited are the holders pinned before the first Reconcile (by a plugin that ran
+	// before this one), whose first job here posts Events only if it stages the model again:
+	// a restart of the plugin on every node is not news. Only the reconcile loop touches it.
+	inherited map[string]bool
 }
 
 type job struct {
+	inherited       bool // the holder's pin was there before the plugin started
 	namespace, name string
 	uid             types.UID
 	ref             *corev1.ObjectReference // the ModelCache, for its Events
@@ -151,6 +156,12 @@ func NewReconciler(ctx context.Context, cfg Config) *Reconciler {
 // releases the cache's ModelCache pins that no selecting ModelCache claims: those changed or
 // deleted while the plugin was down.
 func (r *Reconciler) Reconcile(caches []*v1alpha1.ModelCache, nodeLabels map[string]string, releaseUnknown bool) {
+	if r.inherited == nil {
+		r.inherited = map[string]bool{}
+		for holder := range r.cache.Pins() {
+			r.inherited[holder] = strings.HasPrefix(holder, HolderPrefix)
+		}
+	}
 	exists := map[string]*v1alpha1.ModelCache{}
 	want := map[string]*v1alpha1.ModelCache{}
 	for _, mc := range caches {
@@ -205,9 +216,10 @@ func (r *Reconciler) Reconcile(caches []*v1alpha1.ModelCache, nodeLabels map[str
 		}
 		mc := want[holder]
 		jctx, cancel := context.WithCancel(r.ctx)
-		j := &job{namespace: mc.Namespace, name: mc.Name, uid: mc.UID, model: model(mc.Spec), cancel: cancel, done: make(chan struct{}),
+		j := &job{inherited: r.inherited[holder], namespace: mc.Namespace, name: mc.Name, uid: mc.UID, model: model(mc.Spec), cancel: cancel, done: make(chan struct{}),
 			ref: &corev1.ObjectReference{Kind: "ModelCache", APIVersion: v1alpha1.GroupVersion.String(), Namespace: mc.Namespace, Name: mc.Name, UID: mc.UID}}
 		r.jobs[holder] = j
+		delete(r.inherited, holder) // its next job is this plugin's own
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
@@ -258,7 +270,9 @@ func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alph
 	if spec.SecretRef != nil {
 		staging += fmt.Sprintf(" with the credentials of secret %s/%s", j.namespace, spec.SecretRef.Name)
 	}
-	r.event(j.ref, false, EventStaging, staging)
+	if !j.inherited {
+		r.event(j.ref, false, EventStaging, staging)
+	}
 	wait := r.retry
 	for {
 		write(v1alpha1.NodeStatus{State: v1alpha1.NodePending})
@@ -279,7 +293,9 @@ func (r *Reconciler) run(ctx context.Context, holder string, j *job, spec v1alph
 		if err == nil {
 			klog.V(2).InfoS("Pinned a ModelCache's model", "modelCache", ref, "model", spec.OSSPath, "bytes", meta.Size)
 			write(v1alpha1.NodeStatus{State: v1alpha1.NodeReady, Bytes: meta.Size, TotalBytes: meta.Size})
-			r.event(j.ref, false, EventReady, readyMessage(spec.OSSPath, r.node, meta, began, r.clock.Now()))
+			if !j.inherited || meta.StagedAt.After(began) {
+				r.event(j.ref, false, EventReady, readyMessage(spec.OSSPath, r.node, meta, began, r.clock.Now()))
+			}
 			return
 		}
 		reason := ReasonFor(err)
