@@ -470,6 +470,10 @@ func TestE2E(t *testing.T) {
 		// The label arrives on the real node: it joins and takes the model from its peers.
 		e.labelNode(t, ctx, e.nodeName, poolLabel, &warm)
 		e.waitModelCache(t, ctx, testNS, "e2e-pool", 2*time.Minute, "four nodes Ready", allReady(4))
+		// What a user sees (the README shows this output).
+		t.Logf("kubectl get modelcaches:\n%s", e.run(t, ctx, "kubectl", "get", "modelcaches", "-n", testNS))
+		t.Logf("kubectl get modelcache e2e-pool -o jsonpath=…:\n%s", e.run(t, ctx, "kubectl", "get", "modelcache", "e2e-pool", "-n", testNS,
+			"-o", `jsonpath={range .status.nodes[*]}{.node} {.state} {.bytes}/{.totalBytes}{"\n"}{end}`))
 		st, err := e.emu.Stats()
 		if err != nil {
 			t.Fatal(err)
