@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -32,6 +33,9 @@ type Config struct {
 	Clock  clock.WithTicker // default: the real clock
 	// RetryAfter is the wait after a failed staging; default one minute.
 	RetryAfter time.Duration
+	// ModelCaches is an informer on every ModelCache (NewModelCacheInformer) that the caller
+	// shares with the watcher, and runs and stops itself; nil: the watcher runs its own.
+	ModelCaches toolscache.SharedIndexInformer
 }
 
 // Run watches the ModelCaches (all namespaces) and the node's own Node until ctx ends, keeping
@@ -46,7 +50,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = time.Minute
 	}
-	w, err := watch(ctx, cfg.Kube, cfg.Dynamic, cfg.Node)
+	w, err := watchShared(ctx, cfg.Kube, cfg.Dynamic, cfg.ModelCaches, cfg.Node)
 	if err != nil || w == nil {
 		return err
 	}
