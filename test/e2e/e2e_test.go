@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -524,6 +525,62 @@ func TestE2E(t *testing.T) {
 		}
 	})
 
+	t.Run("mount authorization: a namespace mounts only the models its ModelCaches declare", func(t *testing.T) {
+		t.Log("helm upgrade --set node.authorizeMounts=true")
+		e.run(t, ctx, e.helm, "upgrade", release, filepath.Join(e.repo, "charts/modelcast"), "--namespace", namespace,
+			"--reuse-values", "--set", "node.authorizeMounts=true")
+		waitFor(t, ctx, 3*time.Minute, "the node plugin restarted with --authorize-mounts and Ready", func() (bool, string) {
+			pods, err := e.kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release + ",app.kubernetes.io/component=node"})
+			if err != nil || len(pods.Items) != 1 {
+				return false, fmt.Sprintf("%v; %s", err, e.podsState(ctx, "node"))
+			}
+			p := pods.Items[0]
+			on := false
+			for _, c := range p.Spec.Containers {
+				on = on || slices.Contains(c.Args, "--authorize-mounts")
+			}
+			ready, state := e.componentReady(ctx, "node")
+			return on && ready && p.DeletionTimestamp == nil, fmt.Sprintf("flag %v, %s", on, state)
+		})
+		const other = "e2e-other"
+		if _, err := e.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = e.kube.CoreV1().Namespaces().Delete(context.Background(), other, metav1.DeleteOptions{}) })
+		if err := e.emu.ResetStats(); err != nil {
+			t.Fatal(err)
+		}
+		pod := readerPod("reader-other", corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+			Driver: driverName, ReadOnly: ptr(true), VolumeAttributes: map[string]string{"ossPath": "oss://models/small/"}}})
+		pod.Namespace = other
+		if _, err := e.kube.CoreV1().Pods(other).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var evs string
+		waitFor(t, ctx, 2*time.Minute, "the pod refused: FailedMount with PermissionDenied and a MountNotAuthorized Warning", func() (bool, string) {
+			evs = e.eventsIn(ctx, other, "reader-other")
+			return strings.Contains(evs, "MountNotAuthorized: ") && strings.Contains(evs, "FailedMount: ") &&
+				strings.Contains(evs, "PermissionDenied"), evs
+		})
+		for _, want := range []string{`namespace "e2e-other" may not mount oss://models/small/`, "no ModelCache in \"e2e-other\" declares this model"} {
+			if !strings.Contains(evs, want) {
+				t.Errorf("the refusal's Events lack %q:\n%s", want, evs)
+			}
+		}
+		t.Logf("the refused pod's Events:\n%s", evs)
+		if st, err := e.emu.Stats(); err != nil || st.BytesServed != 0 || len(st.Requests) != 0 {
+			t.Errorf("OSS saw %v requests and %d bytes (%v) for a refused mount: want none", st.Requests, st.BytesServed, err)
+		}
+		// A ModelCache in the namespace declares the model: kubelet's next retry mounts it.
+		e.createModelCache(t, ctx, &v1alpha1.ModelCache{ObjectMeta: metav1.ObjectMeta{Name: "small", Namespace: other},
+			Spec: v1alpha1.ModelCacheSpec{OSSPath: "oss://models/small/", NodeNames: []string{e.nodeName}}})
+		e.waitReader(t, ctx, pod, small, 3*time.Minute)
+		if err := e.kube.CoreV1().Pods(other).Delete(ctx, "reader-other", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+			t.Fatal(err)
+		}
+		e.deleteModelCache(t, ctx, other, "small")
+	})
+
 	t.Run("release after expireTimeSec, uninstall leaves no mount", func(t *testing.T) {
 		for _, p := range []string{"reader-inline", "reader-pv", "reader-slow"} {
 			if err := e.kube.CoreV1().Pods(testNS).Delete(ctx, p, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
@@ -597,9 +654,9 @@ func (e *env) waitReader(t *testing.T, ctx context.Context, pod *corev1.Pod, m *
 	t.Helper()
 	var logs string
 	waitFor(t, ctx, within, pod.Name+" read its model", func() (bool, string) {
-		b, err := e.kube.CoreV1().Pods(testNS).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		b, err := e.kube.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
 		if err != nil {
-			return false, err.Error() + "; events: " + e.eventsString(ctx, pod.Name)
+			return false, err.Error() + "; events: " + e.eventsIn(ctx, pod.Namespace, pod.Name)
 		}
 		logs = string(b)
 		return strings.Contains(logs, "DONE"), logs
@@ -714,8 +771,11 @@ func (e *env) createVolume(t *testing.T, ctx context.Context) *csi.Volume {
 	return resp.Volume
 }
 
-func (e *env) eventsString(ctx context.Context, pod string) string {
-	evs, err := e.kube.CoreV1().Events(testNS).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
+func (e *env) eventsString(ctx context.Context, pod string) string { return e.eventsIn(ctx, testNS, pod) }
+
+// eventsIn lists the Events on the object name of namespace ns, one "Reason: message" a line.
+func (e *env) eventsIn(ctx context.Context, ns, name string) string {
+	evs, err := e.kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
 	if err != nil {
 		return err.Error()
 	}
