@@ -108,6 +108,10 @@ func registrationHook(reg registration.Config) (func(context.Context) error, err
 	}, nil
 }
 
+// inCluster says whether the plugin runs in a pod, where it reaches the API server without a
+// kubeconfig.
+func inCluster() bool { return os.Getenv("KUBERNETES_SERVICE_HOST") != "" }
+
 // kubeClients builds the clients (typed, and dynamic for ModelCaches) from a kubeconfig, or
 // in-cluster when running in a pod; nil when neither is available.
 func kubeClients(kubeconfig string) (kubernetes.Interface, dynamic.Interface, error) {
@@ -116,7 +120,7 @@ func kubeClients(kubeconfig string) (kubernetes.Interface, dynamic.Interface, er
 	switch {
 	case kubeconfig != "":
 		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+	case inCluster():
 		rc, err = rest.InClusterConfig()
 	default:
 		return nil, nil, nil

@@ -132,7 +132,7 @@ func (d *Driver) watchesModelCaches() bool {
 // watchModelCaches runs the ModelCache watcher until ctx ends.
 func (d *Driver) watchModelCaches(ctx context.Context) {
 	err := prewarm.Run(ctx, prewarm.Config{Node: d.opts.NodeID, Kube: d.opts.KubeClient, Dynamic: d.opts.DynamicClient,
-		Cache: prewarmCache{d: d}, Events: modelCacheEvents{d.events.recorder}, Clock: d.opts.Clock})
+		Cache: prewarmCache{d: d}, Events: modelCacheEvents{d.events.recorder}, Clock: d.opts.Clock, ModelCaches: d.modelCaches})
 	if err != nil {
 		klog.ErrorS(err, "The ModelCache watcher stopped: ModelCaches are not pre-warmed on this node")
 	}

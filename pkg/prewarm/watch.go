@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -41,6 +42,9 @@ type Config struct {
 	RetryAfter time.Duration
 	// MaxRetryAfter caps the wait between two stagings; default 5 minutes.
 	MaxRetryAfter time.Duration
+	// ModelCaches is an informer on every ModelCache (NewModelCacheInformer) that the caller
+	// shares with the watcher, and runs and stops itself; nil: the watcher runs its own.
+	ModelCaches toolscache.SharedIndexInformer
 }
 
 func (cfg *Config) defaults() {
@@ -67,7 +71,7 @@ func Run(ctx context.Context, cfg Config) error {
 		defer stop() // after the jobs stopped (deferred below): their last Events are flushed
 		cfg.Events = events
 	}
-	w, err := watch(ctx, cfg.Kube, cfg.Dynamic, cfg.Node)
+	w, err := watchShared(ctx, cfg.Kube, cfg.Dynamic, cfg.ModelCaches, cfg.Node)
 	if err != nil || w == nil {
 		return err
 	}

@@ -365,6 +365,9 @@ func TestDefaults(t *testing.T) {
 			t.Errorf("node args %v lack %s", plugin.Args, a)
 		}
 	}
+	if slices.Contains(plugin.Args, "--authorize-mounts") {
+		t.Errorf("node args %v: mount authorization is opt-in (node.authorizeMounts)", plugin.Args)
+	}
 	for _, e := range []string{"NODE_NAME", "NODE_IP", "MODELCAST_REDIS_PASSWORD"} {
 		if _, ok := envValue(plugin, e); !ok {
 			t.Errorf("node env lacks %s", e)
@@ -427,6 +430,7 @@ func TestValues(t *testing.T) {
 		"config.broadcast.tenant=team-a", "config.broadcast.chains=2", "config.cache.tmpfsSize=400g",
 		"config.model.maxObjects=250000", "config.model.maxSizeGB=1500",
 		"node.tolerations[0].key=nvidia.com/gpu", "node.tolerations[0].operator=Exists", "node.tolerations[0].effect=NoSchedule",
+		"node.authorizeMounts=true",
 	)
 	if has[*appsv1.Deployment](r, "mc-modelcast-controller") || has[*appsv1.Deployment](r, "mc-modelcast-redis") || has[*corev1.Secret](r, "mc-modelcast-redis") {
 		t.Errorf("controller or bundled Redis rendered: %v", r.kinds())
@@ -436,7 +440,8 @@ func TestValues(t *testing.T) {
 		t.Errorf("containers %v: builtin registration has no registrar sidecar", got)
 	}
 	plugin := container(t, pod, "csi-plugin")
-	for _, a := range []string{"--kubelet-registration-dir=/data/kubelet/plugins_registry", "--kubelet-csi-endpoint=/data/kubelet/plugins/" + driver.DefaultDriverName + "/csi.sock"} {
+	for _, a := range []string{"--kubelet-registration-dir=/data/kubelet/plugins_registry", "--kubelet-csi-endpoint=/data/kubelet/plugins/" + driver.DefaultDriverName + "/csi.sock",
+		"--authorize-mounts"} {
 		if !slices.Contains(plugin.Args, a) {
 			t.Errorf("args %v lack %s", plugin.Args, a)
 		}
@@ -548,6 +553,7 @@ func TestSchemaRejects(t *testing.T) {
 		{[]string{"modelCache.secretNamespace={ml}"}, "secretNamespace"},
 		{[]string{"modelCache.secretNamespaces={Team_B}"}, "secretNamespaces"},
 		{[]string{"modelCache.secretNamespaces={ml,ml}"}, "secretNamespaces"},
+		{[]string{"node.authorizeMounts=maybe"}, "authorizeMounts"},
 	} {
 		args := []string{"template", "mc", chartDir}
 		for _, s := range c.set {
