@@ -151,4 +151,8 @@ about twice as fast here (one page fault and one page-cache entry per 2 MiB inst
 and readers that mmap the safetensors files get fewer TLB misses too.
 MD
 cat "$out/broadcast.md" >> docs/benchmarks.md
+# The warm-start figure needs a real kubelet: make e2e measures it and writes it here.
+if [ -f docs/bench/warm-start.md ]; then
+	{ echo; cat docs/bench/warm-start.md; } >> docs/benchmarks.md
+fi
 echo "==> wrote docs/benchmarks.md"

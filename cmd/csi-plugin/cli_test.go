@@ -78,7 +78,7 @@ func TestCommandLine(t *testing.T) {
 				// A flag set before -h does not show as its default.
 				args:  []string{"node", "--endpoint", "unix:///elsewhere.sock", "-h"},
 				usage: "usage: csi-plugin node [flags]",
-				own: []string{"config", "driver-name", "endpoint", "http-endpoint", "kubeconfig", "kubelet-csi-endpoint",
+				own: []string{"authorize-mounts", "config", "driver-name", "endpoint", "http-endpoint", "kubeconfig", "kubelet-csi-endpoint",
 					"kubelet-registration-dir", "node-id", "node-ip", "progress-every", "publish-wait"},
 				logging:  klogNames,
 				defaults: []string{`(default "unix:///csi/csi.sock")`, `(default ":19899")`, `(default 30s)`},

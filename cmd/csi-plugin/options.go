@@ -54,6 +54,9 @@ type Options struct {
 	// The node service only.
 	PublishWait   time.Duration // --publish-wait
 	ProgressEvery time.Duration // --progress-every
+	// AuthorizeMounts: a pod mounts only a model a ModelCache of its namespace declares. Not
+	// in NodeOptions: the agent publishes nothing.
+	AuthorizeMounts bool // --authorize-mounts
 	// RegistrationDir and KubeletCSIEndpoint register the plugin with kubelet itself.
 	RegistrationDir    string // --kubelet-registration-dir
 	KubeletCSIEndpoint string // --kubelet-csi-endpoint
@@ -79,6 +82,9 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 		"with the progress (kubelet retries and the staging goes on); 0: until shortly before kubelet's deadline (2 minutes), "+
 		"which starts the pod as soon as the staging ends; never past that deadline")
 	fs.DurationVar(&o.ProgressEvery, "progress-every", 30*time.Second, "how often a staging posts a StagingProgress Event on its pods")
+	fs.BoolVar(&o.AuthorizeMounts, "authorize-mounts", false, "mount authorization: a pod mounts only a model that a ModelCache of its own namespace declares "+
+		"(its ossPath and endpoint); anything else is refused with PermissionDenied and a MountNotAuthorized Event. Needs the Kubernetes API "+
+		"(--kubeconfig, or in-cluster) and the CSIDriver's podInfoOnMount")
 	fs.StringVar(&o.RegistrationDir, "kubelet-registration-dir", "", "register with kubelet through this directory, kubelet's plugins_registry "+
 		"(e.g. /registration, the host's /var/lib/kubelet/plugins_registry mounted there), instead of node-driver-registrar; empty: off")
 	fs.StringVar(&o.KubeletCSIEndpoint, "kubelet-csi-endpoint", "", "the CSI socket's path as kubelet on the host sees it, "+
@@ -120,6 +126,9 @@ func (o *Options) Validate() error {
 	if o.ProgressEvery <= 0 {
 		errs = append(errs, fmt.Errorf("--progress-every %s: must be positive", o.ProgressEvery))
 	}
+	if o.AuthorizeMounts && o.Kubeconfig == "" && !inCluster() {
+		errs = append(errs, errors.New("--authorize-mounts needs the Kubernetes API to read the ModelCaches: set --kubeconfig, or run the plugin in a pod (in-cluster)"))
+	}
 	switch {
 	case o.RegistrationDir == "" && o.KubeletCSIEndpoint != "":
 		errs = append(errs, errors.New("--kubelet-csi-endpoint needs --kubelet-registration-dir"))
@@ -142,6 +151,7 @@ func (o *Options) driverOptions() driver.Options {
 	if o.Mode == driver.ModeNode {
 		opts.NodeID, opts.NodeIP = o.Node.NodeID, o.Node.NodeIP
 		opts.PublishWait, opts.ProgressEvery = o.PublishWait, o.ProgressEvery
+		opts.AuthorizeMounts = o.AuthorizeMounts
 	}
 	return opts
 }

@@ -21,6 +21,7 @@ func TestOptionsValidate(t *testing.T) {
 	t.Setenv("NODE_NAME", "")
 	t.Setenv("NODE_IP", "")
 	t.Setenv("POD_NAMESPACE", "")
+	t.Setenv("KUBERNETES_SERVICE_HOST", "") // not in a pod: no Kubernetes API without --kubeconfig
 	defaults := func(mode string) Options {
 		o := Options{Mode: mode}
 		o.AddFlags(flag.NewFlagSet(mode, flag.ContinueOnError))
@@ -46,6 +47,9 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "HTTP off, any port", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = "" }},
 		{name: "HTTP on port 0", mode: driver.ModeController, set: func(o *Options) { o.HTTPEndpoint = "127.0.0.1:0" }},
 		{name: "controller with a lease namespace", mode: driver.ModeController, set: func(o *Options) { o.LeaderElectionNamespace = "kube-system" }},
+		{name: "mount authorization with a kubeconfig", mode: driver.ModeNode, set: func(o *Options) {
+			o.Node.NodeID, o.AuthorizeMounts, o.Kubeconfig = "node-1", true, "/etc/kubernetes/kubelet.conf"
+		}},
 
 		{name: "node without an ID", mode: driver.ModeNode, want: []string{"--node-id is empty", "$NODE_NAME"}},
 		{name: "node IP not an IP", mode: driver.ModeNode, set: func(o *Options) { o.Node.NodeID, o.Node.NodeIP = "node-1", "node-1.example:19898" }, want: []string{`--node-ip "node-1.example:19898"`}},
@@ -74,6 +78,8 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "registration of a relative unix socket", mode: driver.ModeNode, set: func(o *Options) {
 			o.Node.NodeID, o.Endpoint, o.RegistrationDir = "node-1", "unix:csi.sock", "/registration"
 		}, want: []string{"--kubelet-registration-dir", "not an absolute path", "set --kubelet-csi-endpoint"}},
+		{name: "mount authorization without the Kubernetes API", mode: driver.ModeNode, set: func(o *Options) { o.Node.NodeID, o.AuthorizeMounts = "node-1", true },
+			want: []string{"--authorize-mounts needs the Kubernetes API", "--kubeconfig"}},
 		{name: "every error at once", mode: driver.ModeNode, set: func(o *Options) {
 			o.Endpoint, o.ProgressEvery, o.HTTPEndpoint = "csi.sock", 0, "x"
 		}, want: []string{"--endpoint", "--node-id", "--progress-every", "--http-endpoint"}},
@@ -153,6 +159,29 @@ func TestLeaderElection(t *testing.T) {
 				t.Errorf("two processes would both be %q", cfg.Identity)
 			}
 		})
+	}
+}
+
+// TestAuthorizeMounts: --authorize-mounts reaches the driver, and needs no --kubeconfig in a
+// pod (in-cluster), where the plugin reaches the API server by itself.
+func TestAuthorizeMounts(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+	o := Options{Mode: driver.ModeNode}
+	fs := flag.NewFlagSet("node", flag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse([]string{"--node-id", "node-1", "--authorize-mounts"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Validate(); err != nil {
+		t.Errorf("in-cluster: Validate() = %v; want nil", err)
+	}
+	if !o.driverOptions().AuthorizeMounts {
+		t.Error("--authorize-mounts does not reach the driver's options")
+	}
+	off := Options{Mode: driver.ModeNode}
+	off.AddFlags(flag.NewFlagSet("node", flag.ContinueOnError))
+	if off.AuthorizeMounts {
+		t.Error("mount authorization is on by default")
 	}
 }
 

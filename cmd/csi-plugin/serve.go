@@ -74,7 +74,7 @@ func runServe(ctx context.Context, mode string, args []string) error {
 	}
 	if mode == driver.ModeController && opts.KubeClient != nil {
 		namespaceFile := "" // the pod's own namespace, only for the API the pod is in
-		if inCluster(o.Kubeconfig) {
+		if o.Kubeconfig == "" && inCluster() {
 			namespaceFile = inClusterNamespaceFile
 		}
 		if opts.LeaderElection, err = o.leaderElection(namespaceFile); err != nil {
@@ -118,10 +118,9 @@ func registrationHook(reg registration.Config) (func(context.Context) error, err
 	}, nil
 }
 
-// inCluster says whether kubeClients uses the in-cluster client: in a pod, without --kubeconfig.
-func inCluster(kubeconfig string) bool {
-	return kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") != ""
-}
+// inCluster says whether the plugin runs in a pod, where it reaches the API server without a
+// kubeconfig.
+func inCluster() bool { return os.Getenv("KUBERNETES_SERVICE_HOST") != "" }
 
 // kubeClients builds the clients (typed, and dynamic for ModelCaches) from a kubeconfig, or
 // in-cluster when running in a pod; nil when neither is available.
@@ -131,7 +130,7 @@ func kubeClients(kubeconfig string) (kubernetes.Interface, dynamic.Interface, er
 	switch {
 	case kubeconfig != "":
 		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	case inCluster(kubeconfig):
+	case inCluster():
 		rc, err = rest.InClusterConfig()
 	default:
 		return nil, nil, nil

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -35,6 +36,7 @@ import (
 	"github.com/modelcast/modelcast/pkg/leader"
 	"github.com/modelcast/modelcast/pkg/metrics"
 	"github.com/modelcast/modelcast/pkg/ossclient"
+	"github.com/modelcast/modelcast/pkg/prewarm"
 )
 
 // Modes of the plugin.
@@ -71,6 +73,11 @@ type Options struct {
 	// TotalsLeaseName(DriverName) unless Name is set; Identity is required. Namespace "": no
 	// election, this controller writes them.
 	LeaderElection leader.Config
+	// AuthorizeMounts, on a node, refuses to publish a model that no ModelCache of the pod's
+	// namespace declares (PermissionDenied, and a MountNotAuthorized Event on the pod). It
+	// needs KubeClient and DynamicClient, and the pod's namespace in the volume context (the
+	// CSIDriver's podInfoOnMount).
+	AuthorizeMounts bool
 	// NodeIP is this node's address for peers (the broadcast data plane listens on
 	// bindPort); default: all interfaces, advertised as the host name's address.
 	NodeIP string
@@ -149,6 +156,12 @@ func (o *Options) Validate() error {
 		}
 	}
 	switch {
+	case o.AuthorizeMounts && (o.Mode == ModeController || o.Mode == ModeAgent):
+		errs = append(errs, fmt.Errorf("mount authorization: the %s mode publishes no volume", o.Mode))
+	case o.AuthorizeMounts && (o.KubeClient == nil || o.DynamicClient == nil):
+		errs = append(errs, errors.New("mount authorization needs a Kubernetes client (KubeClient and DynamicClient): it reads the ModelCaches"))
+	}
+	switch {
 	case o.Mode == ModeAgent:
 		if o.Endpoint != "" {
 			errs = append(errs, fmt.Errorf("endpoint %q: the %s mode serves no CSI endpoint", o.Endpoint, ModeAgent))
@@ -177,6 +190,9 @@ type Driver struct {
 	serving atomic.Bool // the CSI endpoint is listening
 	// closeOnce makes Close idempotent (Serve closes the driver; so may its owner).
 	closeOnce sync.Once
+	// modelCaches is the node's informer on every ModelCache, shared by the pre-warm watcher
+	// and mount authorization; Serve runs it. nil without a Kubernetes client.
+	modelCaches toolscache.SharedIndexInformer
 }
 
 // New builds the services. On a node it opens the cache (mounting or adopting its tmpfs and
@@ -230,11 +246,19 @@ func New(opts Options) (*Driver, error) {
 		d.store = store
 		res.store = store
 		opts.Metrics.WatchNode(store, node)
-		csi.RegisterNodeServer(d.server, &nodeServer{
+		ns := &nodeServer{
 			nodeID: opts.NodeID, store: store, mounter: opts.Mounter, res: res, events: events,
 			clock: opts.Clock, locks: newKeyLock(), cacheRoot: store.Root(), published: map[string]publication{},
 			maxWait: opts.PublishWait, margin: opts.PublishMargin, progressEvery: opts.ProgressEvery,
-		})
+		}
+		if d.watchesModelCaches() {
+			d.modelCaches = prewarm.NewModelCacheInformer(opts.DynamicClient)
+		}
+		if opts.AuthorizeMounts {
+			ns.authz = &mountAuthorizer{modelCaches: d.modelCaches, endpoint: res.modelEndpoint, events: events, driverName: opts.DriverName}
+			klog.InfoS("Mount authorization is on: a pod mounts only a model that a ModelCache of its namespace declares")
+		}
+		csi.RegisterNodeServer(d.server, ns)
 	}
 	if opts.Mode == ModeController || opts.Mode == ModeAll {
 		csi.RegisterControllerServer(d.server, &controllerServer{res: res, requests: map[string]string{}})
@@ -377,6 +401,15 @@ func (d *Driver) Serve(ctx context.Context) error {
 	} else {
 		close(hookDone)
 	}
+	informerDone := make(chan struct{})
+	if d.modelCaches != nil {
+		go func() {
+			defer close(informerDone)
+			d.modelCaches.RunWithContext(sctx)
+		}()
+	} else {
+		close(informerDone)
+	}
 	watchDone := make(chan struct{})
 	if d.watchesModelCaches() {
 		go func() {
@@ -412,6 +445,7 @@ func (d *Driver) Serve(ctx context.Context) error {
 	stopServing()
 	<-hookDone
 	<-watchDone // its stagings ended before the cache closes
+	<-informerDone
 	<-totalsDone
 	d.serving.Store(false)
 	if errors.Is(err, grpc.ErrServerStopped) {

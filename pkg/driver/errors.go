@@ -28,6 +28,11 @@ var errAlreadyExists = errors.New("target already in use")
 // errBusy marks a target with another operation in flight (Aborted): kubelet retries.
 var errBusy = errors.New("operation in progress")
 
+// errNotAuthorized marks a publish that mount authorization refuses (PermissionDenied): no
+// ModelCache of the pod's namespace declares the volume's model, or the pod's namespace is
+// unknown.
+var errNotAuthorized = errors.New("mount not authorized")
+
 // toStatus is the one place where errors become gRPC codes. The message is the error's own:
 // domain errors are written to be read by a person (kubelet shows them in the pod's events),
 // without OSS request ids (each failure would make an Event of its own); the returned
@@ -54,7 +59,7 @@ func toStatus(err error) error {
 		code = codes.FailedPrecondition // past model.maxObjects or model.maxSizeGB of the node's config
 	case errors.Is(err, ossclient.ErrNotFound):
 		code = codes.NotFound
-	case errors.Is(err, ossclient.ErrAccessDenied):
+	case errors.Is(err, ossclient.ErrAccessDenied), errors.Is(err, errNotAuthorized):
 		code = codes.PermissionDenied
 	case errors.Is(err, cache.ErrNoSpace):
 		code = codes.ResourceExhausted

@@ -39,6 +39,7 @@ func TestToStatus(t *testing.T) {
 		{"model past a bound", ossErr(ossclient.ErrTooLarge), codes.FailedPrecondition},
 		{"not found", ossErr(ossclient.ErrNotFound), codes.NotFound},
 		{"access denied", ossErr(ossclient.ErrAccessDenied), codes.PermissionDenied},
+		{"mount not authorized", fmt.Errorf("%w: namespace %q may not mount oss://b/m/", errNotAuthorized, "team-b"), codes.PermissionDenied},
 		{"no room", fmt.Errorf("stage: %w: needs 9 GB", cache.ErrNoSpace), codes.ResourceExhausted},
 		{"changed", ossErr(ossclient.ErrChanged), codes.Aborted},
 		{"integrity", ossErr(ossclient.ErrIntegrity), codes.DataLoss},

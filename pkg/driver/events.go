@@ -18,6 +18,9 @@ const (
 	// ReasonUnchecked: OSS did not answer the model's listing, and a manifest listed before
 	// (by this plugin, or kept beside the model staged on this node) is used without it.
 	ReasonUnchecked = "ModelNotChecked"
+	// ReasonNotAuthorized: mount authorization refused the pod's volume (no ModelCache of its
+	// namespace declares the model).
+	ReasonNotAuthorized = "MountNotAuthorized"
 )
 
 // Events posts Kubernetes Events on the pods volumes are published for. Posting is

@@ -55,6 +55,20 @@ func refusedSecret(secrets map[string]string, err error) error {
 	return fmt.Errorf("the credentials of the provisioner secret (csi.storage.k8s.io/provisioner-secret-name in the StorageClass), %s, were refused by OSS: %w", creds, err)
 }
 
+// refusedModelCacheSecret describes credentials of a ModelCache's secret (spec.secretRef)
+// that OSS refused (err is ErrAccessDenied), naming the secret (whose) and the access key ID
+// (masked), never the secret's values. Other errors are returned as they are.
+func refusedModelCacheSecret(whose string, creds ossclient.Credentials, err error) error {
+	if !errors.Is(err, ossclient.ErrAccessDenied) {
+		return err
+	}
+	var r *refusedError
+	if errors.As(err, &r) {
+		err = r.err // said here for the ModelCache's secret instead of a volume's
+	}
+	return fmt.Errorf("the credentials of %s, %s, were refused by OSS: %w", whose, creds, err)
+}
+
 // refusedCredentials says whose credentials OSS refused when a listing is denied (err is
 // ErrAccessDenied): the volume's secret (nodePublishSecretRef), the node's own
 // (OSS_ACCESS_KEY_ID; the chart's oss.existingSecret or oss.accessKeyId), or none at all. The

@@ -51,6 +51,9 @@ type nodeServer struct {
 	// timeout of its own.
 	maxWait, margin time.Duration
 	progressEvery   time.Duration
+	// authz, when set, is mount authorization: a pod mounts only a model a ModelCache of its
+	// namespace declares.
+	authz *mountAuthorizer
 }
 
 // publication is what a target was published for.
@@ -91,6 +94,12 @@ func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	}
 	if err := checkCapability(req.GetVolumeCapability(), spec.Ephemeral); err != nil {
 		return err
+	}
+	// Before anything reaches OSS or the cache: a refused pod learns nothing of the model.
+	if n.authz != nil {
+		if err := n.authz.authorize(spec); err != nil {
+			return err
+		}
 	}
 	unlock, ok := n.locks.TryLock(target)
 	if !ok {

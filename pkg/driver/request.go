@@ -151,6 +151,12 @@ var (
 // credentialsFrom reads OSS credentials from a CSI secrets map (nodePublishSecretRef or the
 // provisioner's secret). ok is false when the map holds none. Messages never quote values.
 func credentialsFrom(secrets map[string]string) (c ossclient.Credentials, ok bool, err error) {
+	return credentialsIn(secrets, "the volume's secret", errInvalid)
+}
+
+// credentialsIn is credentialsFrom for secrets that whose names ("the volume's secret"); its
+// errors wrap invalid.
+func credentialsIn(secrets map[string]string, whose string, invalid error) (c ossclient.Credentials, ok bool, err error) {
 	pick := func(keys []string) (string, string) {
 		for _, k := range keys {
 			if v := strings.TrimSpace(secrets[k]); v != "" {
@@ -170,7 +176,7 @@ func credentialsFrom(secrets map[string]string) (c ossclient.Credentials, ok boo
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
-		return c, false, fmt.Errorf("%w: the volume's secret has unknown key(s) %s; known: %s", errInvalid, strings.Join(unknown, ", "),
+		return c, false, fmt.Errorf("%w: %s has unknown key(s) %s; known: %s", invalid, whose, strings.Join(unknown, ", "),
 			strings.Join(slices.Concat(secretIDKeys, secretSecretKeys, secretTokenKeys), ", "))
 	}
 	_, id := pick(secretIDKeys)
@@ -180,9 +186,9 @@ func credentialsFrom(secrets map[string]string) (c ossclient.Credentials, ok boo
 	case id == "" && sec == "" && tok == "":
 		return c, false, nil
 	case id == "":
-		return c, false, fmt.Errorf("%w: the volume's secret has no access key ID (%s)", errInvalid, strings.Join(secretIDKeys, " or "))
+		return c, false, fmt.Errorf("%w: %s has no access key ID (%s)", invalid, whose, strings.Join(secretIDKeys, " or "))
 	case sec == "":
-		return c, false, fmt.Errorf("%w: the volume's secret has no access key secret (%s)", errInvalid, strings.Join(secretSecretKeys, " or "))
+		return c, false, fmt.Errorf("%w: %s has no access key secret (%s)", invalid, whose, strings.Join(secretSecretKeys, " or "))
 	}
 	return ossclient.Credentials{AccessKeyID: id, AccessKeySecret: sec, SecurityToken: tok}, true, nil
 }

@@ -112,18 +112,7 @@ func (r *resolver) close() {
 // defaults. Credentials come whole from one place: the volume's secret, else the node's
 // environment, else none (anonymous).
 func (r *resolver) config(spec VolumeSpec, secrets map[string]string) (ossclient.Config, error) {
-	cfg := r.base
-	if spec.Endpoint != "" {
-		cfg.Endpoint = spec.Endpoint
-		// The region the volume's endpoint names (oss-cn-hangzhou.aliyuncs.com), if it names
-		// one; else the node's (OSS_REGION), the default as for every attribute.
-		if region, _ := ossclient.EndpointRegion(spec.Endpoint); region != "" {
-			cfg.Region = region
-		}
-	}
-	if spec.Region != "" {
-		cfg.Region = spec.Region
-	}
+	cfg := r.location(spec)
 	creds, ok, err := credentialsFrom(secrets)
 	if err != nil {
 		return cfg, err
@@ -139,6 +128,30 @@ func (r *resolver) config(spec VolumeSpec, secrets map[string]string) (ossclient
 		}
 	}
 	return cfg, nil
+}
+
+// location is the node's defaults with the volume's endpoint and region over them.
+func (r *resolver) location(spec VolumeSpec) ossclient.Config {
+	cfg := r.base
+	if spec.Endpoint != "" {
+		cfg.Endpoint = spec.Endpoint
+		// The region the volume's endpoint names (oss-cn-hangzhou.aliyuncs.com), if it names
+		// one; else the node's (OSS_REGION), the default as for every attribute.
+		if region, _ := ossclient.EndpointRegion(spec.Endpoint); region != "" {
+			cfg.Region = region
+		}
+	}
+	if spec.Region != "" {
+		cfg.Region = spec.Region
+	}
+	return cfg
+}
+
+// modelEndpoint is the normalized endpoint a volume's model is read from, as endpoint says,
+// but neither reading secrets nor building a client: an empty endpoint is the node's default
+// (OSS_ENDPOINT), or the public endpoint of the region when neither is set.
+func (r *resolver) modelEndpoint(spec VolumeSpec) (string, error) {
+	return r.location(spec).EndpointURL()
 }
 
 // client returns a client for cfg, shared by every volume with the same endpoint and

@@ -181,13 +181,7 @@ func (c Config) normalized() (Config, error) {
 	if err := c.Credentials.validate(); err != nil {
 		return c, err
 	}
-	if c.Endpoint == "" && c.Region == "" {
-		return c, fmt.Errorf("%w: neither endpoint nor region is set (set %s or %s)", ErrInvalidConfig, EnvEndpoint, EnvRegion)
-	}
-	if c.Endpoint == "" {
-		c.Endpoint = "oss-" + c.Region + ".aliyuncs.com"
-	}
-	ep, err := normalizeEndpoint(c.Endpoint)
+	ep, err := c.endpointURL()
 	if err != nil {
 		return c, err
 	}
@@ -220,6 +214,29 @@ func (c Config) normalized() (Config, error) {
 		c.Limits.MaxBytes = DefaultMaxBytes
 	}
 	return c, nil
+}
+
+// EndpointURL is the endpoint a client of c sends its requests to, as New normalizes it
+// (scheme and host, https unless a scheme is given; without an endpoint, the region's public
+// one), without checking the rest of c. Two configurations read the same OSS exactly when
+// their EndpointURLs are equal.
+func (c Config) EndpointURL() (string, error) {
+	u, err := c.endpointURL()
+	if err != nil {
+		return "", err
+	}
+	return u.String(), nil
+}
+
+func (c Config) endpointURL() (*url.URL, error) {
+	endpoint := c.Endpoint
+	if endpoint == "" && c.Region == "" {
+		return nil, fmt.Errorf("%w: neither endpoint nor region is set (set %s or %s)", ErrInvalidConfig, EnvEndpoint, EnvRegion)
+	}
+	if endpoint == "" {
+		endpoint = "oss-" + c.Region + ".aliyuncs.com"
+	}
+	return normalizeEndpoint(endpoint)
 }
 
 func normalizeEndpoint(s string) (*url.URL, error) {

@@ -68,6 +68,10 @@ func TestConfigNormalized(t *testing.T) {
 			if got.ConnectTimeout <= 0 || got.ReadTimeout <= 0 || got.SignatureVersion == "" {
 				t.Errorf("defaults not filled: %+v", got)
 			}
+			// EndpointURL says which endpoint a configuration reads without building a client.
+			if ep, err := tc.in.EndpointURL(); ep != tc.wantEP || err != nil {
+				t.Errorf("EndpointURL() = %q, %v, want %q", ep, err, tc.wantEP)
+			}
 		})
 	}
 }

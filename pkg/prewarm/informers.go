@@ -29,6 +29,20 @@ type watched struct {
 // watch starts the informers and waits for their first sync; node "" watches every Node. It
 // returns nil (and no error) when ctx ends first.
 func watch(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface, node string) (*watched, error) {
+	return watchShared(ctx, kube, dyn, nil, node)
+}
+
+// NewModelCacheInformer returns an informer on every ModelCache (all namespaces, unstructured,
+// indexed by namespace), for a caller that shares it with the node watcher (Config.ModelCaches)
+// and runs and stops it itself.
+func NewModelCacheInformer(dyn dynamic.Interface) toolscache.SharedIndexInformer {
+	return dynamicinformer.NewFilteredDynamicInformer(dyn, Resource, metav1.NamespaceAll, 0,
+		toolscache.Indexers{toolscache.NamespaceIndex: toolscache.MetaNamespaceIndexFunc}, nil).Informer()
+}
+
+// watchShared is watch with a ModelCache informer that the caller shares, runs and stops
+// (NewModelCacheInformer); nil: its own.
+func watchShared(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface, shared toolscache.SharedIndexInformer, node string) (*watched, error) {
 	changed := make(chan struct{}, 1)
 	poke := func() {
 		select {
@@ -41,8 +55,12 @@ func watch(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface
 		UpdateFunc: func(any, any) { poke() },
 		DeleteFunc: func(any) { poke() },
 	}
-	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
-	mcInformer := dynFactory.ForResource(Resource).Informer()
+	var dynFactory dynamicinformer.DynamicSharedInformerFactory
+	mcInformer := shared
+	if mcInformer == nil {
+		dynFactory = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+		mcInformer = dynFactory.ForResource(Resource).Informer()
+	}
 	var opts []informers.SharedInformerOption
 	if node != "" {
 		opts = append(opts, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -51,21 +69,31 @@ func watch(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface
 	}
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(kube, 0, opts...)
 	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
-	if _, err := mcInformer.AddEventHandler(handler); err != nil {
+	mcHandler, err := mcInformer.AddEventHandler(handler)
+	if err != nil {
 		return nil, fmt.Errorf("watch modelcaches: %w", err)
 	}
 	if _, err := nodeInformer.AddEventHandler(handler); err != nil {
+		_ = mcInformer.RemoveEventHandler(mcHandler)
 		return nil, fmt.Errorf("watch nodes: %w", err)
 	}
 	ictx, stopInformers := context.WithCancel(ctx)
 	w := &watched{modelCaches: mcInformer, nodes: nodeInformer, changed: changed, stop: func() {
 		stopInformers()
-		dynFactory.Shutdown()
+		if dynFactory != nil {
+			dynFactory.Shutdown()
+		} else if err := toolscache.ShutDownEventHandler(mcInformer, mcHandler); err != nil {
+			klog.ErrorS(err, "Could not remove the watcher's handler from the shared ModelCache informer")
+		}
 		nodeFactory.Shutdown()
 	}}
-	dynFactory.Start(ictx.Done())
+	if dynFactory != nil {
+		dynFactory.Start(ictx.Done())
+	}
 	nodeFactory.Start(ictx.Done())
-	if !toolscache.WaitForCacheSync(ctx.Done(), mcInformer.HasSynced, nodeInformer.HasSynced) {
+	// The handler's own sync: a shared informer synced long ago has not yet replayed its
+	// objects to a handler added now.
+	if !toolscache.WaitForCacheSync(ctx.Done(), mcHandler.HasSynced, nodeInformer.HasSynced) {
 		w.stop()
 		return nil, nil // ctx ended first
 	}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -23,15 +24,40 @@ var Resource = schema.GroupVersionResource{Group: v1alpha1.Group, Version: v1alp
 
 // Config wires a watcher.
 type Config struct {
-	Node    string
-	Kube    kubernetes.Interface // the node's own Node object, for its labels
-	Dynamic dynamic.Interface    // ModelCaches, and their status
+	Node string
+	// Kube reads the node's own Node object, for its labels, and gets (never lists or
+	// watches) the Secret a ModelCache names in its namespace, on each staging attempt.
+	Kube    kubernetes.Interface
+	Dynamic dynamic.Interface // ModelCaches, and their status
 	Cache   Cache
 	// Status writes the node's status entries; default: server-side apply through Dynamic.
 	Status StatusWriter
+	// Events posts Events on the ModelCaches (staging, ready, failed, released); default:
+	// client-go's broadcaster on Kube, flushed when Run returns.
+	Events Events
 	Clock  clock.WithTicker // default: the real clock
-	// RetryAfter is the wait after a failed staging; default one minute.
+	// RetryAfter is the wait after a job's first failed staging, doubled after each failure
+	// that follows up to MaxRetryAfter; default 10 s. A job's waits start again from it: a
+	// job ends once its model is pinned, and a changed spec starts another.
 	RetryAfter time.Duration
+	// MaxRetryAfter caps the wait between two stagings; default 5 minutes.
+	MaxRetryAfter time.Duration
+	// ModelCaches is an informer on every ModelCache (NewModelCacheInformer) that the caller
+	// shares with the watcher, and runs and stops itself; nil: the watcher runs its own.
+	ModelCaches toolscache.SharedIndexInformer
+}
+
+func (cfg *Config) defaults() {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = 10 * time.Second
+	}
+	if cfg.MaxRetryAfter <= 0 {
+		cfg.MaxRetryAfter = 5 * time.Minute
+	}
+	cfg.MaxRetryAfter = max(cfg.MaxRetryAfter, cfg.RetryAfter)
 }
 
 // Run watches the ModelCaches (all namespaces) and the node's own Node until ctx ends, keeping
@@ -40,19 +66,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Status == nil {
 		cfg.Status = NewApplier(cfg.Dynamic, cfg.Node)
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = clock.RealClock{}
+	if cfg.Events == nil {
+		events, stop := newEvents(cfg.Kube, cfg.Node)
+		defer stop() // after the jobs stopped (deferred below): their last Events are flushed
+		cfg.Events = events
 	}
-	if cfg.RetryAfter <= 0 {
-		cfg.RetryAfter = time.Minute
-	}
-	w, err := watch(ctx, cfg.Kube, cfg.Dynamic, cfg.Node)
+	w, err := watchShared(ctx, cfg.Kube, cfg.Dynamic, cfg.ModelCaches, cfg.Node)
 	if err != nil || w == nil {
 		return err
 	}
 	defer w.stop()
 	klog.InfoS("Watching ModelCaches", "node", cfg.Node)
-	r := NewReconciler(ctx, cfg.Node, cfg.Cache, cfg.Status, cfg.Clock, cfg.RetryAfter)
+	r := NewReconciler(ctx, cfg)
 	defer r.Stop()
 	first := true
 	for {
@@ -62,13 +87,7 @@ func Run(ctx context.Context, cfg Config) error {
 				nodeLabels = n.Labels
 			}
 		}
-		var selected []*v1alpha1.ModelCache
-		for _, mc := range w.caches() {
-			if Selects(mc, cfg.Node, nodeLabels) {
-				selected = append(selected, mc)
-			}
-		}
-		r.Reconcile(selected, first)
+		r.Reconcile(w.caches(), nodeLabels, first)
 		first = false
 		select {
 		case <-ctx.Done():

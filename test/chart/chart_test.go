@@ -201,6 +201,118 @@ func loadConfig(t *testing.T, r rendered, cm string) config.Config {
 	return c
 }
 
+// grant is a rule bound to a ServiceAccount: where it applies ("" for the whole cluster), and
+// what it allows.
+type grant struct {
+	namespace string
+	rule      rbacv1.PolicyRule
+}
+
+// grantsTo returns the rules the chart's (Cluster)RoleBindings give the ServiceAccount
+// namespace/name, with the roles they name; a binding to a role the chart does not render is
+// an error.
+func grantsTo(t *testing.T, r rendered, namespace, name string) []grant {
+	t.Helper()
+	bound := func(subjects []rbacv1.Subject) bool {
+		for _, s := range subjects {
+			if s.Kind == "ServiceAccount" && s.Namespace == namespace && s.Name == name {
+				return true
+			}
+		}
+		return false
+	}
+	rolesIn := func(ns, kind, role string) []rbacv1.PolicyRule {
+		for _, o := range r.objs {
+			switch v := o.(type) {
+			case *rbacv1.ClusterRole:
+				if kind == "ClusterRole" && v.Name == role {
+					return v.Rules
+				}
+			case *rbacv1.Role:
+				if kind == "Role" && v.Name == role && v.Namespace == ns {
+					return v.Rules
+				}
+			}
+		}
+		t.Fatalf("a binding names the %s %s/%s, which the chart does not render", kind, ns, role)
+		return nil
+	}
+	var out []grant
+	for _, o := range r.objs {
+		switch b := o.(type) {
+		case *rbacv1.ClusterRoleBinding:
+			if bound(b.Subjects) {
+				for _, rule := range rolesIn("", b.RoleRef.Kind, b.RoleRef.Name) {
+					out = append(out, grant{"", rule})
+				}
+			}
+		case *rbacv1.RoleBinding:
+			if bound(b.Subjects) {
+				for _, rule := range rolesIn(b.Namespace, b.RoleRef.Kind, b.RoleRef.Name) {
+					out = append(out, grant{b.Namespace, rule})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// secretGrants are the grants that reach Secrets (by name, or by a wildcard).
+func secretGrants(gs []grant) []grant {
+	var out []grant
+	for _, g := range gs {
+		if (slices.Contains(g.rule.APIGroups, "") || slices.Contains(g.rule.APIGroups, "*")) &&
+			(slices.Contains(g.rule.Resources, "secrets") || slices.Contains(g.rule.Resources, "*")) {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// TestNodeSecretsAccess: by default the node plugin may read no Secret at all (ModelCaches use
+// its own credentials; a secretRef fails with SecretForbidden); modelCache.secretNamespaces
+// grants it get, and only get, on Secrets in each namespace listed, and nowhere else.
+func TestNodeSecretsAccess(t *testing.T) {
+	if got := secretGrants(grantsTo(t, render(t), "modelcast", "mc-modelcast-node")); len(got) != 0 {
+		t.Errorf("by default the node plugin may read Secrets: %+v", got)
+	}
+	r := render(t, "modelCache.secretNamespaces={ml,team-b}")
+	got := secretGrants(grantsTo(t, r, "modelcast", "mc-modelcast-node"))
+	var where []string
+	for _, g := range got {
+		where = append(where, g.namespace)
+		want := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}}
+		if !slices.Equal(g.rule.APIGroups, want.APIGroups) || !slices.Equal(g.rule.Resources, want.Resources) ||
+			!slices.Equal(g.rule.Verbs, want.Verbs) || len(g.rule.ResourceNames) != 0 || len(g.rule.NonResourceURLs) != 0 {
+			t.Errorf("in %q the node plugin gets %+v, want only get on secrets", g.namespace, g.rule)
+		}
+	}
+	slices.Sort(where)
+	if !slices.Equal(where, []string{"ml", "team-b"}) {
+		t.Errorf("the node plugin may read Secrets in %q, want exactly ml and team-b", where)
+	}
+	roles, bindings := 0, 0
+	for _, o := range r.objs {
+		switch v := o.(type) {
+		case *rbacv1.Role:
+			if v.Name == "mc-modelcast-node-secrets" {
+				roles++
+			}
+		case *rbacv1.RoleBinding:
+			if v.Name == "mc-modelcast-node-secrets" {
+				bindings++
+			}
+		}
+	}
+	if roles != 2 || bindings != 2 {
+		t.Errorf("%d Roles and %d RoleBindings mc-modelcast-node-secrets, want one of each per namespace", roles, bindings)
+	}
+	// The rest of the node plugin's permissions are the default's.
+	if n, d := len(grantsTo(t, r, "modelcast", "mc-modelcast-node"))-len(got), len(grantsTo(t, render(t), "modelcast", "mc-modelcast-node")); n != d {
+		t.Errorf("the node plugin has %d other rules with secretNamespaces, %d without", n, d)
+	}
+}
+
 // TestDefaults: the default install is what a production CSI driver needs.
 func TestDefaults(t *testing.T) {
 	r := render(t)
@@ -252,6 +364,9 @@ func TestDefaults(t *testing.T) {
 		if !slices.Contains(plugin.Args, a) {
 			t.Errorf("node args %v lack %s", plugin.Args, a)
 		}
+	}
+	if slices.Contains(plugin.Args, "--authorize-mounts") {
+		t.Errorf("node args %v: mount authorization is opt-in (node.authorizeMounts)", plugin.Args)
 	}
 	for _, e := range []string{"NODE_NAME", "NODE_IP", "MODELCAST_REDIS_PASSWORD"} {
 		if _, ok := envValue(plugin, e); !ok {
@@ -340,6 +455,7 @@ func TestValues(t *testing.T) {
 		"config.broadcast.tenant=team-a", "config.broadcast.chains=2", "config.cache.tmpfsSize=400g",
 		"config.model.maxObjects=250000", "config.model.maxSizeGB=1500",
 		"node.tolerations[0].key=nvidia.com/gpu", "node.tolerations[0].operator=Exists", "node.tolerations[0].effect=NoSchedule",
+		"node.authorizeMounts=true",
 	)
 	if has[*appsv1.Deployment](r, "mc-modelcast-controller") || has[*appsv1.Deployment](r, "mc-modelcast-redis") || has[*corev1.Secret](r, "mc-modelcast-redis") {
 		t.Errorf("controller or bundled Redis rendered: %v", r.kinds())
@@ -349,7 +465,8 @@ func TestValues(t *testing.T) {
 		t.Errorf("containers %v: builtin registration has no registrar sidecar", got)
 	}
 	plugin := container(t, pod, "csi-plugin")
-	for _, a := range []string{"--kubelet-registration-dir=/data/kubelet/plugins_registry", "--kubelet-csi-endpoint=/data/kubelet/plugins/" + driver.DefaultDriverName + "/csi.sock"} {
+	for _, a := range []string{"--kubelet-registration-dir=/data/kubelet/plugins_registry", "--kubelet-csi-endpoint=/data/kubelet/plugins/" + driver.DefaultDriverName + "/csi.sock",
+		"--authorize-mounts"} {
 		if !slices.Contains(plugin.Args, a) {
 			t.Errorf("args %v lack %s", plugin.Args, a)
 		}
@@ -458,6 +575,10 @@ func TestSchemaRejects(t *testing.T) {
 		{[]string{"config.model.maxObject=10"}, "maxObject"},
 		{[]string{"config.model.maxSizeGB=0"}, "maxSizeGB"},
 		{[]string{"oss.accessKeyId=LTAIexample"}, "accessKeySecret"},
+		{[]string{"modelCache.secretNamespace={ml}"}, "secretNamespace"},
+		{[]string{"modelCache.secretNamespaces={Team_B}"}, "secretNamespaces"},
+		{[]string{"modelCache.secretNamespaces={ml,ml}"}, "secretNamespaces"},
+		{[]string{"node.authorizeMounts=maybe"}, "authorizeMounts"},
 	} {
 		args := []string{"template", "mc", chartDir}
 		for _, s := range c.set {

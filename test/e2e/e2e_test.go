@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,15 +25,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
 	"github.com/modelcast/modelcast/pkg/ossclient"
-	"github.com/modelcast/modelcast/pkg/prewarm"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/promtest"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -48,8 +46,11 @@ const (
 	secretKey  = "e2e-secret-not-for-production"
 	smallSize  = 48 << 20
 	slowSize   = 40 << 20
-	slowRate   = 1 << 20 // bytes/s: the slow model takes ~40 s, four NodePublish calls of 10 s
-	warmSize   = 24 << 20
+	slowRate   = 1 << 20   // bytes/s: the slow model takes ~40 s, four NodePublish calls of 10 s
+	startSize  = 256 << 20 // the warm-start case's two models, cold/ and warm/
+	startRate  = 64 << 20  // bytes/s of OSS egress in the warm-start case
+	poolSize   = 64 << 20  // the model four nodes pre-warm
+	poolLabel  = "modelcast.io/e2e-pool"
 	expireSec  = 10
 	httpPort   = 19899
 	testNS     = "default"
@@ -98,11 +99,13 @@ func setup(t *testing.T, ctx context.Context) *env {
 	e.cacheRoot = filepath.Join(e.dir, "modelcast/cache")
 
 	// OSS on the node's address, where both the host-network node plugin and the controller's
-	// pod reach it; the models are generated safetensors-like files with OSS CRC-64s.
-	e.emu, err = ossemu.StartProcess(ctx, "--listen", e.nodeIP+":0", "--region", region,
+	// pod reach it, answering as an object store does (first-byte latency, a rate cap per
+	// connection); the models are generated safetensors-like files with OSS CRC-64s.
+	e.emu, err = ossemu.StartProcess(ctx, "--listen", e.nodeIP+":0", "--region", region, "--profile", "object-store",
 		"--access-key-id", accessKey, "--access-key-secret", secretKey, "--bucket", "models",
 		"--generate", fmt.Sprintf("models/small/=%d", smallSize), "--generate", fmt.Sprintf("models/slow/=%d", slowSize),
-		"--generate", fmt.Sprintf("models/warm/=%d", warmSize))
+		"--generate", fmt.Sprintf("models/cold/=%d", startSize), "--generate", fmt.Sprintf("models/warm/=%d", startSize),
+		"--generate", fmt.Sprintf("models/pool/=%d", poolSize))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,75 +352,233 @@ func TestE2E(t *testing.T) {
 		t.Logf("slow model (%d bytes at %d B/s) ready in %v; events:\n%s", slowSize, slowRate, took.Round(time.Second), evs)
 	})
 
-	t.Run("a ModelCache pre-warms the node, deleting it releases the model", func(t *testing.T) {
+	t.Run("a ModelCache pre-warms the node, a pod starts on it without OSS, deleting it releases the model", func(t *testing.T) {
+		coldM, err := e.oss.Manifest(ctx, ossclient.URI{Bucket: "models", Prefix: "cold/"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		warmM, err := e.oss.Manifest(ctx, ossclient.URI{Bucket: "models", Prefix: "warm/"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.emu.SetEgressRate(startRate); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = e.emu.SetEgressRate(0) }()
+		base := scrape()
+		baseRefs, baseModels := base.Get("modelcast_cache_references"), base.Get("modelcast_cache_models")
+
+		// A cold node: the pod's publish stages the model from OSS.
+		if err := e.emu.ResetStats(); err != nil {
+			t.Fatal(err)
+		}
+		coldPod := readerPod("start-cold", corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+			Driver: driverName, ReadOnly: ptr(true), VolumeAttributes: map[string]string{"ossPath": "oss://models/cold/"}}})
+		coldTook := e.startPod(t, ctx, coldPod, 3*time.Minute)
+		e.waitReader(t, ctx, coldPod, coldM, time.Minute)
+		if st, err := e.emu.Stats(); err != nil || st.BytesServed != startSize {
+			t.Errorf("the emulator served %d bytes (%v) for the cold pod's %d-byte model: want one copy", st.BytesServed, err, startSize)
+		}
+
+		// A ModelCache naming the node stages the other model before any pod asks.
 		if err := e.emu.ResetStats(); err != nil {
 			t.Fatal(err)
 		}
 		refs := scrape().Get("modelcast_cache_references")
-		mc := &v1alpha1.ModelCache{TypeMeta: metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "ModelCache"},
-			ObjectMeta: metav1.ObjectMeta{Name: "e2e-warm", Namespace: testNS},
-			Spec:       v1alpha1.ModelCacheSpec{OSSPath: "oss://models/warm/", NodeNames: []string{e.nodeName}}}
-		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(mc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mcs := e.dyn.Resource(prewarm.Resource).Namespace(testNS)
-		if _, err := mcs.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		var entry v1alpha1.NodeStatus
-		waitFor(t, ctx, 2*time.Minute, "the node's status entry Ready", func() (bool, string) {
-			u, err := mcs.Get(ctx, "e2e-warm", metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
-			}
-			var got v1alpha1.ModelCache
-			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &got); err != nil {
-				return false, err.Error()
-			}
-			for _, n := range got.Status.Nodes {
-				if n.Node == e.nodeName {
-					entry = n
-					return n.State == v1alpha1.NodeReady, fmt.Sprintf("%+v", n)
-				}
-			}
-			return false, fmt.Sprintf("status %+v", got.Status)
+		created := time.Now()
+		e.createModelCache(t, ctx, &v1alpha1.ModelCache{ObjectMeta: metav1.ObjectMeta{Name: "e2e-warm", Namespace: testNS},
+			Spec: v1alpha1.ModelCacheSpec{OSSPath: "oss://models/warm/", NodeNames: []string{e.nodeName}}})
+		mc := e.waitModelCache(t, ctx, testNS, "e2e-warm", 2*time.Minute, "the node's status entry Ready", func(mc *v1alpha1.ModelCache) bool {
+			n, ok := entry(mc, e.nodeName)
+			return ok && n.State == v1alpha1.NodeReady
 		})
-		if entry.Bytes != warmSize || entry.TotalBytes != warmSize {
-			t.Errorf("Ready entry %+v: want %d of %d bytes", entry, warmSize, warmSize)
+		stagedIn := time.Since(created)
+		if n, _ := entry(mc, e.nodeName); n.Bytes != startSize || n.TotalBytes != startSize {
+			t.Errorf("Ready entry %+v: want %d of %d bytes", n, startSize, startSize)
 		}
 		// The controller's totals (its own field manager, through its ClusterRole).
-		waitFor(t, ctx, time.Minute, "the totals readyNodes == desiredNodes == 1", func() (bool, string) {
-			u, err := mcs.Get(ctx, "e2e-warm", metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
-			}
-			var got v1alpha1.ModelCache
-			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &got); err != nil {
-				return false, err.Error()
-			}
-			st := got.Status
-			ok := st.DesiredNodes == 1 && st.ReadyNodes == 1 && st.Size == warmSize && len(st.Nodes) == 1 &&
-				len(st.Conditions) == 1 && st.Conditions[0].Status == metav1.ConditionTrue
-			return ok, fmt.Sprintf("status %+v", st)
-		})
+		mc = e.waitModelCache(t, ctx, testNS, "e2e-warm", time.Minute, "the totals readyNodes == desiredNodes == 1, Ready", allReady(1))
+		if mc.Status.Size != startSize {
+			t.Errorf("status.size %d, want %d", mc.Status.Size, startSize)
+		}
 		if got := scrape().Get("modelcast_cache_references"); got != refs+1 {
 			t.Errorf("references %v with the ModelCache's pin, want %v", got, refs+1)
 		}
+		if st, err := e.emu.Stats(); err != nil || st.BytesServed != startSize {
+			t.Errorf("the emulator served %d bytes (%v) for a %d-byte model: want one copy", st.BytesServed, err, startSize)
+		}
+
+		// A pod on the warmed node: a cache hit, not one byte from OSS.
+		if err := e.emu.ResetStats(); err != nil {
+			t.Fatal(err)
+		}
+		warmPod := readerPod("start-warm", corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+			Driver: driverName, ReadOnly: ptr(true), VolumeAttributes: map[string]string{"ossPath": "oss://models/warm/"}}})
+		warmTook := e.startPod(t, ctx, warmPod, 2*time.Minute)
+		e.waitReader(t, ctx, warmPod, warmM, time.Minute)
+		if st, err := e.emu.Stats(); err != nil || st.BytesServed != 0 || st.Requests[ossemu.OpGet] != 0 {
+			t.Errorf("the emulator served %d bytes in %d GETs (%v) to the pod on the warmed node: want none", st.BytesServed, st.Requests[ossemu.OpGet], err)
+		}
+		t.Logf("pod creation to container running: cold node %v, warmed node %v (the ModelCache staged the model in %v)",
+			coldTook.Round(10*time.Millisecond), warmTook.Round(10*time.Millisecond), stagedIn.Round(100*time.Millisecond))
+		if warmTook >= coldTook {
+			t.Errorf("the pod on the warmed node took %v to start, the one on the cold node %v", warmTook, coldTook)
+		}
+		writeWarmStart(t, e.repo, startSize, startRate, coldTook, warmTook, stagedIn)
+
+		// Without pods, the pin keeps the warm model while the cold one expires.
+		e.deletePod(t, ctx, "start-warm")
+		e.deletePod(t, ctx, "start-cold")
+		released := time.Now()
+		waitFor(t, ctx, time.Duration(expireSec+60)*time.Second, "the cold model expired, the pinned one kept", func() (bool, string) {
+			m := scrape()
+			refs, models := m.Get("modelcast_cache_references"), m.Get("modelcast_cache_models")
+			return refs == baseRefs+1 && models == baseModels+1, fmt.Sprintf("references %v, models %v; want %v and %v", refs, models, baseRefs+1, baseModels+1)
+		})
+		if took := time.Since(released); took < expireSec*time.Second-2*time.Second {
+			t.Errorf("the cold model was removed %v after its pod left, before expireTimeSec (%d s)", took, expireSec)
+		}
+		// Deleting the ModelCache releases the model: it expires expireTimeSec later.
+		e.deleteModelCache(t, ctx, testNS, "e2e-warm")
+		waitFor(t, ctx, time.Minute, "the pin released", func() (bool, string) {
+			got := scrape().Get("modelcast_cache_references")
+			return got == baseRefs, fmt.Sprintf("references %v, want %v", got, baseRefs)
+		})
+		released = time.Now()
+		waitFor(t, ctx, time.Duration(expireSec+60)*time.Second, "the warm model expired", func() (bool, string) {
+			got := scrape().Get("modelcast_cache_models")
+			return got == baseModels, fmt.Sprintf("models %v, want %v", got, baseModels)
+		})
+		if took := time.Since(released); took < expireSec*time.Second-2*time.Second {
+			t.Errorf("the warm model was removed %v after its ModelCache was deleted, before expireTimeSec (%d s)", took, expireSec)
+		}
+	})
+
+	t.Run("a ModelCache's node selector: four nodes pre-warm with one OSS copy", func(t *testing.T) {
+		if err := e.emu.ResetStats(); err != nil {
+			t.Fatal(err)
+		}
+		warm := "warm"
+		fakes := e.startFakeNodes(t, ctx, 3, rds.Addr(), map[string]string{poolLabel: warm})
+		t.Cleanup(func() { e.labelNode(t, context.Background(), e.nodeName, poolLabel, nil) })
+		refs := scrape().Get("modelcast_cache_references")
+		e.createModelCache(t, ctx, &v1alpha1.ModelCache{ObjectMeta: metav1.ObjectMeta{Name: "e2e-pool", Namespace: testNS},
+			Spec: v1alpha1.ModelCacheSpec{OSSPath: "oss://models/pool/", NodeSelector: map[string]string{poolLabel: warm}}})
+		mc := e.waitModelCache(t, ctx, testNS, "e2e-pool", 3*time.Minute, "three labelled nodes Ready", allReady(3))
+		if _, ok := entry(mc, e.nodeName); ok {
+			t.Errorf("the unlabelled node has an entry: %+v", mc.Status.Nodes)
+		}
+		// The label arrives on the real node: it joins and takes the model from its peers.
+		e.labelNode(t, ctx, e.nodeName, poolLabel, &warm)
+		e.waitModelCache(t, ctx, testNS, "e2e-pool", 2*time.Minute, "four nodes Ready", allReady(4))
+		// What a user sees (the README shows this output).
+		t.Logf("kubectl get modelcaches:\n%s", e.run(t, ctx, "kubectl", "get", "modelcaches", "-n", testNS))
+		t.Logf("kubectl get modelcache e2e-pool -o jsonpath=…:\n%s", e.run(t, ctx, "kubectl", "get", "modelcache", "e2e-pool", "-n", testNS,
+			"-o", `jsonpath={range .status.nodes[*]}{.node} {.state} {.bytes}/{.totalBytes}{"\n"}{end}`))
 		st, err := e.emu.Stats()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.BytesServed != warmSize {
-			t.Errorf("the emulator served %d bytes for a %d-byte model: want one copy", st.BytesServed, warmSize)
+		if st.BytesServed != poolSize {
+			t.Errorf("the emulator served %d bytes to four nodes pre-warming a %d-byte model: want one copy", st.BytesServed, poolSize)
 		}
-		if err := mcs.Delete(ctx, "e2e-warm", metav1.DeleteOptions{}); err != nil {
-			t.Fatal(err)
+		if got := scrape().Get("modelcast_received_bytes_total", "source", "peer"); got < poolSize {
+			t.Errorf("the node received %v bytes from peers, want the whole %d-byte model (it joined last)", got, poolSize)
 		}
-		waitFor(t, ctx, time.Minute, "the pin released", func() (bool, string) {
+		var fromOSS float64
+		for _, f := range fakes {
+			m := f.scrape(t, ctx)
+			fromOSS += m.Get("modelcast_received_bytes_total", "source", "oss")
+			if m.Get("modelcast_cache_references") != 1 {
+				t.Errorf("%s: references %v, want the pin", f.name, m.Get("modelcast_cache_references"))
+			}
+		}
+		t.Logf("four nodes pre-warmed %d MiB with %d bytes from OSS (the fake nodes' metrics: %v from OSS)", poolSize>>20, st.BytesServed, fromOSS)
+
+		// The label leaves the node: its entry goes, its pin is released.
+		e.labelNode(t, ctx, e.nodeName, poolLabel, nil)
+		e.waitModelCache(t, ctx, testNS, "e2e-pool", time.Minute, "the unlabelled node's entry gone", func(mc *v1alpha1.ModelCache) bool {
+			_, ok := entry(mc, e.nodeName)
+			return !ok && mc.Status.DesiredNodes == 3 && mc.Status.ReadyNodes == 3
+		})
+		waitFor(t, ctx, time.Minute, "the node's pin released", func() (bool, string) {
 			got := scrape().Get("modelcast_cache_references")
 			return got == refs, fmt.Sprintf("references %v, want %v", got, refs)
 		})
+		// A node that leaves the cluster: the controller drops its entry (as that node's field
+		// manager) on the real API server.
+		gone := fakes[2]
+		gone.stop(t)
+		if err := e.kube.CoreV1().Nodes().Delete(ctx, gone.name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitModelCache(t, ctx, testNS, "e2e-pool", time.Minute, "the deleted node's entry dropped", func(mc *v1alpha1.ModelCache) bool {
+			_, ok := entry(mc, gone.name)
+			return !ok && len(mc.Status.Nodes) == 2 && mc.Status.DesiredNodes == 2 && mc.Status.ReadyNodes == 2
+		})
+		e.deleteModelCache(t, ctx, testNS, "e2e-pool")
+		for _, f := range fakes[:2] {
+			waitFor(t, ctx, time.Minute, f.name+"'s pin released", func() (bool, string) {
+				got := f.scrape(t, ctx).Get("modelcast_cache_references")
+				return got == 0, fmt.Sprintf("references %v", got)
+			})
+		}
+	})
+
+	t.Run("mount authorization: a namespace mounts only the models its ModelCaches declare", func(t *testing.T) {
+		t.Log("helm upgrade --set node.authorizeMounts=true")
+		e.run(t, ctx, e.helm, "upgrade", release, filepath.Join(e.repo, "charts/modelcast"), "--namespace", namespace,
+			"--reuse-values", "--set", "node.authorizeMounts=true")
+		waitFor(t, ctx, 3*time.Minute, "the node plugin restarted with --authorize-mounts and Ready", func() (bool, string) {
+			pods, err := e.kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release + ",app.kubernetes.io/component=node"})
+			if err != nil || len(pods.Items) != 1 {
+				return false, fmt.Sprintf("%v; %s", err, e.podsState(ctx, "node"))
+			}
+			p := pods.Items[0]
+			on := false
+			for _, c := range p.Spec.Containers {
+				on = on || slices.Contains(c.Args, "--authorize-mounts")
+			}
+			ready, state := e.componentReady(ctx, "node")
+			return on && ready && p.DeletionTimestamp == nil, fmt.Sprintf("flag %v, %s", on, state)
+		})
+		const other = "e2e-other"
+		if _, err := e.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = e.kube.CoreV1().Namespaces().Delete(context.Background(), other, metav1.DeleteOptions{}) })
+		if err := e.emu.ResetStats(); err != nil {
+			t.Fatal(err)
+		}
+		pod := readerPod("reader-other", corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+			Driver: driverName, ReadOnly: ptr(true), VolumeAttributes: map[string]string{"ossPath": "oss://models/small/"}}})
+		pod.Namespace = other
+		if _, err := e.kube.CoreV1().Pods(other).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var evs string
+		waitFor(t, ctx, 2*time.Minute, "the pod refused: FailedMount with PermissionDenied and a MountNotAuthorized Warning", func() (bool, string) {
+			evs = e.eventsIn(ctx, other, "reader-other")
+			return strings.Contains(evs, "MountNotAuthorized: ") && strings.Contains(evs, "FailedMount: ") &&
+				strings.Contains(evs, "PermissionDenied"), evs
+		})
+		for _, want := range []string{`namespace "e2e-other" may not mount oss://models/small/`, "no ModelCache in \"e2e-other\" declares this model"} {
+			if !strings.Contains(evs, want) {
+				t.Errorf("the refusal's Events lack %q:\n%s", want, evs)
+			}
+		}
+		t.Logf("the refused pod's Events:\n%s", evs)
+		if st, err := e.emu.Stats(); err != nil || st.BytesServed != 0 || len(st.Requests) != 0 {
+			t.Errorf("OSS saw %v requests and %d bytes (%v) for a refused mount: want none", st.Requests, st.BytesServed, err)
+		}
+		// A ModelCache in the namespace declares the model: kubelet's next retry mounts it.
+		e.createModelCache(t, ctx, &v1alpha1.ModelCache{ObjectMeta: metav1.ObjectMeta{Name: "small", Namespace: other},
+			Spec: v1alpha1.ModelCacheSpec{OSSPath: "oss://models/small/", NodeNames: []string{e.nodeName}}})
+		e.waitReader(t, ctx, pod, small, 3*time.Minute)
+		if err := e.kube.CoreV1().Pods(other).Delete(ctx, "reader-other", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+			t.Fatal(err)
+		}
+		e.deleteModelCache(t, ctx, other, "small")
 	})
 
 	t.Run("release after expireTimeSec, uninstall leaves no mount", func(t *testing.T) {
@@ -485,11 +646,17 @@ func (e *env) runReader(t *testing.T, ctx context.Context, pod *corev1.Pod, m *o
 	if _, err := e.kube.CoreV1().Pods(testNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	e.waitReader(t, ctx, pod, m, within)
+}
+
+// waitReader waits for the reader pod's output and checks every file against the manifest.
+func (e *env) waitReader(t *testing.T, ctx context.Context, pod *corev1.Pod, m *ossclient.Manifest, within time.Duration) {
+	t.Helper()
 	var logs string
 	waitFor(t, ctx, within, pod.Name+" read its model", func() (bool, string) {
-		b, err := e.kube.CoreV1().Pods(testNS).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		b, err := e.kube.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
 		if err != nil {
-			return false, err.Error() + "; events: " + e.eventsString(ctx, pod.Name)
+			return false, err.Error() + "; events: " + e.eventsIn(ctx, pod.Namespace, pod.Name)
 		}
 		logs = string(b)
 		return strings.Contains(logs, "DONE"), logs
@@ -604,8 +771,11 @@ func (e *env) createVolume(t *testing.T, ctx context.Context) *csi.Volume {
 	return resp.Volume
 }
 
-func (e *env) eventsString(ctx context.Context, pod string) string {
-	evs, err := e.kube.CoreV1().Events(testNS).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
+func (e *env) eventsString(ctx context.Context, pod string) string { return e.eventsIn(ctx, testNS, pod) }
+
+// eventsIn lists the Events on the object name of namespace ns, one "Reason: message" a line.
+func (e *env) eventsIn(ctx context.Context, ns, name string) string {
+	evs, err := e.kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
 	if err != nil {
 		return err.Error()
 	}

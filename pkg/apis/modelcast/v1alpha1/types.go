@@ -58,8 +58,10 @@ type ModelCacheSpec struct {
 	Broadcast *bool `json:"broadcast,omitempty"`
 	// SecretRef names a Secret in the ModelCache's namespace with the OSS credentials, with
 	// the keys a volume's nodePublishSecretRef takes (akId, akSecret, securityToken, or OSS
-	// Connector's OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_SESSION_TOKEN). Without it,
-	// the node plugin's own credentials, else anonymous access.
+	// Connector's OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_SESSION_TOKEN). The node
+	// plugin reads it only in the namespaces the chart's modelCache.secretNamespaces lists
+	// (elsewhere the nodes report SecretForbidden), and never uses its own credentials in its
+	// place. Without it, the node plugin's own credentials, else anonymous access.
 	// +optional
 	SecretRef *SecretReference `json:"secretRef,omitempty"`
 	// NodeSelector selects the nodes whose labels include all of these.
