@@ -31,6 +31,7 @@ import (
 
 	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
 	"github.com/modelcast/modelcast/pkg/ossclient"
+	"github.com/modelcast/modelcast/pkg/prewarm"
 	"github.com/modelcast/modelcast/test/ossemu"
 	"github.com/modelcast/modelcast/test/promtest"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -167,6 +168,7 @@ func TestE2E(t *testing.T) {
 		"--set", "oss.endpoint="+e.emu.Endpoint+",oss.region="+region+",oss.accessKeyId="+accessKey+",oss.accessKeySecret="+secretKey,
 		"--set", "config.expireTimeSec="+strconv.Itoa(expireSec)+",config.cache.root="+e.cacheRoot+",config.cache.tmpfsSize=1g",
 		"--set", "config.broadcast.tenant=e2e",
+		"--set", "modelCache.secretNamespaces={"+testNS+"}", // ModelCaches there may name a Secret
 		"--set", "node.extraArgs[0]=--publish-wait=10s,node.extraArgs[1]=--progress-every=5s",
 	)
 	uninstalled := false
@@ -387,7 +389,8 @@ func TestE2E(t *testing.T) {
 		refs := scrape().Get("modelcast_cache_references")
 		created := time.Now()
 		e.createModelCache(t, ctx, &v1alpha1.ModelCache{ObjectMeta: metav1.ObjectMeta{Name: "e2e-warm", Namespace: testNS},
-			Spec: v1alpha1.ModelCacheSpec{OSSPath: "oss://models/warm/", NodeNames: []string{e.nodeName}}})
+			Spec: v1alpha1.ModelCacheSpec{OSSPath: "oss://models/warm/", NodeNames: []string{e.nodeName},
+				SecretRef: &v1alpha1.SecretReference{Name: "oss-credentials"}}}) // read through the chart's Role in testNS
 		mc := e.waitModelCache(t, ctx, testNS, "e2e-warm", 2*time.Minute, "the node's status entry Ready", func(mc *v1alpha1.ModelCache) bool {
 			n, ok := entry(mc, e.nodeName)
 			return ok && n.State == v1alpha1.NodeReady
@@ -403,6 +406,20 @@ func TestE2E(t *testing.T) {
 		}
 		if got := scrape().Get("modelcast_cache_references"); got != refs+1 {
 			t.Errorf("references %v with the ModelCache's pin, want %v", got, refs+1)
+		}
+		// The node's Events on the ModelCache, and the totals' writer holding its lease.
+		evs := e.eventsIn(ctx, testNS, "e2e-warm")
+		for _, want := range []string{"StagingModel: Staging oss://models/warm/ on node " + e.nodeName, "ModelReady: Model oss://models/warm/ ready on node " + e.nodeName} {
+			if !strings.Contains(evs, want) {
+				t.Errorf("the ModelCache's Events lack %q:\n%s", want, evs)
+			}
+		}
+		t.Logf("the ModelCache's Events:\n%s", evs)
+		lease, err := e.kube.CoordinationV1().Leases(namespace).Get(ctx, "oss-csi-modelcast-io-totals", metav1.GetOptions{})
+		if err != nil {
+			t.Errorf("the totals' lease: %v", err)
+		} else if h := lease.Spec.HolderIdentity; h == nil || !strings.HasPrefix(*h, release+"-modelcast-controller-") {
+			t.Errorf("the totals' lease is held by %v, want the controller's pod", h)
 		}
 		if st, err := e.emu.Stats(); err != nil || st.BytesServed != startSize {
 			t.Errorf("the emulator served %d bytes (%v) for a %d-byte model: want one copy", st.BytesServed, err, startSize)
@@ -571,6 +588,24 @@ func TestE2E(t *testing.T) {
 		if st, err := e.emu.Stats(); err != nil || st.BytesServed != 0 || len(st.Requests) != 0 {
 			t.Errorf("OSS saw %v requests and %d bytes (%v) for a refused mount: want none", st.Requests, st.BytesServed, err)
 		}
+		// A ModelCache naming a Secret in a namespace the chart did not grant fails, saying so.
+		e.secret(t, ctx, other, "oss", map[string]string{"akId": accessKey, "akSecret": secretKey})
+		e.createModelCache(t, ctx, &v1alpha1.ModelCache{ObjectMeta: metav1.ObjectMeta{Name: "with-secret", Namespace: other},
+			Spec: v1alpha1.ModelCacheSpec{OSSPath: "oss://models/pool/", NodeNames: []string{e.nodeName}, SecretRef: &v1alpha1.SecretReference{Name: "oss"}}})
+		mc := e.waitModelCache(t, ctx, other, "with-secret", time.Minute, "the node's entry Failed, SecretForbidden", func(mc *v1alpha1.ModelCache) bool {
+			n, ok := entry(mc, e.nodeName)
+			return ok && n.State == v1alpha1.NodeFailed && n.Reason == prewarm.ReasonSecretForbidden
+		})
+		n, _ := entry(mc, e.nodeName)
+		if !strings.Contains(n.Message, "modelCache.secretNamespaces") {
+			t.Errorf("the SecretForbidden message does not say how to grant it: %q", n.Message)
+		}
+		waitFor(t, ctx, time.Minute, "a SecretForbidden Warning on the ModelCache", func() (bool, string) {
+			evs := e.eventsIn(ctx, other, "with-secret")
+			return strings.Contains(evs, "SecretForbidden: "), evs
+		})
+		e.deleteModelCache(t, ctx, other, "with-secret")
+
 		// A ModelCache in the namespace declares the model: kubelet's next retry mounts it.
 		e.createModelCache(t, ctx, &v1alpha1.ModelCache{ObjectMeta: metav1.ObjectMeta{Name: "small", Namespace: other},
 			Spec: v1alpha1.ModelCacheSpec{OSSPath: "oss://models/small/", NodeNames: []string{e.nodeName}}})
