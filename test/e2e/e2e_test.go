@@ -806,7 +806,9 @@ func (e *env) createVolume(t *testing.T, ctx context.Context) *csi.Volume {
 	return resp.Volume
 }
 
-func (e *env) eventsString(ctx context.Context, pod string) string { return e.eventsIn(ctx, testNS, pod) }
+func (e *env) eventsString(ctx context.Context, pod string) string {
+	return e.eventsIn(ctx, testNS, pod)
+}
 
 // eventsIn lists the Events on the object name of namespace ns, one "Reason: message" a line.
 func (e *env) eventsIn(ctx context.Context, ns, name string) string {
