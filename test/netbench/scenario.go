@@ -170,7 +170,7 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 			return nil, err
 		}
 		victim.kill()
-		res.Killed = victim.Name + " " + strings.Trim(want, "()")
+		res.Killed = fmt.Sprintf("%s position %d of %d", victim.Name, (s.N+1)/2, s.N)
 		last := victim.last()
 		e.Log("  killed %s at %d%%", res.Killed, last.Done*100/max(last.Total, 1))
 	}
