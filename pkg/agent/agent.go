@@ -183,6 +183,7 @@ func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
 		}
 		if opts.Verify {
 			phase = PhaseVerifying
+			began := time.Now()
 			cpu, err := verifyDirCPU(ctx, d, r.key, r.dir)
 			if err != nil {
 				if ctx.Err() == nil {
@@ -190,7 +191,7 @@ func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
 				}
 				return err
 			}
-			ready.Verified, ready.VerifyCPU = true, cpu
+			ready.Verified, ready.VerifyCPU, ready.VerifySeconds = true, cpu, time.Since(began).Seconds()
 		}
 		emit(ready)
 		phase = PhaseReady

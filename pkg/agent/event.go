@@ -29,6 +29,9 @@ type Event struct {
 	// (the thread that re-read every file: getrusage RUSAGE_THREAD after minus before), so
 	// benchmarks can leave the check out of what a node spends on the model.
 	VerifyCPU float64 `json:"verifyCPU,omitempty"`
+	// VerifySeconds, in the ready line with --verify, is the wall time of the verify pass: the
+	// line comes that much after the model was staged (what a pod would have waited for).
+	VerifySeconds float64 `json:"verifySeconds,omitempty"`
 	// Reason, Signal and Phase are the exit line's (event "exit", always the last line): why
 	// the agent stopped ("signal", with Signal "terminated" or "interrupt"; "done", ready with
 	// --exit; "error", with Error) and what it was doing then ("starting", "staging",

@@ -35,6 +35,7 @@ type node struct {
 
 	mu     sync.Mutex
 	readyT time.Duration // from start to the ready line
+	staged time.Duration // from start to the model staged: readyT less the --verify pass
 }
 
 type agentSpec struct {
@@ -99,6 +100,7 @@ func (a *node) onEvent(e agent.Event) {
 	if e.Event == agent.EventReady {
 		a.mu.Lock()
 		a.readyT = time.Since(a.started)
+		a.staged = a.readyT - time.Duration(e.VerifySeconds*float64(time.Second))
 		a.mu.Unlock()
 	}
 }
@@ -123,6 +125,14 @@ func (a *node) readyTime() time.Duration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.readyT
+}
+
+// stagedTime is from the agent's start to its model staged (its in-line checks passed: what a
+// pod waits for), without the --verify re-read that comes before its ready line.
+func (a *node) stagedTime() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.staged
 }
 
 // position is the agent's place in its chain and the chain's length then, as its lines last

@@ -220,7 +220,7 @@ func report(o Options, parts []part, results [][]*Result, head *HeadResult, took
 		rs := results[i]
 		bound := float64(p.size) * 8 / p.linkBits
 		fmt.Fprintf(&b, "### %d MiB model, %s links, OSS egress %s\n\nThe physical bound S ÷ B (model size over link rate) is %.2f s.\n\n", p.size>>20, p.link, p.oss, bound)
-		fmt.Fprintf(&b, "| scenario | N | ready min / median / max (s) | OSS ÷ S | peer bytes (GB) | agent CPU (core-s per GB forwarded) | middle node CPU, no verify (core-s per GB forwarded) |\n|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(&b, "| scenario | N | ready min / median / max (s) | staged, median (s) | OSS ÷ S | peer bytes (GB) | agent CPU (core-s per GB forwarded) | middle node CPU, no verify (core-s per GB forwarded) |\n|---|---|---|---|---|---|---|---|\n")
 		for _, r := range rs {
 			perGB, relay := "—", "—"
 			if r.Forwarded > 0 {
@@ -236,8 +236,8 @@ func report(o Options, parts []part, results [][]*Result, head *HeadResult, took
 			if r.Slow != nil {
 				extra = fmt.Sprintf(" (%s at %s, position %d, ready in %.2f s)", r.Slow.Name, r.Slow.Rate, r.Slow.Position, r.Slow.Ready.Seconds())
 			}
-			fmt.Fprintf(&b, "| %s%s | %d | %.2f / %.2f / %.2f | %.3f | %.2f | %s | %s |\n", r.Kind, extra, r.N,
-				r.Min().Seconds(), r.Median().Seconds(), r.Max().Seconds(), r.OSSRatio(), float64(r.PeerBytes)/1e9, perGB, relay)
+			fmt.Fprintf(&b, "| %s%s | %d | %.2f / %.2f / %.2f | %.2f | %.3f | %.2f | %s | %s |\n", r.Kind, extra, r.N,
+				r.Min().Seconds(), r.Median().Seconds(), r.Max().Seconds(), r.MedianStaged().Seconds(), r.OSSRatio(), float64(r.PeerBytes)/1e9, perGB, relay)
 		}
 		b.WriteString("\n")
 	}
@@ -295,6 +295,12 @@ func targets(command string, parts []part, results [][]*Result, head *HeadResult
 	if cn != nil && d1 != nil && n > 1 {
 		v := cn.Median().Seconds() / d1.Median().Seconds()
 		row(name, "≤ 1.15", fmt.Sprintf("%.3f (%.2f s against %.2f s)", v, cn.Median().Seconds(), d1.Median().Seconds()), v <= 1.15)
+		// Every agent re-reads its model (--verify) before its ready line, and at N = 8 the
+		// nodes do so together on the machine's two vCPUs; a node plugin serves a pod once the
+		// in-line checks passed, without that pass.
+		v = cn.MedianStaged().Seconds() / d1.MedianStaged().Seconds()
+		row(fmt.Sprintf("N = %d, the same runs: median staged time (what a pod waits for: without the agents' `--verify` re-read) ÷ one direct fetch's", label), "≤ 1.15",
+			fmt.Sprintf("%.3f (%.2f s against %.2f s)", v, cn.MedianStaged().Seconds(), d1.MedianStaged().Seconds()), v <= 1.15)
 	} else {
 		missing(name, "≤ 1.15")
 	}

@@ -27,8 +27,14 @@ func TestBenchQuick(t *testing.T) {
 	}
 	t.Logf("4 nodes ready in %v..%v (median %v), OSS %.3fx, peers %d bytes, agents %.1f core-s for %d bytes forwarded; run %v",
 		res.Min(), res.Max(), res.Median(), res.OSSRatio(), res.PeerBytes, res.CPU, res.Forwarded, time.Since(start))
-	if len(res.Ready) != 4 {
-		t.Errorf("%d nodes ready, want 4", len(res.Ready))
+	if len(res.Ready) != 4 || len(res.Staged) != 4 {
+		t.Errorf("%d nodes ready, %d staged times; want 4 of each", len(res.Ready), len(res.Staged))
+	}
+	for i := range min(len(res.Ready), len(res.Staged)) {
+		// The agents run with --verify: a node's model is staged before its re-read ends.
+		if s, r := res.Staged[i], res.Ready[i]; s <= 0 || s >= r {
+			t.Errorf("node %d: staged after %v, ready after %v: want 0 < staged < ready", i, s, r)
+		}
 	}
 	if res.OSSBytes != size {
 		t.Errorf("OSS served %d bytes for a %d-byte model: want exactly one copy", res.OSSBytes, size)

@@ -38,6 +38,7 @@ type Scenario struct {
 type Result struct {
 	Scenario
 	Ready     []time.Duration // per node (survivors; not the slow host), from its own start to ready
+	Staged    []time.Duration // the same nodes, to their model staged: Ready less the --verify re-read
 	OSSBytes  int64
 	PeerBytes int64
 	Forwarded int64   // bytes the agents served to peers
@@ -228,6 +229,7 @@ func (e *Env) Run(ctx context.Context, s Scenario, seq int) (*Result, error) {
 			res.Slow.Ready = a.readyTime()
 		} else {
 			res.Ready = append(res.Ready, a.readyTime())
+			res.Staged = append(res.Staged, a.stagedTime())
 		}
 		res.PeerBytes += r.FromPeers
 		res.Forwarded += last.Served
@@ -277,6 +279,13 @@ func (r *Result) Min() time.Duration { return slices.Min(r.Ready) }
 func (r *Result) Max() time.Duration { return slices.Max(r.Ready) }
 func (r *Result) Median() time.Duration {
 	s := slices.Clone(r.Ready)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// MedianStaged is the median of the staged times (Median's rank).
+func (r *Result) MedianStaged() time.Duration {
+	s := slices.Clone(r.Staged)
 	slices.Sort(s)
 	return s[len(s)/2]
 }
