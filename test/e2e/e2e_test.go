@@ -543,6 +543,19 @@ func TestE2E(t *testing.T) {
 	})
 
 	t.Run("mount authorization: a namespace mounts only the models its ModelCaches declare", func(t *testing.T) {
+		// A pin survives the node plugin's restart that the upgrade brings: the restarted plugin
+		// keeps the model and reports it Ready again without fetching it.
+		e.createModelCache(t, ctx, &v1alpha1.ModelCache{ObjectMeta: metav1.ObjectMeta{Name: "e2e-survivor", Namespace: testNS},
+			Spec: v1alpha1.ModelCacheSpec{OSSPath: "oss://models/warm/", NodeNames: []string{e.nodeName}}})
+		e.waitModelCache(t, ctx, testNS, "e2e-survivor", 2*time.Minute, "the node's entry Ready", func(mc *v1alpha1.ModelCache) bool {
+			n, ok := entry(mc, e.nodeName)
+			return ok && n.State == v1alpha1.NodeReady
+		})
+		before := scrape()
+		if err := e.emu.ResetStats(); err != nil {
+			t.Fatal(err)
+		}
+		restarted := time.Now().Truncate(time.Second) // lastUpdateTime has seconds
 		t.Log("helm upgrade --set node.authorizeMounts=true")
 		e.run(t, ctx, e.helm, "upgrade", release, filepath.Join(e.repo, "charts/modelcast"), "--namespace", namespace,
 			"--reuse-values", "--set", "node.authorizeMounts=true")
@@ -559,6 +572,20 @@ func TestE2E(t *testing.T) {
 			ready, state := e.componentReady(ctx, "node")
 			return on && ready && p.DeletionTimestamp == nil, fmt.Sprintf("flag %v, %s", on, state)
 		})
+		e.waitModelCache(t, ctx, testNS, "e2e-survivor", 2*time.Minute, "the restarted plugin's entry Ready", func(mc *v1alpha1.ModelCache) bool {
+			n, ok := entry(mc, e.nodeName)
+			return ok && n.State == v1alpha1.NodeReady && n.LastUpdateTime != nil && !n.LastUpdateTime.Time.Before(restarted)
+		})
+		after := scrape()
+		for _, m := range []string{"modelcast_cache_references", "modelcast_cache_models"} {
+			if after.Get(m) != before.Get(m) {
+				t.Errorf("%s %v after the plugin's restart, %v before", m, after.Get(m), before.Get(m))
+			}
+		}
+		if st, err := e.emu.Stats(); err != nil || st.BytesServed != 0 {
+			t.Errorf("the emulator served %d bytes (%v) across the plugin's restart: want none (the pin kept the model)", st.BytesServed, err)
+		}
+		e.deleteModelCache(t, ctx, testNS, "e2e-survivor")
 		const other = "e2e-other"
 		if _, err := e.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
