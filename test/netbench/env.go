@@ -37,9 +37,10 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (e *Env, err error) {
 	if e.Log == nil {
 		e.Log = func(string, ...any) {}
 	}
+	env := e // a failed return sets e to nil before the deferred clean-up runs
 	defer func() {
 		if err != nil {
-			e.Close()
+			env.Close()
 		}
 	}()
 	var total int64
