@@ -123,6 +123,43 @@ func TestKillMiddleNode(t *testing.T) {
 	}
 }
 
+// TestKillTail: the tail is SIGKILLed at about half the model. Nobody follows it, so the others
+// complete undisturbed and OSS serves one copy. The node then restarts under the same name and
+// address (its cache gone, as after a pod's restart on a new tmpfs) while its dead entry may
+// still be in the chain: it rejoins and gets the whole model from its peers, with no byte from
+// OSS.
+func TestKillTail(t *testing.T) {
+	w := newWorld(t, 32*mib, redistest.Options{})
+	w.emu.SetEgressRate(8 * mib)
+	w.emu.ResetStats()
+	as := w.startChain(4, nil)
+	victim := as[3]
+	victim.waitFor(t, "half the model", time.Minute, func(e agent.Event) bool { return e.Event == "progress" && e.Done >= w.size/2 })
+	victim.Kill()
+	for _, a := range as[:3] {
+		e := a.ready(t)
+		w.checkModel(t, a.Name, e)
+		if e.FromOSS+e.FromPeers != w.size {
+			t.Errorf("%s received %d bytes in all (%d from OSS), want %d: bytes were fetched again", a.Name, e.FromOSS+e.FromPeers, e.FromOSS, w.size)
+		}
+	}
+	if served := w.emu.Stats().BytesServed; served != w.size {
+		t.Errorf("OSS served %d bytes for a %d-byte model with its tail killed, want one copy", served, w.size)
+	}
+
+	w.emu.ResetStats()
+	restarted := w.start(3, noHook())
+	e := restarted.ready(t)
+	w.checkModel(t, restarted.Name, e)
+	t.Logf("the restarted tail was ready in %.2f s from its start: %s", e.Seconds, e.From)
+	if e.FromOSS != 0 || e.FromPeers != w.size {
+		t.Errorf("the restarted tail received %d bytes from OSS and %d from peers, want all %d from peers", e.FromOSS, e.FromPeers, w.size)
+	}
+	if served := w.emu.Stats().BytesServed; served != 0 {
+		t.Errorf("OSS served %d bytes to the restarted tail, want none: its peers have the model", served)
+	}
+}
+
 // TestKillHead: the head is SIGKILLed at about half the model; the next node becomes the head
 // and fetches from OSS only the chunks it lacks. The head forwarded every chunk as soon as it
 // was verified, so what OSS serves again is what the dead head had not finished: at most a
