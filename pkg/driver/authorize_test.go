@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/moby/sys/mountinfo"
@@ -83,27 +82,20 @@ func refused(t *testing.T, err error, want ...string) {
 	}
 }
 
-// warned waits for a Warning Event of reason on pod ns/name whose message matches re.
+// warned waits for an Event of reason on pod ns/name whose message matches re (waitEvents:
+// no Event may reveal the secret) and checks that it is a Warning.
 func warned(t *testing.T, kube *fake.Clientset, ns, name, reason string, re *regexp.Regexp) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		evs, err := kube.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
+	waitEvents(t, kube, ns, name, "node-1", map[string]*regexp.Regexp{reason: re})
+	evs, err := kube.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs.Items {
+		if e.InvolvedObject.Kind == "Pod" && e.InvolvedObject.Name == name && e.Reason == reason && re.MatchString(e.Message) &&
+			e.Type != corev1.EventTypeWarning {
+			t.Errorf("the %s Event on pod %s/%s is of type %s, want %s", reason, ns, name, e.Type, corev1.EventTypeWarning)
 		}
-		var got []string
-		for _, e := range evs.Items {
-			if e.InvolvedObject.Kind == "Pod" && e.InvolvedObject.Name == name && e.Type == corev1.EventTypeWarning &&
-				e.Reason == reason && re.MatchString(e.Message) && e.Source.Host == "node-1" {
-				return
-			}
-			got = append(got, e.Type+" "+e.Reason+" on "+e.InvolvedObject.Name+": "+e.Message)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no Warning %s on pod %s/%s matching %s; events:\n%s", reason, ns, name, re, strings.Join(got, "\n"))
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
 	}
 }
 

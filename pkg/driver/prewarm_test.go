@@ -21,8 +21,10 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/modelcast/modelcast/pkg/apis/modelcast/v1alpha1"
+	"github.com/modelcast/modelcast/pkg/cache"
 	"github.com/modelcast/modelcast/pkg/driver"
 	"github.com/modelcast/modelcast/pkg/prewarm"
+	"github.com/modelcast/modelcast/test/ossemu"
 )
 
 // applied records the status entries the node applied, by ModelCache name.
@@ -54,6 +56,24 @@ func modelCache(name string, spec v1alpha1.ModelCacheSpec) *unstructured.Unstruc
 }
 
 // recordApplies records the node's applies of its status entries (and counts the controller's
+// startPrewarming starts a node plugin on node-1 watching dyn's ModelCaches, with the node's
+// own OSS credentials in its environment, and returns its cache; a failed test logs the pins.
+func startPrewarming(t *testing.T, srv *ossemu.Server, kube *fake.Clientset, dyn *dynamicfake.FakeDynamicClient) *cache.Store {
+	t.Helper()
+	p := startPlugin(t, inProcess{srv}, "", withKube(kube), withOptions(func(o *driver.Options) {
+		o.DynamicClient = dyn
+		env := map[string]string{"OSS_ENDPOINT": srv.Endpoint(), "OSS_REGION": region, "OSS_ACCESS_KEY_ID": ak, "OSS_ACCESS_KEY_SECRET": sk}
+		o.Getenv = func(k string) string { return env[k] }
+	}))
+	store := p.d.Store()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the cache's pins: %v", store.Pins())
+		}
+	})
+	return store
+}
+
 // applies of the totals) through dyn.
 func recordApplies(dyn *dynamicfake.FakeDynamicClient) *applied {
 	got := &applied{entries: map[string][]v1alpha1.NodeStatus{}, totals: map[string]int{}}
@@ -136,26 +156,10 @@ func TestModelCachesArePrewarmed(t *testing.T) {
 		modelCache("elsewhere", v1alpha1.ModelCacheSpec{OSSPath: "oss://models/qwen/", NodeNames: []string{"node-2"}}),
 	)
 	got := recordApplies(dyn)
-	p := startPlugin(t, inProcess{srv}, "", withKube(kube), withOptions(func(o *driver.Options) {
-		o.DynamicClient = dyn
-		// The node's own credentials: these ModelCaches name no secret.
-		env := map[string]string{"OSS_ENDPOINT": srv.Endpoint(), "OSS_REGION": region, "OSS_ACCESS_KEY_ID": ak, "OSS_ACCESS_KEY_SECRET": sk}
-		o.Getenv = func(k string) string { return env[k] }
-	}))
-	store := p.d.Store()
+	store := startPrewarming(t, srv, kube, dyn)
 
-	waitUntil := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s (pins %v)", what, store.Pins())
-			}
-			time.Sleep(10 * time.Millisecond) // polling with a deadline
-		}
-	}
 	for _, name := range []string{"by-name", "by-label"} {
-		waitUntil(name+" Ready", func() bool {
+		waitUntil(t, name+" Ready", func() bool {
 			e, ok := got.last(name)
 			return ok && e.State == v1alpha1.NodeReady
 		})
@@ -177,14 +181,14 @@ func TestModelCachesArePrewarmed(t *testing.T) {
 	if err := dyn.Resource(prewarm.Resource).Namespace("ml").Delete(t.Context(), "by-name", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil("by-name released", func() bool { _, ok := store.Pins()[prewarm.Holder("ml", "by-name")]; return !ok })
+	waitUntil(t, "by-name released", func() bool { _, ok := store.Pins()[prewarm.Holder("ml", "by-name")]; return !ok })
 
 	node.Labels = map[string]string{"gpu": "h100"}
 	if _, err := kube.CoreV1().Nodes().Update(t.Context(), node, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil("by-label released", func() bool { _, ok := store.Pins()[prewarm.Holder("ml", "by-label")]; return !ok })
-	waitUntil("by-label's entry removed", func() bool { e, ok := got.last("by-label"); return ok && e.State == "" })
+	waitUntil(t, "by-label released", func() bool { _, ok := store.Pins()[prewarm.Holder("ml", "by-label")]; return !ok })
+	waitUntil(t, "by-label's entry removed", func() bool { e, ok := got.last("by-label"); return ok && e.State == "" })
 
 	// The node's Events reach the API server on the ModelCaches: staging and ready on both,
 	// released on the one whose selector stopped matching, nothing on the deleted one's
@@ -264,24 +268,15 @@ func TestModelCacheSecretRef(t *testing.T) {
 		modelCache("locked", spec("locked")),
 	)
 	got := recordApplies(dyn)
-	p := startPlugin(t, inProcess{srv}, "", withKube(kube), withOptions(func(o *driver.Options) {
-		o.DynamicClient = dyn
-		env := map[string]string{"OSS_ENDPOINT": srv.Endpoint(), "OSS_REGION": region, "OSS_ACCESS_KEY_ID": ak, "OSS_ACCESS_KEY_SECRET": sk}
-		o.Getenv = func(k string) string { return env[k] }
-	}))
-	store := p.d.Store()
-	final := func(name string) v1alpha1.NodeStatus {
+	store := startPrewarming(t, srv, kube, dyn)
+	final := func(name string) (e v1alpha1.NodeStatus) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			if e, ok := got.last(name); ok && (e.State == v1alpha1.NodeReady || e.State == v1alpha1.NodeFailed) {
-				return e
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s to be Ready or Failed (pins %v)", name, store.Pins())
-			}
-			time.Sleep(10 * time.Millisecond) // polling with a deadline
-		}
+		waitUntil(t, name+" Ready or Failed", func() bool {
+			var ok bool
+			e, ok = got.last(name)
+			return ok && (e.State == v1alpha1.NodeReady || e.State == v1alpha1.NodeFailed)
+		})
+		return e
 	}
 	if e := final("with-secret"); e.State != v1alpha1.NodeReady || e.Bytes != size {
 		t.Errorf("with-secret: %+v, want Ready with %d bytes", e, size)
