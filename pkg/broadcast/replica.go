@@ -313,9 +313,12 @@ func (l *replica) sampleBeforeLocked(now time.Time, window time.Duration) int {
 func (l *replica) steadyRateLocked(now time.Time) float64 {
 	n := len(l.samples)
 	grew := func(i int) bool { return i > 0 && l.samples[i].bytes > l.samples[i-1].bytes }
-	var ends []int // samples that end a burst, oldest first (the newest one if it grew)
-	for i := 1; i < n; i++ {
-		if grew(i) && (i == n-1 || !grew(i+1)) {
+	// Samples that end a burst, oldest first. The newest sample is none even if it grew: a
+	// burst may be split over samples, and counting its first part as a burst's end would
+	// spread one burst's share over a whole period.
+	var ends []int
+	for i := 1; i < n-1; i++ {
+		if grew(i) && !grew(i+1) {
 			ends = append(ends, i)
 		}
 	}

@@ -1,6 +1,7 @@
 package broadcast
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -44,8 +45,8 @@ func TestSteadyRate(t *testing.T) {
 		}
 		return b
 	}
-	for _, n := range []int{18, 20, 23, 41, 47} {
-		near("split bursts", run(n, split), 2*mb)
+	for _, n := range []int{18, 20, 23, 24, 40, 41, 47} { // 24 and 40: a burst half seen
+		near(fmt.Sprint("split bursts to ", n), run(n, split), 2*mb)
 	}
 	// Bursts, then nothing from 24 s on: the rate falls, to nothing once the window passed.
 	stalled := func(i int) int64 { return burst(min(i, 48)) }
