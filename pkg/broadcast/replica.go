@@ -313,13 +313,53 @@ func (l *replica) sampleBeforeLocked(now time.Time, window time.Duration) int {
 func (l *replica) steadyRateLocked(now time.Time) float64 {
 	n := len(l.samples)
 	grew := func(i int) bool { return i > 0 && l.samples[i].bytes > l.samples[i-1].bytes }
-	// Samples that end a burst, oldest first. The newest sample is none even if it grew: a
-	// burst may be split over samples, and counting its first part as a burst's end would
-	// spread one burst's share over a whole period.
-	var ends []int
+	// Samples that end a burst, oldest first. A burst may be spread over samples, even with a
+	// quiet one among them when the machine is busy; counting a part of it as a burst's end
+	// would spread that part's share over a whole period. So a pause (no growth after a sample
+	// that grew) ends a burst if it lasted at least half the longest finished pause: one
+	// between bursts, not within one. The newest sample is no end even if it grew.
+	type pause struct {
+		end    int           // the last sample that grew before it
+		length time.Duration // until the next sample that grew
+	}
+	var pauses []pause
+	var longest time.Duration
+	ongoing := 0 // the sample before a pause that goes on, if one does
 	for i := 1; i < n-1; i++ {
-		if grew(i) && !grew(i+1) {
-			ends = append(ends, i)
+		if !grew(i) || grew(i+1) {
+			continue
+		}
+		j := i + 2
+		for j < n && !grew(j) {
+			j++
+		}
+		if j == n {
+			ongoing = i
+			break
+		}
+		d := l.samples[j].at.Sub(l.samples[i].at)
+		pauses = append(pauses, pause{i, d})
+		longest = max(longest, d)
+	}
+	var ends []int
+	for _, p := range pauses {
+		if p.length >= longest/2 {
+			ends = append(ends, p.end)
+		}
+	}
+	if ongoing > 0 {
+		// A pause that goes on ends a burst once it is that long, or at once if the burst is
+		// whole: at least 3/4 of the bytes of the one before (the first counted from the
+		// history's start).
+		prev, before := l.samples[0].bytes, l.samples[0].bytes
+		if k := len(ends); k > 0 {
+			prev = l.samples[ends[k-1]].bytes
+			if k > 1 {
+				before = l.samples[ends[k-2]].bytes
+			}
+		}
+		if now.Sub(l.samples[ongoing].at) >= longest/2 || 4*(l.samples[ongoing].bytes-prev) >= 3*(prev-before) {
+			ends = append(ends, ongoing)
 		}
 	}
 	if len(ends) < 2 {
