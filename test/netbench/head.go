@@ -67,6 +67,20 @@ type HeadResult struct {
 	// Relays are the middle nodes of three-node chains on loopback (no namespaces, no
 	// shaping): what relaying costs without a simulated link's network stack.
 	Relays []*Relay
+	// Bare are the bare hops run after each relay (BareHop): the same bytes through one
+	// receive and one send with nothing of modelcast in the way, the relay's baseline.
+	Bare []*BareHop
+}
+
+// BarePerGB is the lowest bare-hop figure, as RelayPerGB is the lowest relay's.
+func (r *HeadResult) BarePerGB() float64 {
+	best := 0.0
+	for _, x := range r.Bare {
+		if v := x.PerGB(); best == 0 || v < best {
+			best = v
+		}
+	}
+	return best
 }
 
 // RelayPerGB is the lowest middle-node figure of the loopback relay runs (this VM's noise
@@ -261,6 +275,12 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 		}
 		log("  loopback relay %d: middle node %.3f core-s per GB forwarded (%.2f core-s, %.2f of them verifying, %.2f GB)", i+1, rl.PerGB(), rl.CPU, rl.VerifyCPU, float64(rl.Served)/1e9)
 		res.Relays = append(res.Relays, rl)
+		bh, err := bareHop(ctx, dir, cfg.Size)
+		if err != nil {
+			return nil, fmt.Errorf("bare hop: %w", err)
+		}
+		log("  bare hop %d: %.3f core-s per GB (%.2f core-s, %.2f GB)", i+1, bh.PerGB(), bh.CPU, float64(bh.Bytes)/1e9)
+		res.Bare = append(res.Bare, bh)
 	}
 	res.Took = time.Since(start)
 	return res, nil
@@ -338,7 +358,15 @@ func (r *HeadResult) Markdown(cmd string) string {
 		for _, x := range r.Relays {
 			fmt.Fprintf(&b, " %.3f", x.PerGB())
 		}
-		b.WriteString("). On loopback the kernel runs the receiving side's TCP processing of every byte a node sends in the sending process's system time, so the figure holds both ends of each of the middle node's links. The harness holds this VM's memory (HoldMemory: no free page reporting to the host during the run) and touches what the run will use first, so the middle node's cache pages are resident rather than faulted in from the hypervisor.\n\n")
+		b.WriteString("). On loopback the kernel runs the receiving side's TCP processing of every byte a node sends in the sending process's system time, so the figure holds both ends of each of the middle node's links. The harness holds this VM's memory (HoldMemory: no free page reporting to the host during the run) and touches what the run will use first, so the middle node's cache pages are resident rather than faulted in from the hypervisor.")
+		if len(r.Bare) > 0 {
+			fmt.Fprintf(&b, " Its baseline, after each relay run: a **bare hop**, the same bytes through one receive into a memory-mapped huge-page tmpfs file and one `sendfile` from a tmpfs file over loopback in one process, with no checksums, framing, HTTP or Redis: **%.3f core-s per GB** (lowest of %d:", r.BarePerGB(), len(r.Bare))
+			for _, x := range r.Bare {
+				fmt.Fprintf(&b, " %.3f", x.PerGB())
+			}
+			fmt.Fprintf(&b, "); the relay costs **%.2f ×** what this machine's kernel charges for the bytes alone.", r.RelayPerGB()/r.BarePerGB())
+		}
+		b.WriteString("\n\n")
 	}
 	return b.String()
 }

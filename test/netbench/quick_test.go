@@ -68,6 +68,11 @@ func TestHeadQuick(t *testing.T) {
 				r.Round, r.Mode, r.Verified, r.Received, r.OSSBytes, size)
 		}
 	}
+	if len(res.Relays) != 1 || len(res.Bare) != 1 {
+		t.Errorf("%d loopback relays and %d bare hops, want one of each", len(res.Relays), len(res.Bare))
+	} else if b := res.Bare[0]; b.Bytes != size || b.CPU <= 0 {
+		t.Errorf("bare hop: %d bytes in %.3f core-s, want %d bytes and some CPU", b.Bytes, b.CPU, size)
+	}
 	if v := res.Ratio(); v < 0.5 {
 		t.Errorf("head ÷ direct = %.3f, want ≥ 0.5", v)
 	}
