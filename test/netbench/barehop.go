@@ -10,17 +10,20 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
 // BareHop is the baseline of a relay's CPU: what this machine's kernel charges for moving bytes
-// through one node with nothing of modelcast in the way. One process receives a file over a
-// loopback TCP connection into a memory mapping of a huge-page tmpfs file, as a relay does
-// (MADV_POPULATE_WRITE, 256 KiB reads), and sends the bytes with sendfile from a tmpfs file,
-// as a relay does; no checksums, no framing, no HTTP, no Redis. Its CPU holds one receive and
+// through one node with nothing of modelcast in the way. One process sends a file with
+// sendfile from a tmpfs file and receives it into a memory mapping of a huge-page tmpfs file
+// (MADV_POPULATE_WRITE, one read per 256 KiB piece), over four TCP connections (piece i on
+// connection i % 4), as a relay's hop does by default; no checksums, no framing, no HTTP, no
+// Redis. Its CPU holds one receive and
 // one send, with the receiving side's TCP processing of the send (loopback runs it in the
 // sender's time), as a middle node's figure does.
 type BareHop struct {
@@ -31,9 +34,20 @@ type BareHop struct {
 // PerGB is its core-seconds per GB moved.
 func (b *BareHop) PerGB() float64 { return b.CPU / (float64(b.Bytes) / 1e9) }
 
-// bareHop moves size bytes through one receive and one send on loopback and measures this
-// process's CPU meanwhile (nothing else of the benchmark runs then).
-func bareHop(ctx context.Context, dir string, size int64) (*BareHop, error) {
+// A bare hop moves its bytes as a hop does by default: in pieces of a chunk's size, piece i on
+// TCP connection i % hopStripes.
+const (
+	bareHopPiece = 256 << 10
+	hopStripes   = 4
+)
+
+// loopback is the machine's own namespace, for a bare hop without a simulated link.
+var loopback = Host{IP: "127.0.0.1"}
+
+// bareHop moves size bytes through one receive and one send, from host from to host to (each
+// socket made in its host's network namespace; loopback for both: no simulated link), and
+// measures this process's CPU meanwhile (nothing else of the benchmark runs then).
+func bareHop(ctx context.Context, dir string, size int64, from, to Host) (*BareHop, error) {
 	if err := warmMemory(dir, 3*cacheSize(size)); err != nil {
 		return nil, err
 	}
@@ -65,8 +79,11 @@ func bareHop(ctx context.Context, dir string, size int64) (*BareHop, error) {
 	}
 	defer func() { _ = unix.Munmap(mapped) }()
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	var ln net.Listener
+	if err := inNetns(from.NS, func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(from.IP, "0"))
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	defer ln.Close()
@@ -75,46 +92,83 @@ func bareHop(ctx context.Context, dir string, size int64) (*BareHop, error) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 
+	var conns []net.Conn // the receiving ends, by stripe
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
 	before, err := processCPU()
 	if err != nil {
 		return nil, err
 	}
-	sent := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			sent <- err
-			return
+	var g errgroup.Group
+	g.Go(func() error { // the sender: accepts the hopStripes and sends each its pieces
+		var sg errgroup.Group
+		for range hopStripes {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			sg.Go(func() error {
+				defer c.Close()
+				stop := context.AfterFunc(ctx, func() { c.Close() })
+				defer stop()
+				// The stripe reads which one it is, then gets its pieces: one sendfile each
+				// (ReadFrom sees the *os.File under the limit, as the server's io.CopyN does).
+				var k [1]byte
+				if _, err := io.ReadFull(c, k[:]); err != nil {
+					return err
+				}
+				f, err := os.Open(src.Name())
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				for off := int64(k[0]) * bareHopPiece; off < size; off += hopStripes * bareHopPiece {
+					if _, err := f.Seek(off, io.SeekStart); err != nil {
+						return err
+					}
+					if _, err := c.(*net.TCPConn).ReadFrom(io.LimitReader(f, min(bareHopPiece, size-off))); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
 		}
-		defer c.Close()
-		stop := context.AfterFunc(ctx, func() { c.Close() })
-		defer stop()
-		if _, err := src.Seek(0, io.SeekStart); err != nil {
-			sent <- err
-			return
+		return sg.Wait()
+	})
+	for k := range hopStripes {
+		var c net.Conn
+		if err := inNetns(to.NS, func() (err error) {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, "tcp", ln.Addr().String())
+			return err
+		}); err != nil {
+			cancel() // the sender's accept ends with the listener
+			ln.Close()
+			_ = g.Wait()
+			return nil, err
 		}
-		// sendfile: ReadFrom sees the *os.File under the limit, as the server's io.CopyN does.
-		_, err = c.(*net.TCPConn).ReadFrom(io.LimitReader(src, size))
-		sent <- err
-	}()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
-	if err != nil {
-		return nil, err
+		conns = append(conns, c)
+		g.Go(func() error { // a receiving stripe: its pieces, in order, into the mapping
+			stop := context.AfterFunc(ctx, func() { c.Close() })
+			defer stop()
+			if _, err := c.Write([]byte{byte(k)}); err != nil {
+				return err
+			}
+			for off := int64(k) * bareHopPiece; off < size; off += hopStripes * bareHopPiece {
+				b := mapped[off:min(off+bareHopPiece, size)]
+				_ = unix.Madvise(b, unix.MADV_POPULATE_WRITE)
+				if _, err := io.ReadFull(c, b); err != nil {
+					return fmt.Errorf("receive at %d: %w", off, err)
+				}
+			}
+			return nil
+		})
 	}
-	defer c.Close()
-	stopConn := context.AfterFunc(ctx, func() { c.Close() })
-	defer stopConn()
-	const piece = 256 << 10
-	for off := int64(0); off < size; off += piece {
-		b := mapped[off:min(off+piece, size)]
-		_ = unix.Madvise(b, unix.MADV_POPULATE_WRITE)
-		if _, err := io.ReadFull(c, b); err != nil {
-			return nil, fmt.Errorf("bare hop: receive at %d: %w", off, err)
-		}
-	}
-	if err := <-sent; err != nil {
-		return nil, fmt.Errorf("bare hop: send: %w", err)
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("bare hop: %w", err)
 	}
 	after, err := processCPU()
 	if err != nil {
@@ -157,4 +211,29 @@ func writeRandom(path string, size int64) (*os.File, error) {
 		}
 	}
 	return f, nil
+}
+
+// inNetns runs f on a thread of its own in network namespace ns ("": this process's), so the
+// sockets f makes belong to ns; they work from any thread afterwards. The thread is never
+// handed back: it ends with f's goroutine, its namespace with it.
+func inNetns(ns string, f func() error) error {
+	if ns == "" {
+		return f()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // not unlocked: the runtime ends the thread with this goroutine
+		fd, err := unix.Open(filepath.Join("/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open network namespace %s: %w", ns, err)
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("enter network namespace %s: %w", ns, err)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
 }

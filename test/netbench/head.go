@@ -73,9 +73,12 @@ type HeadResult struct {
 }
 
 // BarePerGB is the lowest bare-hop figure, as RelayPerGB is the lowest relay's.
-func (r *HeadResult) BarePerGB() float64 {
+func (r *HeadResult) BarePerGB() float64 { return lowestPerGB(r.Bare) }
+
+// lowestPerGB is the lowest of the bare hops' figures (0 for none).
+func lowestPerGB(hops []*BareHop) float64 {
 	best := 0.0
-	for _, x := range r.Bare {
+	for _, x := range hops {
 		if v := x.PerGB(); best == 0 || v < best {
 			best = v
 		}
@@ -275,7 +278,7 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 		}
 		log("  loopback relay %d: middle node %.3f core-s per GB forwarded (%.2f core-s, %.2f of them verifying, %.2f GB)", i+1, rl.PerGB(), rl.CPU, rl.VerifyCPU, float64(rl.Served)/1e9)
 		res.Relays = append(res.Relays, rl)
-		bh, err := bareHop(ctx, dir, cfg.Size)
+		bh, err := bareHop(ctx, dir, cfg.Size, loopback, loopback)
 		if err != nil {
 			return nil, fmt.Errorf("bare hop: %w", err)
 		}
