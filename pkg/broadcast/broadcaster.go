@@ -182,7 +182,7 @@ func New(cfg Config, rdb redis.UniversalClient) (*Broadcaster, error) {
 	if rdb != nil {
 		n.coord = coord.NewCoordinator(rdb)
 	}
-	n.srv = &server{node: n, tokens: map[string]string{}, refreshed: map[string]time.Time{}}
+	n.srv = &server{node: n, tokens: map[string]string{}, refreshed: map[string]time.Time{}, refreshing: map[string]chan struct{}{}}
 	if rdb == nil {
 		return n, nil
 	}

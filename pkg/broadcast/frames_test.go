@@ -59,7 +59,7 @@ func TestStreamRequests(t *testing.T) {
 	// model of tenant "team" (not "abc"): the right token gets 404 for another model, and a
 	// tenant the node serves nothing of gets 401 whatever the token.
 	n := &Broadcaster{cfg: Config{}, reg: replicas{models: map[string]*replica{"team/other": {tenant: "team", key: "other"}}}}
-	s := &server{node: n, tokens: map[string]string{"team": "secret"}, refreshed: map[string]time.Time{}}
+	s := &server{node: n, tokens: map[string]string{"team": "secret"}, refreshed: map[string]time.Time{}, refreshing: map[string]chan struct{}{}}
 	for _, tc := range []struct {
 		method, path, auth string
 		code               int

@@ -28,6 +28,8 @@ type server struct {
 	mu        sync.Mutex
 	tokens    map[string]string    // tenant → token, as last read from Redis
 	refreshed map[string]time.Time // when a tenant's token was last re-read on a mismatch
+	// refreshing holds, per tenant, a channel closed when the re-read under way ends.
+	refreshing map[string]chan struct{}
 
 	served     atomic.Int64 // bytes of chunks sent
 	streams    atomic.Int64 // streams being served
@@ -106,38 +108,55 @@ func parseStreamPath(p string) (tenant, key string, ok bool) {
 // of are considered: a request naming any other tenant is refused without a look at Redis, so
 // requests from anyone who reaches the port neither write keys into Redis nor grow this node's
 // state. On a mismatch the token is read again from Redis (at most once a second per tenant, and
-// never created here): Redis may have lost it and a node remade it.
+// never created here): Redis may have lost it and a node remade it, or this node has not needed
+// it yet. Requests that arrive while that read is under way (a receiver's stripes come together)
+// wait for it and are judged by what it read, not refused for coming second.
 func (s *server) authorized(ctx context.Context, tenant, header string) bool {
 	got, ok := strings.CutPrefix(header, "Bearer ")
 	if !ok || got == "" || !s.node.reg.hasTenant(tenant) {
 		return false
 	}
-	s.mu.Lock()
-	want := s.tokens[tenant]
-	s.mu.Unlock()
-	if want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1 {
-		return true
+	matches := func() bool {
+		want := s.tokens[tenant]
+		return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 	}
 	s.mu.Lock()
-	if s.node.cfg.Clock.Since(s.refreshed[tenant]) < time.Second {
+	if matches() {
+		s.mu.Unlock()
+		return true
+	}
+	if done, ok := s.refreshing[tenant]; ok {
+		s.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return false
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return matches()
+	}
+	if s.node.cfg.Clock.Since(s.refreshed[tenant]) < time.Second || s.node.coord == nil {
 		s.mu.Unlock()
 		return false
 	}
 	s.refreshed[tenant] = s.node.cfg.Clock.Now()
+	done := make(chan struct{})
+	s.refreshing[tenant] = done
 	s.mu.Unlock()
-	if s.node.coord == nil {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	fresh, err := s.node.coord.ReadToken(ctx, tenant)
-	if err != nil || fresh == "" {
-		return false
-	}
+	// The read is shared with the requests that wait for it: it runs under the node's context,
+	// not this request's.
+	rctx, cancel := context.WithTimeout(s.node.ctx, time.Second)
+	fresh, err := s.node.coord.ReadToken(rctx, tenant)
+	cancel()
 	s.mu.Lock()
-	s.tokens[tenant] = fresh
-	s.mu.Unlock()
-	return subtle.ConstantTimeCompare([]byte(got), []byte(fresh)) == 1
+	defer s.mu.Unlock()
+	if err == nil && fresh != "" {
+		s.tokens[tenant] = fresh
+	}
+	delete(s.refreshing, tenant)
+	close(done)
+	return matches()
 }
 
 // stream writes a frame for every chunk the receiver lacks, in the order this node verified
