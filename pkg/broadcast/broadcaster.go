@@ -110,6 +110,7 @@ type Broadcaster struct {
 	directBytes sync.Map // model key → bytes fetched from OSS without the chain
 	stats       stats
 	health      health
+	beats       atomic.Int64 // heartbeat rounds done: a round's renewals are no longer in flight
 }
 
 // stats are the node's counters (Stats is their snapshot).
@@ -298,6 +299,7 @@ func (n *Broadcaster) heartbeat() {
 			n.renew(ctx, l)
 		}
 		cancel()
+		n.beats.Add(1)
 		select {
 		case <-n.ctx.Done():
 			return

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -312,6 +313,14 @@ func TestHeartbeatDoesNotResurrectADroppedCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Close)
+	// The heartbeat's first round runs at once (the next in an hour): let it end before the
+	// copy exists, so that no renewal but the test's own is in flight when it checks the chain.
+	for deadline := time.Now().Add(10 * time.Second); n.beats.Load() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the heartbeat's first round did not end within 10 s")
+		}
+		runtime.Gosched()
+	}
 	l := w.local(t, n, 0)
 	for i := range w.layout.Len() {
 		w.put(t, l, i, w.layout.Chunk(i).Size)
