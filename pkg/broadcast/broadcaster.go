@@ -25,6 +25,9 @@ import (
 // before forwarding it (store and forward). At 400 Mbit/s a 256 KiB chunk adds 5 ms per hop.
 const DefaultChunkSize int64 = 256 << 10
 
+// DefaultStripes is how many TCP connections a hop is striped over unless configured.
+const DefaultStripes = 4
+
 // Config of a Broadcaster. Zero values mean the defaults.
 type Config struct {
 	// NodeID names this node in chains (the Kubernetes node name).
@@ -46,7 +49,7 @@ type Config struct {
 	// Heartbeat is how often membership and progress are renewed; NodeTTL how long a silent
 	// node stays alive in Redis.
 	Heartbeat, NodeTTL time.Duration
-	// Stripes is the number of TCP connections a hop is striped over (default 4): a single
+	// Stripes is the number of TCP connections a hop is striped over (DefaultStripes): a single
 	// connection's congestion control on a shaped or lossy link can hold a hop well under the
 	// link's rate.
 	Stripes int
@@ -75,7 +78,7 @@ func (c *Config) defaults() {
 		c.NodeTTL = 3 * c.Heartbeat
 	}
 	if c.Stripes <= 0 {
-		c.Stripes = 4
+		c.Stripes = DefaultStripes
 	}
 	c.Stripes = min(c.Stripes, maxStripes)
 	if c.StallTimeout <= 0 {

@@ -16,16 +16,18 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
+
+	"github.com/modelcast/modelcast/pkg/broadcast"
 )
 
 // BareHop is the baseline of a relay's CPU: what this machine's kernel charges for moving bytes
-// through one node with nothing of modelcast in the way. One process sends a file with
-// sendfile from a tmpfs file and receives it into a memory mapping of a huge-page tmpfs file
-// (MADV_POPULATE_WRITE, one read per 256 KiB piece), over four TCP connections (piece i on
-// connection i % 4), as a relay's hop does by default; no checksums, no framing, no HTTP, no
-// Redis. Its CPU holds one receive and
-// one send, with the receiving side's TCP processing of the send (loopback runs it in the
-// sender's time), as a middle node's figure does.
+// through one node with nothing of modelcast in the way. One process sends a file with sendfile
+// from a tmpfs file and receives it into a memory mapping of a huge-page tmpfs file
+// (MADV_POPULATE_WRITE, one read per chunk-sized piece), over as many TCP connections as a hop
+// is striped over by default (piece i on connection i % stripes); no checksums, no framing, no
+// HTTP, no Redis. Its CPU holds one receive and one send, with the receiving side's TCP
+// processing of the send (loopback and veth run it in the sender's time), as a middle node's
+// figure does.
 type BareHop struct {
 	CPU   float64 // core-seconds of the process while the bytes moved
 	Bytes int64
@@ -37,8 +39,8 @@ func (b *BareHop) PerGB() float64 { return b.CPU / (float64(b.Bytes) / 1e9) }
 // A bare hop moves its bytes as a hop does by default: in pieces of a chunk's size, piece i on
 // TCP connection i % hopStripes.
 const (
-	bareHopPiece = 256 << 10
-	hopStripes   = 4
+	bareHopPiece = broadcast.DefaultChunkSize
+	hopStripes   = broadcast.DefaultStripes
 )
 
 // loopback is the machine's own namespace, for a bare hop without a simulated link.
@@ -103,7 +105,7 @@ func bareHop(ctx context.Context, dir string, size int64, from, to Host) (*BareH
 		return nil, err
 	}
 	var g errgroup.Group
-	g.Go(func() error { // the sender: accepts the hopStripes and sends each its pieces
+	g.Go(func() error { // the sender: accepts the stripes and sends each its pieces
 		var sg errgroup.Group
 		for range hopStripes {
 			c, err := ln.Accept()

@@ -75,10 +75,10 @@ type HeadResult struct {
 // BarePerGB is the lowest bare-hop figure, as RelayPerGB is the lowest relay's.
 func (r *HeadResult) BarePerGB() float64 { return lowestPerGB(r.Bare) }
 
-// lowestPerGB is the lowest of the bare hops' figures (0 for none).
-func lowestPerGB(hops []*BareHop) float64 {
+// lowestPerGB is the lowest of the runs' figures (0 for none): this VM's noise only ever adds.
+func lowestPerGB[T interface{ PerGB() float64 }](runs []T) float64 {
 	best := 0.0
-	for _, x := range hops {
+	for _, x := range runs {
 		if v := x.PerGB(); best == 0 || v < best {
 			best = v
 		}
@@ -88,15 +88,7 @@ func lowestPerGB(hops []*BareHop) float64 {
 
 // RelayPerGB is the lowest middle-node figure of the loopback relay runs (this VM's noise
 // only ever adds).
-func (r *HeadResult) RelayPerGB() float64 {
-	best := 0.0
-	for _, x := range r.Relays {
-		if v := x.PerGB(); best == 0 || v < best {
-			best = v
-		}
-	}
-	return best
-}
+func (r *HeadResult) RelayPerGB() float64 { return lowestPerGB(r.Relays) }
 
 // HeadGBps and DirectGBps are the medians over rounds; Ratio the median of the rounds' ratios.
 func (r *HeadResult) HeadGBps() float64 {
@@ -363,7 +355,7 @@ func (r *HeadResult) Markdown(cmd string) string {
 		}
 		b.WriteString("). On loopback the kernel runs the receiving side's TCP processing of every byte a node sends in the sending process's system time, so the figure holds both ends of each of the middle node's links. The harness holds this VM's memory (HoldMemory: no free page reporting to the host during the run) and touches what the run will use first, so the middle node's cache pages are resident rather than faulted in from the hypervisor.")
 		if len(r.Bare) > 0 {
-			fmt.Fprintf(&b, " Its baseline, after each relay run: a **bare hop**, the same bytes through one receive into a memory-mapped huge-page tmpfs file and one `sendfile` from a tmpfs file over loopback in one process, with no checksums, framing, HTTP or Redis: **%.3f core-s per GB** (lowest of %d:", r.BarePerGB(), len(r.Bare))
+			fmt.Fprintf(&b, " Its baseline, after each relay run: a **bare hop**, the same bytes through one receive into a memory-mapped huge-page tmpfs file and one `sendfile` from a tmpfs file over loopback in one process, in chunk-sized pieces over as many connections as a hop uses, with no checksums, framing, HTTP or Redis: **%.3f core-s per GB** (lowest of %d:", r.BarePerGB(), len(r.Bare))
 			for _, x := range r.Bare {
 				fmt.Fprintf(&b, " %.3f", x.PerGB())
 			}
