@@ -177,7 +177,7 @@ func New(cfg Config, rdb redis.UniversalClient) (*Broadcaster, error) {
 		cfg: cfg, reg: replicas{models: map[string]*replica{}}, ctx: ctx, cancel: cancel,
 		tokens: map[string]string{}, failures: map[string]failures{},
 		client: &http.Client{Transport: &http.Transport{
-			DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+			DialContext:           dialLowat(&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 15 * time.Second}),
 			ResponseHeaderTimeout: 10 * time.Second,
 			MaxIdleConnsPerHost:   4,
 			DisableCompression:    true,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"slices"
 	"sync/atomic"
@@ -80,6 +81,10 @@ func (n *Broadcaster) pull(ctx context.Context, l *replica, peer coord.Member, p
 
 // pullStripe receives stripe s of what w lacks from peer.
 func (n *Broadcaster) pullStripe(ctx context.Context, l *replica, peer coord.Member, w want, body []byte, token string, s int, last *atomic.Int64) error {
+	var conn *lowatConn // the stream's connection, told how many bytes each chunk has left
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		conn, _ = i.Conn.(*lowatConn)
+	}})
 	res, err := n.request(ctx, l, peer, body, token, s)
 	if err == nil && res.StatusCode == http.StatusUnauthorized {
 		res.Body.Close()
@@ -125,7 +130,7 @@ func (n *Broadcaster) pullStripe(ctx context.Context, l *replica, peer coord.Mem
 		}
 		w.have[f.index] = true // a chunk comes once per stream
 		left--
-		if err := n.receiveChunk(ctx, l, r, f, buf, peer); err != nil {
+		if err := n.receiveChunk(ctx, l, r, conn, f, buf, peer); err != nil {
 			return err
 		}
 	}
@@ -155,7 +160,7 @@ func (n *Broadcaster) request(ctx context.Context, l *replica, peer coord.Member
 
 // receiveChunk reads the rest of chunk f.index into place (the bytes before f.offset are
 // already there), checks it and records it.
-func (n *Broadcaster) receiveChunk(ctx context.Context, l *replica, r io.Reader, f frame, buf []byte, peer coord.Member) error {
+func (n *Broadcaster) receiveChunk(ctx context.Context, l *replica, r io.Reader, conn *lowatConn, f frame, buf []byte, peer coord.Member) error {
 	c := l.layout.Chunk(f.index)
 	p := l.partialOf(f.index)
 	mapped, ok := l.beginWrite(c, p.bytes, f.size)
@@ -166,7 +171,9 @@ func (n *Broadcaster) receiveChunk(ctx context.Context, l *replica, r io.Reader,
 	if mapped != nil {
 		_ = unix.Madvise(mapped, unix.MADV_POPULATE_WRITE) // fault the pages in at once (best effort)
 	}
+	defer conn.expect(0)
 	for left := f.size; left > 0; {
+		conn.expect(left) // the frame's rest is sure to come: reads wait for it in large pieces
 		b := buf[:min(int64(len(buf)), left)]
 		if mapped != nil {
 			b = mapped[f.size-left:][:len(b)]

@@ -23,9 +23,9 @@ import (
 // BareHop is the baseline of a relay's CPU: what this machine's kernel charges for moving bytes
 // through one node with nothing of modelcast in the way. One process sends a file with sendfile
 // from a tmpfs file and receives it into a memory mapping of a huge-page tmpfs file
-// (MADV_POPULATE_WRITE, one read per chunk-sized piece), over as many TCP connections as a hop
-// is striped over by default (piece i on connection i % stripes); no checksums, no framing, no
-// HTTP, no Redis. Its CPU holds one receive and one send, with the receiving side's TCP
+// (MADV_POPULATE_WRITE, one read per chunk-sized piece, woken when the piece is there), over as
+// many TCP connections as a hop is striped over by default (piece i on connection i % stripes);
+// no checksums, no framing, no HTTP, no Redis. Its CPU holds one receive and one send, with the receiving side's TCP
 // processing of the send (loopback and veth run it in the sender's time), as a middle node's
 // figure does.
 type BareHop struct {
@@ -156,6 +156,11 @@ func bareHop(ctx context.Context, dir string, size int64, from, to Host) (*BareH
 		g.Go(func() error { // a receiving stripe: its pieces, in order, into the mapping
 			stop := context.AfterFunc(ctx, func() { c.Close() })
 			defer stop()
+			// Each piece is sure to come whole: reads wait for it (SO_RCVLOWAT), as a hop's
+			// receiver waits for the rest of its chunk, rather than wake for every few KB.
+			if err := setLowat(c, int(bareHopPiece)); err != nil {
+				return err
+			}
 			if _, err := c.Write([]byte{byte(k)}); err != nil {
 				return err
 			}
@@ -186,6 +191,19 @@ func bareHop(ctx context.Context, dir string, size int64, from, to Host) (*BareH
 		return nil, errors.New("bare hop: the received bytes differ from the sent ones")
 	}
 	return &BareHop{CPU: after - before, Bytes: size}, nil
+}
+
+// setLowat sets c's SO_RCVLOWAT to n bytes.
+func setLowat(c net.Conn, n int) error {
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, n) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 // processCPU is this process's user + system time so far, in seconds.

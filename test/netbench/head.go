@@ -283,23 +283,33 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 
 // relayLoopback runs a chain of three agents on loopback and returns its middle node's relay.
 func relayLoopback(ctx context.Context, bin Binaries, dir, redis string, oss *OSS, prefix string, size int64, seq int) (*Relay, error) {
+	return relayAlone(ctx, bin, dir, redis, oss.Endpoint, prefix, size, fmt.Sprint(seq), [3]Host{loopback, loopback, loopback})
+}
+
+// relayAlone runs a chain of three agents (head, middle, tail) on hosts, nothing else of the
+// benchmark running, and returns its middle node's relay. Agents on loopback each get a port
+// of their own; agents in namespaces use the default.
+func relayAlone(ctx context.Context, bin Binaries, dir, redis, endpoint, model string, size int64, seq string, hosts [3]Host) (*Relay, error) {
 	if err := warmMemory(dir, 6*cacheSize(size)); err != nil {
 		return nil, err
 	}
-	tenant := fmt.Sprintf("relay-%d-%d", seq, time.Now().UnixNano()%1e6)
+	tenant := fmt.Sprintf("relay-%s-%d", seq, time.Now().UnixNano()%1e6)
 	var agents []*node
 	defer func() {
 		for _, a := range agents {
 			a.stop()
 		}
 	}()
-	for i := range 3 {
-		port, err := freeport.Get()
-		if err != nil {
-			return nil, err
+	for i, h := range hosts {
+		port := 0
+		if h.NS == "" {
+			var err error
+			if port, err = freeport.Get(); err != nil {
+				return nil, err
+			}
 		}
-		spec := agentSpec{host: Host{IP: "127.0.0.1"}, name: fmt.Sprintf("relay-%d-%d", seq, i), plugin: bin.Plugin,
-			dir: filepath.Join(dir, fmt.Sprintf("relay-%d-%d", seq, i)), model: "oss://models/" + prefix, endpoint: oss.Endpoint,
+		spec := agentSpec{host: h, name: fmt.Sprintf("relay-%s-%d", seq, i), plugin: bin.Plugin,
+			dir: filepath.Join(dir, fmt.Sprintf("relay-%s-%d", seq, i)), model: "oss://models/" + model, endpoint: endpoint,
 			redis: redis, tenant: tenant, cacheSize: cacheSize(size), bindPort: port}
 		defer os.RemoveAll(spec.dir)
 		a, err := startAgent(spec)
