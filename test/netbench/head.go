@@ -365,7 +365,7 @@ func (r *HeadResult) Markdown(cmd string) string {
 		}
 		b.WriteString("). On loopback the kernel runs the receiving side's TCP processing of every byte a node sends in the sending process's system time, so the figure holds both ends of each of the middle node's links. The harness holds this VM's memory (HoldMemory: no free page reporting to the host during the run) and touches what the run will use first, so the middle node's cache pages are resident rather than faulted in from the hypervisor.")
 		if len(r.Bare) > 0 {
-			fmt.Fprintf(&b, " Its baseline, after each relay run: a **bare hop**, the same bytes through one receive into a memory-mapped huge-page tmpfs file and one `sendfile` from a tmpfs file over loopback in one process, in chunk-sized pieces over as many connections as a hop uses, with no checksums, framing, HTTP or Redis: **%.3f core-s per GB** (lowest of %d:", r.BarePerGB(), len(r.Bare))
+			fmt.Fprintf(&b, " Its baseline, after each relay run: a **bare hop**, the same bytes through one receive into a memory-mapped huge-page tmpfs file and one `sendfile` from a tmpfs file over loopback in one process, in chunk-sized pieces over as many connections as a hop uses, each read woken once its piece is there as a hop's are (SO_RCVLOWAT), with no checksums, framing, HTTP or Redis: **%.3f core-s per GB** (lowest of %d:", r.BarePerGB(), len(r.Bare))
 			for _, x := range r.Bare {
 				fmt.Fprintf(&b, " %.3f", x.PerGB())
 			}
