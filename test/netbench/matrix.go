@@ -433,11 +433,11 @@ host (free page reporting) and faults it in again on first touch, up to 2 s of s
 GiB against 0.05 s for resident memory; the harness turns the reporting off for its run
 (` + "`HoldMemory`" + `) and touches the memory a run will use first, so the figures measure modelcast
 rather than the hypervisor (before that, a relay's figure varied 4 × from run to run). What is
-left of a middle node's CPU on loopback, from ` + "`perf record -g`" + ` of that process alone: the
-receive ` + "`read`" + ` about half (the copy into the cache, ` + "`_copy_to_iter`" + `, about 27 %, at memory
-speed, since the bytes were last touched on another core), ` + "`sendfile`" + ` to the successor about
-17 %, the CRC-64 about 9 %, zeroing the cache's new pages under 2 %, and scheduling and softirq
-work the rest. Under that load the head itself reads OSS more slowly than a
+left of a middle node's CPU on loopback (0.57 core-s per GB), from ` + "`perf record -g`" + ` of four relays (before the receivers' low-water mark, which moved it by 3 %):
+its receiving goroutines 62 % (the copy into the cache, ` + "`_copy_to_iter`" + `, 12 %; TCP receive
+processing 30 %; zeroing the cache's new huge pages 7 %; the CRC-64 6 %, which runs at 28 GB/s
+against 70 GB/s on cached data: the received bytes are in memory, not cache), its
+` + "`sendfile`" + ` to the successor 29 %, and the Go scheduler and ` + "`sysmon`" + ` 9 %. Under that load the head itself reads OSS more slowly than a
 direct fetch alone does, and the chain's ready time grows with it.
 
 `
