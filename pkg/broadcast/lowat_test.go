@@ -2,8 +2,12 @@ package broadcast
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
 	"testing"
 	"time"
 
@@ -75,18 +79,22 @@ func TestLowatConnWaitsOnlyForBytesSureToCome(t *testing.T) {
 	}()
 	got := make([]byte, 0, len(chunk))
 	buf := make([]byte, 256<<10)
-	reads := 0
 	for left := int64(len(chunk)); left > 0; {
 		c.expect(left)
 		b := buf[:min(int64(len(buf)), left)]
-		k, err := io.ReadFull(c, b)
+		// One Read sets the mark for what it asks for (the rest of a short read asks for less).
+		k, err := c.Read(b)
 		if err != nil {
 			t.Fatalf("after %d bytes: %v", len(got), err)
 		}
-		reads++
-		if want := int(min(left, int64(len(b)))); reads == 1 && rcvlowat(t, c) != want {
-			t.Errorf("SO_RCVLOWAT %d while reading %d of the chunk's %d bytes left: want %d", rcvlowat(t, c), len(b), left, want)
+		if want := int(min(left, int64(len(b)))); rcvlowat(t, c) != want {
+			t.Errorf("SO_RCVLOWAT %d after a read of %d of the chunk's %d bytes left: want %d", rcvlowat(t, c), len(b), left, want)
 		}
+		more, err := io.ReadFull(c, b[k:])
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", len(got)+k+more, err)
+		}
+		k += more
 		got = append(got, b[:k]...)
 		left -= int64(k)
 	}
@@ -118,5 +126,72 @@ func TestLowatConnWaitsOnlyForBytesSureToCome(t *testing.T) {
 	}
 	if v := rcvlowat(t, c); v != 7 {
 		t.Errorf("SO_RCVLOWAT %d for a chunk's last 7 bytes: want 7", v)
+	}
+}
+
+// A chunk smaller than net/http's read buffer, the stream's last, with half of it read into
+// that buffer along with its frame header: the rest must arrive although nothing follows it
+// but the end frame (a mark left at the whole chunk waited for bytes that never came).
+func TestReadSomeDoesNotWaitForBufferedBytes(t *testing.T) {
+	const hdrSize, size, first = 32, 2967, 1000
+	chunk := bytes.Repeat([]byte{'m'}, size)
+	headerRead := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100000") // a stream that goes on: the sender waits for more
+		w.WriteHeader(http.StatusOK)
+		// The frame header and the chunk's first bytes leave together.
+		_, _ = w.Write(append(bytes.Repeat([]byte{'h'}, hdrSize), chunk[:first]...))
+		_ = http.NewResponseController(w).Flush()
+		select {
+		case <-headerRead:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = w.Write(append(chunk[first:], []byte("end-frame!")...))
+		_ = http.NewResponseController(w).Flush()
+		<-r.Context().Done() // nothing more until the receiver hangs up
+	}))
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{DialContext: dialLowat(&net.Dialer{Timeout: 5 * time.Second})}}
+	defer client.CloseIdleConnections()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second) // a wait past this is the hang
+	defer cancel()
+	var conn *lowatConn
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		conn, _ = i.Conn.(*lowatConn)
+	}})
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if conn == nil {
+		t.Fatal("the request did not go through a lowatConn")
+	}
+	hdr := make([]byte, hdrSize)
+	if _, err := io.ReadFull(res.Body, hdr); err != nil {
+		t.Fatal(err)
+	}
+	close(headerRead)
+	got := make([]byte, size)
+	for n := 0; n < size; {
+		k, err := readSome(res.Body, conn, got[n:], int64(size-n))
+		n += k
+		if err != nil {
+			t.Fatalf("after %d of the chunk's %d bytes: %v (the read waited for bytes its peer would not send)", n, size, err)
+		}
+	}
+	if !bytes.Equal(got, chunk) {
+		t.Fatal("the chunk's bytes differ")
+	}
+	conn.expect(0)
+	end := make([]byte, 10)
+	if _, err := io.ReadFull(res.Body, end); err != nil || string(end) != "end-frame!" {
+		t.Fatalf("end frame %q, %v", end, err)
 	}
 }

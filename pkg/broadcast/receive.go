@@ -173,12 +173,11 @@ func (n *Broadcaster) receiveChunk(ctx context.Context, l *replica, r io.Reader,
 	}
 	defer conn.expect(0)
 	for left := f.size; left > 0; {
-		conn.expect(left) // the frame's rest is sure to come: reads wait for it in large pieces
 		b := buf[:min(int64(len(buf)), left)]
 		if mapped != nil {
 			b = mapped[f.size-left:][:len(b)]
 		}
-		k, err := io.ReadFull(r, b)
+		k, err := readSome(r, conn, b, left)
 		if k > 0 {
 			if mapped == nil {
 				if _, werr := l.files[c.Object].WriteAt(b[:k], c.Offset+p.bytes); werr != nil {
@@ -207,6 +206,22 @@ func (n *Broadcaster) receiveChunk(ctx context.Context, l *replica, r io.Reader,
 		return fmt.Errorf("%w: chunk %d from %s has CRC-64 %x, its frame says %x", errCorrupt, f.index, peer.Node, got, want)
 	}
 	return l.chunkDone(f.index, p.crc) // an error: an object failed OSS's CRC-64, the staging fails
+}
+
+// readSome reads into b what has arrived of a chunk whose left bytes are sure to come: one
+// Read, after telling conn so. One Read at a time, because net/http's buffered reader may hold
+// some of those bytes already: it then answers from its buffer without asking the socket, and
+// the next Read tells conn the smaller rest. (io.ReadFull here once kept the first Read's mark
+// for its later ones: a small last chunk, half of it buffered with its frame header, then waited
+// for more bytes than its peer would ever send.) The end of the stream inside the chunk is
+// io.ErrUnexpectedEOF.
+func readSome(r io.Reader, conn *lowatConn, b []byte, left int64) (int, error) {
+	conn.expect(left)
+	k, err := r.Read(b)
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return k, err
 }
 
 // watch ends the stream from peer when the chain says to look elsewhere:
