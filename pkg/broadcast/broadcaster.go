@@ -53,6 +53,9 @@ type Config struct {
 	// connection's congestion control on a shaped or lossy link can hold a hop well under the
 	// link's rate.
 	Stripes int
+	// CongestionControl is the TCP congestion control of the connections this node sends a
+	// hop's bytes on (DefaultCongestionControl; SystemCongestionControl: the kernel's default).
+	CongestionControl string
 	// StallTimeout: a stream with nothing for this long, from a peer that has bytes, is replaced.
 	StallTimeout time.Duration
 	// ManifestTTL: how long a published manifest pins a model's version for new nodes.
@@ -81,6 +84,9 @@ func (c *Config) defaults() {
 		c.Stripes = DefaultStripes
 	}
 	c.Stripes = min(c.Stripes, maxStripes)
+	if c.CongestionControl == "" {
+		c.CongestionControl = DefaultCongestionControl
+	}
 	if c.StallTimeout <= 0 {
 		c.StallTimeout = 10 * time.Second
 	}
@@ -194,10 +200,13 @@ func New(cfg Config, rdb redis.UniversalClient) (*Broadcaster, error) {
 	if listen == "" {
 		listen = cfg.Addr
 	}
-	ln, err := net.Listen("tcp", listen)
+	ln, warn, err := Listen(n.ctx, listen, n.cfg.CongestionControl)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("chain: listen on %s: %w", listen, err)
+	}
+	if warn != nil {
+		klog.ErrorS(warn, "Peer data plane keeps the kernel's default TCP congestion control; set broadcast.congestionControl to one this kernel offers")
 	}
 	if host, port, err := net.SplitHostPort(cfg.Addr); err == nil && port == "0" {
 		_, real, _ := net.SplitHostPort(ln.Addr().String())

@@ -66,7 +66,10 @@ type Broadcast struct {
 	// prefetch.workers, as a direct fetch). With the part size, it bounds what a successor
 	// fetches again from OSS if the head dies.
 	HeadConcurrency int `json:"headConcurrency"`
-	DB              DB  `json:"db"`
+	// CongestionControl: the TCP congestion control of the connections a node sends a hop's
+	// bytes on (DefaultCongestionControl; SystemCongestionControl: the kernel's default).
+	CongestionControl string `json:"congestionControl"`
+	DB                DB     `json:"db"`
 }
 
 // DB is the Redis or Tair service.
@@ -112,6 +115,27 @@ type Model struct {
 	MaxSizeGB float64 `json:"maxSizeGB"`
 }
 
+// The TCP congestion control of a hop's sending side (broadcast.congestionControl): CUBIC
+// unless configured, or the kernel's default with "system". pkg/broadcast says why not BBR.
+const (
+	DefaultCongestionControl = "cubic"
+	SystemCongestionControl  = "system"
+)
+
+// ValidCongestionControl checks a configured name: "system" or a kernel name (lower-case
+// letters, digits and underscores, at most 15 characters, as TCP_CA_NAME_MAX allows). Whether
+// this kernel offers it is known only when the data plane listens, which logs an error and
+// keeps the kernel's default if not.
+func ValidCongestionControl(name string) error {
+	if name == SystemCongestionControl {
+		return nil
+	}
+	if name == "" || len(name) > 15 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789_") != "" {
+		return fmt.Errorf("%q is not a TCP congestion control name (such as cubic, bbr or reno; or %q for the kernel's default)", name, SystemCongestionControl)
+	}
+	return nil
+}
+
 // Default returns the configuration with every default filled in.
 func Default() Config {
 	c := Config{}
@@ -131,6 +155,9 @@ func (c *Config) fill() {
 	}
 	if c.Broadcast.Chains == 0 {
 		c.Broadcast.Chains = 1
+	}
+	if c.Broadcast.CongestionControl == "" {
+		c.Broadcast.CongestionControl = DefaultCongestionControl
 	}
 	if c.Broadcast.DB.Port == 0 {
 		c.Broadcast.DB.Port = 6379
@@ -209,6 +236,9 @@ func (c Config) validate() error {
 	check(c.Prefetch.MaxCacheAdviseGB >= 0, "prefetch.maxCacheAdviseGB must not be negative, got %g", c.Prefetch.MaxCacheAdviseGB)
 	check(c.Broadcast.Chains > 0, "broadcast.chains must be positive, got %d", c.Broadcast.Chains)
 	check(c.Broadcast.HeadConcurrency >= 0, "broadcast.headConcurrency must be 0 (as prefetch) or positive, got %d", c.Broadcast.HeadConcurrency)
+	if err := ValidCongestionControl(c.Broadcast.CongestionControl); err != nil {
+		errs = append(errs, fmt.Errorf("broadcast.congestionControl: %w", err))
+	}
 	check(c.BindPort > 0 && c.BindPort < 65536, "bindPort must be a TCP port, got %d", c.BindPort)
 	check(c.Broadcast.DB.Port > 0 && c.Broadcast.DB.Port < 65536, "broadcast.db.port must be a TCP port, got %d", c.Broadcast.DB.Port)
 	check(c.Cache.MemoryReserveGB >= 0, "cache.memoryReserveGB must not be negative")

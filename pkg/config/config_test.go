@@ -30,7 +30,7 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.ExpireAfter().Seconds() != 120 || c.Concurrency() != 256 || c.BindPort != 19898 || c.SoftCapBytes() != 0 ||
 		c.Broadcast.Chains != 1 || c.Broadcast.DB.Port != 6379 || !*c.Cache.Tmpfs || c.HugeOption() != "within_size" ||
-		c.Model.MaxObjects != 100_000 || c.MaxModelBytes() != 4000e9 {
+		c.Model.MaxObjects != 100_000 || c.MaxModelBytes() != 4000e9 || c.Broadcast.CongestionControl != "cubic" {
 		t.Errorf("defaults: %+v", c)
 	}
 }
@@ -121,10 +121,24 @@ func TestRejects(t *testing.T) {
 		{`{"model": {"maxSizeGB": 1e10}}`, "model.maxSizeGB must be positive (and at most 9e9)"},
 		{`{"model": {"maxObject": 10}}`, `unknown field "maxObject"`},
 		{`{"bindPort": "19898"}`, "cannot unmarshal"},
+		{`{"broadcast": {"congestionControl": "BBR"}}`, `broadcast.congestionControl: "BBR" is not a TCP congestion control name`},
+		{`{"broadcast": {"congestionControl": "cubic; reno"}}`, "broadcast.congestionControl"},
+		{`{"broadcast": {"congestionControl": "sixteen_chars_xx"}}`, "broadcast.congestionControl"},
 		{`{`, "unexpected EOF"},
 	} {
 		if _, err := Load(write(t, tc.content), noEnv); err == nil || !strings.Contains(err.Error(), tc.hint) {
 			t.Errorf("%s: %v, want an error saying %q", tc.content, err, tc.hint)
+		}
+	}
+}
+
+// TestCongestionControl: a kernel name or "system" is taken as written; whether the kernel
+// offers it is the data plane's to find out (pkg/broadcast).
+func TestCongestionControl(t *testing.T) {
+	for _, name := range []string{"system", "bbr", "reno", "cubic", "fifteen_chars_x"} {
+		c, err := Load(write(t, fmt.Sprintf(`{"broadcast": {"congestionControl": %q}}`, name)), noEnv)
+		if err != nil || c.Broadcast.CongestionControl != name {
+			t.Errorf("%q: %v, %q", name, err, c.Broadcast.CongestionControl)
 		}
 	}
 }

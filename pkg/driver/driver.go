@@ -299,7 +299,7 @@ func (d *Driver) Metrics() *metrics.Metrics { return d.opts.Metrics }
 // client reconnects by itself, and fetches fall back to OSS meanwhile).
 func newChainNode(opts Options) (*broadcast.Broadcaster, error) {
 	b := opts.Config.Broadcast
-	cc := broadcast.Config{NodeID: opts.NodeID, Tenant: b.Tenant, Chains: b.Chains, HeadConcurrency: b.HeadConcurrency,
+	cc := broadcast.Config{NodeID: opts.NodeID, Tenant: b.Tenant, Chains: b.Chains, HeadConcurrency: b.HeadConcurrency, CongestionControl: b.CongestionControl,
 		Addr: net.JoinHostPort(opts.NodeIP, strconv.Itoa(opts.Config.BindPort))}
 	if opts.NodeIP == "" {
 		cc.Addr, cc.Listen = net.JoinHostPort(hostIP(), strconv.Itoa(opts.Config.BindPort)), ":"+strconv.Itoa(opts.Config.BindPort)

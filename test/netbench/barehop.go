@@ -83,7 +83,13 @@ func bareHop(ctx context.Context, dir string, size int64, from, to Host) (*BareH
 
 	var ln net.Listener
 	if err := inNetns(from.NS, func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort(from.IP, "0"))
+		// The data plane's listener, with its congestion control: the floor sends as a hop does.
+		var warn error
+		ln, warn, err = broadcast.Listen(ctx, net.JoinHostPort(from.IP, "0"), broadcast.DefaultCongestionControl)
+		if err == nil && warn != nil {
+			ln.Close()
+			return warn
+		}
 		return err
 	}); err != nil {
 		return nil, err
@@ -234,26 +240,42 @@ func writeRandom(path string, size int64) (*os.File, error) {
 }
 
 // inNetns runs f on a thread of its own in network namespace ns ("": this process's), so the
-// sockets f makes belong to ns; they work from any thread afterwards. The thread is never
-// handed back: it ends with f's goroutine, its namespace with it.
+// sockets f makes belong to ns; they work from any thread afterwards. The thread goes back to
+// this process's namespace before it is handed back to the runtime. It must not end with f's
+// goroutine: the kernel sends a child's Pdeathsig when the thread that started it ends, and
+// the runtime reuses threads, so ending one killed whatever service (redis-server, the OSS
+// emulator) it had once started. Only if going back fails is the thread left to end.
 func inNetns(ns string, f func() error) error {
 	if ns == "" {
 		return f()
 	}
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // not unlocked: the runtime ends the thread with this goroutine
+		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open this thread's network namespace: %w", err)
+			return
+		}
+		defer unix.Close(home)
 		fd, err := unix.Open(filepath.Join("/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("open network namespace %s: %w", ns, err)
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter network namespace %s: %w", ns, err)
 			return
 		}
-		errc <- f()
+		err = f()
+		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		} // else: still locked, the runtime ends the thread with this goroutine
+		errc <- err
 	}()
 	return <-errc
 }
