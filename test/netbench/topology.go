@@ -102,7 +102,8 @@ func (t *Topology) host(name, ip, up, down string) (Host, error) {
 		{"ip", "netns", "exec", h.NS, "ip", "addr", "add", ip + netmask, "dev", inner},
 		{"ip", "netns", "exec", h.NS, "ip", "link", "set", inner, "up"},
 	}
-	// tbf: the bucket holds a few full-size (GSO) packets; the queue a few ms at the rate.
+	// tbf: the bucket holds a few full-size (GSO) packets; the queue up to 50 ms at the rate
+	// (6 MB at 1 Gbit/s), a deep switch buffer: a sender that fills queues pays for it here.
 	if up != "" {
 		steps = append(steps, []string{"ip", "netns", "exec", h.NS, "tc", "qdisc", "add", "dev", inner, "root", "tbf", "rate", up, "burst", "256kb", "latency", "50ms"})
 	}
