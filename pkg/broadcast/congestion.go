@@ -26,7 +26,8 @@ import (
 
 // DefaultCongestionControl is the TCP congestion control of a hop's sending side unless
 // configured; SystemCongestionControl leaves the kernel's default. (pkg/config checks a
-// configured name and holds the same two.)
+// configured name and holds the same two; pkg/driver's TestCongestionControlNamesAgree keeps
+// them equal.)
 const (
 	DefaultCongestionControl = "cubic"
 	SystemCongestionControl  = "system"

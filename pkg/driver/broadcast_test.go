@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/modelcast/modelcast/pkg/broadcast"
+	"github.com/modelcast/modelcast/pkg/config"
 	"github.com/modelcast/modelcast/pkg/driver"
 	"github.com/modelcast/modelcast/test/freeport"
 	"github.com/modelcast/modelcast/test/redistest"
@@ -90,4 +92,15 @@ func TestBroadcastPublish(t *testing.T) {
 		driver.ReasonStaging: regexp.MustCompile(`^Staging model oss://models/qwen/ \(16\.\d MB, \d+ files\) from node node-127\.0\.0\.31 \(position 2 of 2\)$`),
 		driver.ReasonReady:   regexp.MustCompile(`^Ready: 16\.\d MB in \d+\.\d s \(peer 16\.\d MB, OSS 0 B\)$`),
 	})
+}
+
+// TestCongestionControlNamesAgree: pkg/config and pkg/broadcast each name the default and the
+// "kernel's default" congestion control (neither imports the other); the driver hands the
+// configured name through as it is, so the two must not drift apart.
+func TestCongestionControlNamesAgree(t *testing.T) {
+	if config.DefaultCongestionControl != broadcast.DefaultCongestionControl ||
+		config.SystemCongestionControl != broadcast.SystemCongestionControl {
+		t.Errorf("config names %q and %q, broadcast %q and %q", config.DefaultCongestionControl, config.SystemCongestionControl,
+			broadcast.DefaultCongestionControl, broadcast.SystemCongestionControl)
+	}
 }
