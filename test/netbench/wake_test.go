@@ -23,6 +23,7 @@ func BenchmarkThreadWake(b *testing.B) {
 			pong <- struct{}{}
 		}
 	}()
+	defer func() { close(ping); <-done }() // the partner ends on every path, b.Fatal's too
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var before, after syscall.Rusage
@@ -36,8 +37,6 @@ func BenchmarkThreadWake(b *testing.B) {
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &after); err != nil {
 		b.Fatal(err)
 	}
-	close(ping)
-	<-done
 	cpu := after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano()
 	b.ReportMetric(float64(cpu)/1e3/float64(b.N), "cpu-µs/op")
 	b.ReportMetric(float64(after.Nvcsw-before.Nvcsw)/float64(b.N), "ctxsw/op")
