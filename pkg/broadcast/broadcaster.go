@@ -216,7 +216,7 @@ func New(cfg Config, rdb redis.UniversalClient) (*Broadcaster, error) {
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
-		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := n.http.Serve(rawListener{ln}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			klog.ErrorS(err, "Peer data plane stopped")
 		}
 	}()

@@ -5,8 +5,6 @@ import (
 	"net"
 	"sync/atomic"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // A hop's receiver reads a chunk's bytes straight into the cache. On a link slower than the
@@ -29,7 +27,8 @@ import (
 // maxLowat bounds the mark: the kernel caps it at half the receive buffer's limit anyway.
 const maxLowat = 1 << 20
 
-// lowatConn is a TCP connection whose reads wait for the bytes its reader says are coming.
+// lowatConn is a TCP connection whose reads wait for the bytes its reader says are coming
+// (read, and the mark set, with raw system calls: see rawio.go).
 // One goroutine reads it at a time (net/http's connection reader or a body's reader).
 type lowatConn struct {
 	*net.TCPConn
@@ -46,13 +45,13 @@ func (c *lowatConn) Read(p []byte) (int, error) {
 	if lw != c.set {
 		var serr error
 		if err := c.raw.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, lw)
+			serr = setLowatRaw(fd, lw)
 		}); err == nil && serr == nil {
 			c.set = lw
 		}
 		// On an error the read still works, with more wake-ups: nothing to report.
 	}
-	return c.TCPConn.Read(p)
+	return rawRead(c, c.raw, p)
 }
 
 // expect says that n more bytes are sure to come (0: nothing is).
@@ -69,14 +68,9 @@ func dialLowat(d *net.Dialer) func(ctx context.Context, network, addr string) (n
 		if err != nil {
 			return nil, err
 		}
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
-			return c, nil
+		if tc, raw, ok := tcpRaw(c); ok {
+			return &lowatConn{TCPConn: tc, raw: raw, set: 1}, nil // 1: the kernel's default
 		}
-		raw, err := tc.SyscallConn()
-		if err != nil {
-			return c, nil
-		}
-		return &lowatConn{TCPConn: tc, raw: raw, set: 1}, nil // 1: the kernel's default
+		return c, nil
 	}
 }

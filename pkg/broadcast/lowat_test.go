@@ -17,36 +17,12 @@ import (
 // lowatPair dials a loopback listener through dialLowat and returns both ends.
 func lowatPair(t *testing.T) (*lowatConn, net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	c, err := dialLowat(&net.Dialer{Timeout: 5 * time.Second})(t.Context(), "tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, srv := tcpPair(t, net.Listener.Accept, func(addr string) (net.Conn, error) {
+		return dialLowat(&net.Dialer{Timeout: 5 * time.Second})(t.Context(), "tcp", addr)
+	})
 	lc, ok := c.(*lowatConn)
 	if !ok {
 		t.Fatalf("dialLowat returned a %T", c)
-	}
-	srv, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { lc.Close(); srv.Close() })
-	// A read that waits longer than this is a hang: fail rather than block the suite.
-	if err := lc.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
-		t.Fatal(err)
 	}
 	return lc, srv
 }

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -169,7 +168,7 @@ func (n *Broadcaster) receiveChunk(ctx context.Context, l *replica, r io.Reader,
 	}
 	defer l.endWrite()
 	if mapped != nil {
-		_ = unix.Madvise(mapped, unix.MADV_POPULATE_WRITE) // fault the pages in at once (best effort)
+		populate(mapped) // fault the pages in at once
 	}
 	defer conn.expect(0)
 	for left := f.size; left > 0; {

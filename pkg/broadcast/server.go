@@ -231,56 +231,38 @@ func immediate(ctx context.Context) context.Context {
 	return c
 }
 
-// sendChunk copies n bytes at off of src to w (sendfile through net/http's ReaderFrom).
-func (s *server) sendChunk(w io.Writer, src *fileAt, chunk int, off, n int64) error {
+// sendChunk sends n bytes at off of src to w: sendfile through net/http's ReaderFrom and the
+// data plane's rawWriteConn, from the offset, so the file's own offset never moves.
+func (s *server) sendChunk(w io.Writer, src *os.File, chunk int, off, n int64) error {
 	if c := s.corrupt.Load(); c > 0 && int64(chunk) == c-1 && s.corrupt.CompareAndSwap(c, 0) {
 		return s.sendCorrupted(w, src, chunk, off, n)
 	}
-	if err := src.seek(off); err != nil {
-		return err
-	}
-	k, err := io.CopyN(w, src.f, n)
-	src.pos += k
+	k, err := io.Copy(w, io.NewSectionReader(src, off, n))
 	s.served.Add(k)
+	if err == nil && k < n {
+		err = fmt.Errorf("chunk %d: %w after %d of its %d bytes", chunk, io.ErrUnexpectedEOF, k, n)
+	}
 	return err
 }
 
 // sendCorrupted is the test hook: the chunk's bytes with one of them flipped.
-func (s *server) sendCorrupted(w io.Writer, src *fileAt, chunk int, off, n int64) error {
+func (s *server) sendCorrupted(w io.Writer, src *os.File, chunk int, off, n int64) error {
 	b := make([]byte, n)
-	if _, err := src.f.ReadAt(b, off); err != nil {
+	if _, err := src.ReadAt(b, off); err != nil {
 		return err
 	}
 	b[n/2] ^= 0x5a
 	klog.InfoS("Test hook: sending a corrupted chunk", "chunk", chunk)
-	src.pos = -1
 	k, err := w.Write(b)
 	s.served.Add(int64(k))
 	return err
 }
 
-// fileAt is an object's file opened for one stream, with its offset.
-type fileAt struct {
-	f   *os.File
-	pos int64
-}
-
-func (f *fileAt) seek(off int64) error {
-	if f.pos == off {
-		return nil
-	}
-	if _, err := f.f.Seek(off, io.SeekStart); err != nil {
-		return err
-	}
-	f.pos = off
-	return nil
-}
-
 // fileCache keeps one stream's open objects: chunks come in the order they were verified,
 // from any object.
-type fileCache map[int]*fileAt
+type fileCache map[int]*os.File
 
-func (c *fileCache) get(l *replica, o int) (*fileAt, error) {
+func (c *fileCache) get(l *replica, o int) (*os.File, error) {
 	if f := (*c)[o]; f != nil {
 		return f, nil
 	}
@@ -291,13 +273,13 @@ func (c *fileCache) get(l *replica, o int) (*fileAt, error) {
 	if *c == nil {
 		*c = fileCache{}
 	}
-	(*c)[o] = &fileAt{f: f}
-	return (*c)[o], nil
+	(*c)[o] = f
+	return f, nil
 }
 
 func (c *fileCache) close() {
 	for o, f := range *c {
-		_ = f.f.Close()
+		_ = f.Close()
 		delete(*c, o)
 	}
 }
