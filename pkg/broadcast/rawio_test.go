@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // tcpPair listens on loopback, accepts with accept and dials with dial; it returns both ends,
@@ -72,12 +74,20 @@ func randomBytes(n int) []byte {
 	return b
 }
 
-// readAllAsync reads c to its end (after a pause, so the sender fills the socket first and
-// waits for room) and delivers what it read.
-func readAllAsync(c net.Conn, pause time.Duration) <-chan []byte {
+// readAllAsync reads c to its end once w's socket holds at least queued bytes not yet read
+// (or 10 s passed: the test then checks the bytes all the same), so a sender of more than
+// that meets a full socket, and delivers what it read.
+func readAllAsync(c net.Conn, w *rawWriteConn, queued int) <-chan []byte {
 	got := make(chan []byte, 1)
 	go func() {
-		time.Sleep(pause)
+		for deadline := time.Now().Add(10 * time.Second); queued > 0 && time.Now().Before(deadline); {
+			var n int
+			_ = w.raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+			if n >= queued {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
 		b, _ := io.ReadAll(c)
 		got <- b
 	}()
@@ -87,7 +97,7 @@ func readAllAsync(c net.Conn, pause time.Duration) <-chan []byte {
 func TestRawWriteSendsEverythingWhenTheSocketFills(t *testing.T) {
 	w, r := rawPair(t)
 	want := randomBytes(16 << 20) // far more than a socket buffer: the writes meet EAGAIN
-	got := readAllAsync(r, 100*time.Millisecond)
+	got := readAllAsync(r, w, 1<<20)
 	n, err := w.Write(want)
 	if err != nil || n != len(want) {
 		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(want))
@@ -138,7 +148,11 @@ func TestRawSendfileFromASection(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w, r := rawPair(t)
-			got := readAllAsync(r, 50*time.Millisecond)
+			queued := 0
+			if tc.wantBytes >= 8<<20 { // more than the two sockets hold: let the sender meet a full one
+				queued = 256 << 10
+			}
+			got := readAllAsync(r, w, queued)
 			sec := io.NewSectionReader(f, tc.off, tc.n)
 			var src io.Reader = sec
 			var lr *io.LimitedReader
@@ -175,7 +189,7 @@ func TestRawSendfileFromAFileOffset(t *testing.T) {
 		t.Fatal(err)
 	}
 	w, r := rawPair(t)
-	got := readAllAsync(r, 50*time.Millisecond)
+	got := readAllAsync(r, w, 0)
 	lr := &io.LimitedReader{R: f, N: 2 << 20}
 	if n, err := w.ReadFrom(lr); err != nil || n != 2<<20 {
 		t.Fatalf("ReadFrom = %d, %v; want %d, nil", n, err, 2<<20)
@@ -199,7 +213,7 @@ func TestRawSendfileFromAFileOffset(t *testing.T) {
 func TestRawReadFromAnyOtherReaderCopies(t *testing.T) {
 	w, r := rawPair(t)
 	data := randomBytes(3<<20 + 7)
-	got := readAllAsync(r, 0)
+	got := readAllAsync(r, w, 0)
 	if n, err := w.ReadFrom(strings.NewReader(string(data))); err != nil || n != int64(len(data)) {
 		t.Fatalf("ReadFrom = %d, %v; want %d, nil", n, err, len(data))
 	}
