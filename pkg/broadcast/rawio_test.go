@@ -86,7 +86,7 @@ func readAllAsync(c net.Conn, w *rawWriteConn, queued int) <-chan []byte {
 			if n >= queued {
 				break
 			}
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // polling with a deadline
 		}
 		b, _ := io.ReadAll(c)
 		got <- b
