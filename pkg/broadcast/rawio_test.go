@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // tcpPair listens on loopback, accepts with accept and dials with dial; it returns both ends,
@@ -64,6 +62,14 @@ func rawPair(t *testing.T) (*rawWriteConn, *net.TCPConn) {
 	if !ok {
 		t.Fatalf("rawListener accepted a %T", a)
 	}
+	// Small socket buffers: a send of megabytes meets a full socket many times over, however
+	// fast the other end reads.
+	if err := rc.SetWriteBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
 	return rc, c.(*net.TCPConn)
 }
 
@@ -74,20 +80,10 @@ func randomBytes(n int) []byte {
 	return b
 }
 
-// readAllAsync reads c to its end once w's socket holds at least queued bytes not yet read
-// (or 10 s passed: the test then checks the bytes all the same), so a sender of more than
-// that meets a full socket, and delivers what it read.
-func readAllAsync(c net.Conn, w *rawWriteConn, queued int) <-chan []byte {
+// readAllAsync reads c to its end and delivers what it read.
+func readAllAsync(c net.Conn) <-chan []byte {
 	got := make(chan []byte, 1)
 	go func() {
-		for deadline := time.Now().Add(10 * time.Second); queued > 0 && time.Now().Before(deadline); {
-			var n int
-			_ = w.raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
-			if n >= queued {
-				break
-			}
-			time.Sleep(time.Millisecond) // polling with a deadline
-		}
 		b, _ := io.ReadAll(c)
 		got <- b
 	}()
@@ -97,7 +93,7 @@ func readAllAsync(c net.Conn, w *rawWriteConn, queued int) <-chan []byte {
 func TestRawWriteSendsEverythingWhenTheSocketFills(t *testing.T) {
 	w, r := rawPair(t)
 	want := randomBytes(16 << 20) // far more than a socket buffer: the writes meet EAGAIN
-	got := readAllAsync(r, w, 1<<20)
+	got := readAllAsync(r)
 	n, err := w.Write(want)
 	if err != nil || n != len(want) {
 		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(want))
@@ -148,11 +144,7 @@ func TestRawSendfileFromASection(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w, r := rawPair(t)
-			queued := 0
-			if tc.wantBytes >= 8<<20 { // more than the two sockets hold: let the sender meet a full one
-				queued = 256 << 10
-			}
-			got := readAllAsync(r, w, queued)
+			got := readAllAsync(r)
 			sec := io.NewSectionReader(f, tc.off, tc.n)
 			var src io.Reader = sec
 			var lr *io.LimitedReader
@@ -189,7 +181,7 @@ func TestRawSendfileFromAFileOffset(t *testing.T) {
 		t.Fatal(err)
 	}
 	w, r := rawPair(t)
-	got := readAllAsync(r, w, 0)
+	got := readAllAsync(r)
 	lr := &io.LimitedReader{R: f, N: 2 << 20}
 	if n, err := w.ReadFrom(lr); err != nil || n != 2<<20 {
 		t.Fatalf("ReadFrom = %d, %v; want %d, nil", n, err, 2<<20)
@@ -213,7 +205,7 @@ func TestRawSendfileFromAFileOffset(t *testing.T) {
 func TestRawReadFromAnyOtherReaderCopies(t *testing.T) {
 	w, r := rawPair(t)
 	data := randomBytes(3<<20 + 7)
-	got := readAllAsync(r, w, 0)
+	got := readAllAsync(r)
 	if n, err := w.ReadFrom(strings.NewReader(string(data))); err != nil || n != int64(len(data)) {
 		t.Fatalf("ReadFrom = %d, %v; want %d, nil", n, err, len(data))
 	}
