@@ -212,7 +212,7 @@ func New(cfg Config, rdb redis.UniversalClient) (*Broadcaster, error) {
 		_, real, _ := net.SplitHostPort(ln.Addr().String())
 		n.cfg.Addr = net.JoinHostPort(host, real)
 	}
-	n.http = &http.Server{Handler: n.srv, ReadHeaderTimeout: 10 * time.Second}
+	n.http = &http.Server{Handler: n.srv, ReadHeaderTimeout: 10 * time.Second, ConnContext: withConn}
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()

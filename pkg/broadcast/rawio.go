@@ -76,8 +76,8 @@ func populate(b []byte) {
 	}
 }
 
-// rawListener accepts connections whose writes (and sendfile, for net/http's ReaderFrom) are
-// raw system calls.
+// rawListener accepts connections whose writes are raw system calls (a stream's chunks are
+// sent on them by outStream).
 type rawListener struct{ net.Listener }
 
 func (l rawListener) Accept() (net.Conn, error) {
@@ -101,8 +101,8 @@ func tcpRaw(c net.Conn) (*net.TCPConn, syscall.RawConn, bool) {
 	return tc, raw, err == nil
 }
 
-// rawWriteConn is an accepted connection of the data plane (net/http writes a stream's frames
-// and, through ReadFrom, sends its chunks from the cache's files).
+// rawWriteConn is an accepted connection of the data plane: net/http writes a response's head
+// through Write, and a stream's outStream sends its frames on the descriptor.
 type rawWriteConn struct {
 	*net.TCPConn
 	raw syscall.RawConn
@@ -129,22 +129,9 @@ func (c *rawWriteConn) Write(p []byte) (int, error) {
 func (c *rawWriteConn) push(op string, more func() bool, call func(fd uintptr) (uintptr, syscall.Errno)) error {
 	var errno syscall.Errno
 	err := c.raw.Write(func(fd uintptr) bool {
-		for more() {
-			r, e := call(fd)
-			switch e {
-			case 0:
-				if r == 0 {
-					return true
-				}
-			case unix.EINTR:
-			case unix.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
+		var full bool
+		full, errno = moveRaw(fd, more, call)
+		return !full
 	})
 	switch {
 	case err != nil:
@@ -155,78 +142,22 @@ func (c *rawWriteConn) push(op string, more func() bool, call func(fd uintptr) (
 	return nil
 }
 
-// ReadFrom sends a file's bytes with sendfile: an *io.SectionReader of an *os.File from its
-// offset (the file's own offset is neither used nor moved, so no lseek per chunk), or an
-// *os.File from its offset, either under an *io.LimitedReader's limit. Any other reader is
-// copied through Write.
-func (c *rawWriteConn) ReadFrom(r io.Reader) (int64, error) {
-	limit := int64(-1)
-	lr, limited := r.(*io.LimitedReader)
-	if limited {
-		limit, r = lr.N, lr.R
-	}
-	var f *os.File
-	var off *int64 // nil: the file's offset
-	var remain int64
-	switch src := r.(type) {
-	case *io.SectionReader:
-		outer, base, size := src.Outer()
-		file, ok := outer.(*os.File)
-		if !ok {
-			break
-		}
-		pos, _ := src.Seek(0, io.SeekCurrent)
-		f, off, remain = file, new(base+pos), max(size-pos, 0)
-	case *os.File:
-		st, err := src.Stat()
-		if err != nil {
-			return 0, err
-		}
-		pos, err := src.Seek(0, io.SeekCurrent)
-		if err != nil {
-			return 0, err
-		}
-		f, remain = src, max(st.Size()-pos, 0)
-	}
-	if f == nil {
-		if limited {
-			r = lr
-		}
-		return io.Copy(writerOnly{c}, r)
-	}
-	if limit >= 0 {
-		remain = min(remain, limit)
-	}
-	sent, err := c.sendfile(f, off, remain)
-	if limited {
-		lr.N -= sent
-	}
-	if sr, ok := r.(*io.SectionReader); ok {
-		_, _ = sr.Seek(sent, io.SeekCurrent)
-	}
-	return sent, err
-}
-
-// sendfile sends n bytes of f from *off (advancing it), or from f's offset if off is nil.
-func (c *rawWriteConn) sendfile(f *os.File, off *int64, n int64) (int64, error) {
-	sc, err := f.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var sent int64
-	if cerr := sc.Control(func(src uintptr) {
-		err = c.push("sendfile", func() bool { return sent < n }, func(fd uintptr) (uintptr, syscall.Errno) {
-			r, _, e := unix.RawSyscall6(unix.SYS_SENDFILE, fd, src, uintptr(unsafe.Pointer(off)), uintptr(min(n-sent, 1<<30)), 0, 0)
-			if e == 0 {
-				sent += int64(r)
+// moveRaw repeats call on fd while more says there is more to move, until the socket is full
+// (full), call fails (errno) or moves nothing (the source ended). It never waits.
+func moveRaw(fd uintptr, more func() bool, call func(fd uintptr) (uintptr, syscall.Errno)) (full bool, errno syscall.Errno) {
+	for more() {
+		r, e := call(fd)
+		switch e {
+		case 0:
+			if r == 0 {
+				return false, 0
 			}
-			return r, e
-		})
-	}); cerr != nil {
-		err = cerr
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return true, 0
+		default:
+			return false, e
+		}
 	}
-	return sent, err
+	return false, 0
 }
-
-// writerOnly hides a writer's ReadFrom, so io.Copy does not call it back.
-type writerOnly struct{ io.Writer }

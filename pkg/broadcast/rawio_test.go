@@ -7,8 +7,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -104,126 +102,13 @@ func TestRawWriteSendsEverythingWhenTheSocketFills(t *testing.T) {
 	}
 }
 
-// tempFile is a file of the given bytes, open for reading.
-func tempFile(t *testing.T, b []byte) *os.File {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(p, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
-}
-
-func offsetOf(t *testing.T, f *os.File) int64 {
-	t.Helper()
-	pos, err := f.Seek(0, io.SeekCurrent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pos
-}
-
-func TestRawSendfileFromASection(t *testing.T) {
-	data := randomBytes(12 << 20)
-	f := tempFile(t, data)
-	for _, tc := range []struct {
-		name      string
-		off, n    int64
-		limit     int64 // an io.LimitedReader around the section (-1: none)
-		wantBytes int64
-	}{
-		{"whole file", 0, int64(len(data)), -1, int64(len(data))},
-		{"middle", 3<<20 + 5, 5 << 20, -1, 5 << 20},
-		{"under a limit", 1 << 20, 4 << 20, 1<<20 + 3, 1<<20 + 3},
-		{"past the file's end", int64(len(data)) - 100, 1 << 20, -1, 100},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			w, r := rawPair(t)
-			got := readAllAsync(r)
-			sec := io.NewSectionReader(f, tc.off, tc.n)
-			var src io.Reader = sec
-			var lr *io.LimitedReader
-			if tc.limit >= 0 {
-				lr = &io.LimitedReader{R: sec, N: tc.limit}
-				src = lr
-			}
-			n, err := w.ReadFrom(src)
-			if err != nil || n != tc.wantBytes {
-				t.Fatalf("ReadFrom = %d, %v; want %d, nil", n, err, tc.wantBytes)
-			}
-			w.Close()
-			if b := <-got; !bytes.Equal(b, data[tc.off:tc.off+tc.wantBytes]) {
-				t.Fatalf("received %d bytes, not bytes %d to %d of the file", len(b), tc.off, tc.off+tc.wantBytes)
-			}
-			// The section and the limit advanced by what was sent; the file's offset did not move.
-			if pos, _ := sec.Seek(0, io.SeekCurrent); pos != tc.wantBytes {
-				t.Errorf("the section is at %d, want %d", pos, tc.wantBytes)
-			}
-			if lr != nil && lr.N != tc.limit-tc.wantBytes {
-				t.Errorf("the limit has %d left, want %d", lr.N, tc.limit-tc.wantBytes)
-			}
-			if pos := offsetOf(t, f); pos != 0 {
-				t.Errorf("the file's offset moved to %d", pos)
-			}
-		})
-	}
-}
-
-func TestRawSendfileFromAFileOffset(t *testing.T) {
-	data := randomBytes(6 << 20)
-	f := tempFile(t, data)
-	if _, err := f.Seek(1<<20, io.SeekStart); err != nil {
-		t.Fatal(err)
-	}
-	w, r := rawPair(t)
-	got := readAllAsync(r)
-	lr := &io.LimitedReader{R: f, N: 2 << 20}
-	if n, err := w.ReadFrom(lr); err != nil || n != 2<<20 {
-		t.Fatalf("ReadFrom = %d, %v; want %d, nil", n, err, 2<<20)
-	}
-	// Without a limit: the rest of the file from where it now is.
-	if n, err := w.ReadFrom(f); err != nil || n != 3<<20 {
-		t.Fatalf("ReadFrom = %d, %v; want %d, nil", n, err, 3<<20)
-	}
-	w.Close()
-	if b := <-got; !bytes.Equal(b, data[1<<20:]) {
-		t.Fatalf("received %d bytes, not the file's last %d", len(b), len(data)-1<<20)
-	}
-	if lr.N != 0 {
-		t.Errorf("the limit has %d left", lr.N)
-	}
-	if pos := offsetOf(t, f); pos != int64(len(data)) {
-		t.Errorf("the file's offset is %d, want its end %d", pos, len(data))
-	}
-}
-
-func TestRawReadFromAnyOtherReaderCopies(t *testing.T) {
-	w, r := rawPair(t)
-	data := randomBytes(3<<20 + 7)
-	got := readAllAsync(r)
-	if n, err := w.ReadFrom(strings.NewReader(string(data))); err != nil || n != int64(len(data)) {
-		t.Fatalf("ReadFrom = %d, %v; want %d, nil", n, err, len(data))
-	}
-	w.Close()
-	if b := <-got; !bytes.Equal(b, data) {
-		t.Fatal("the bytes differ")
-	}
-}
-
 // A peer that goes away ends a write or a send with an error, not a wait.
 func TestRawWriteToAClosedPeerFails(t *testing.T) {
-	f := tempFile(t, randomBytes(8<<20))
 	for _, send := range []struct {
 		name string
 		do   func(w *rawWriteConn) error
 	}{
 		{"write", func(w *rawWriteConn) error { _, err := w.Write(randomBytes(8 << 20)); return err }},
-		{"sendfile", func(w *rawWriteConn) error { _, err := w.ReadFrom(io.NewSectionReader(f, 0, 8<<20)); return err }},
 	} {
 		t.Run(send.name, func(t *testing.T) {
 			w, r := rawPair(t)

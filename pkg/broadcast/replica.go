@@ -1,7 +1,6 @@
 package broadcast
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -52,7 +51,8 @@ type replica struct {
 	complete    bool
 	closed      bool
 	from        origin         // where bytes come from now
-	changed     chan struct{}  // closed (and replaced) when a chunk is verified or the model closes
+	released    chan struct{}  // closed when the model is released: streams end
+	streams     []*outStream   // streams to successors, sent on as chunks are verified (copied on change)
 	samples     []rateSample   // verified bytes over the last rateHistory, oldest first
 	steppedBack bool           // moved to its chain's tail for being slow (once per staging)
 	writers     int            // receivers writing into the files now (see beginWrite)
@@ -79,7 +79,7 @@ func openReplica(tenant, key string, layout *ossclient.Layout, dir string, clk c
 		clock: clk, tenant: tenant, key: key, layout: layout, dir: dir, sums: map[int]uint64{}, partials: map[int]partial{},
 		info:  coord.ModelInfo{URI: m.URI().String(), Size: m.Size(), Files: len(m.Objects)},
 		files: make([]*os.File, len(m.Objects)), crcs: make([]uint64, layout.Len()), have: make([]bool, layout.Len()),
-		order: make([]int, 0, layout.Len()), objVerified: make([]bool, len(m.Objects)), changed: make(chan struct{}),
+		order: make([]int, 0, layout.Len()), objVerified: make([]bool, len(m.Objects)), released: make(chan struct{}),
 		moved: make(chan struct{}),
 	}
 	for i, o := range m.Objects {
@@ -130,27 +130,31 @@ func (l *replica) closeFilesLocked() {
 	}
 }
 
-// notifyLocked wakes everyone waiting for the model to change.
-func (l *replica) notifyLocked() {
-	close(l.changed)
-	l.changed = make(chan struct{})
-}
-
 // chunkDone records chunk i as verified with its CRC and makes it servable. When that
 // completes an object, the object's CRC-64 is checked against OSS's: a failure is returned
-// (and the chunk is kept out).
+// (and the chunk is kept out). The caller then sends the chunk on to the successors' streams
+// itself, as far as their sockets take it without waiting (see outStream).
 func (l *replica) chunkDone(i int, crc uint64) error {
+	streams, err := l.verified(i, crc)
+	for _, st := range streams {
+		st.kick()
+	}
+	return err
+}
+
+// verified records chunk i (chunkDone) and returns the streams to send it on.
+func (l *replica) verified(i int, crc uint64) ([]*outStream, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.have[i] {
-		return nil
+		return nil, nil
 	}
 	l.crcs[i], l.have[i] = crc, true
 	o := l.layout.Chunk(i).Object
 	if first, end := l.layout.ObjectChunks(o); !l.objVerified[o] && l.allLocked(first, end) {
 		if err := l.layout.VerifyObject(o, func(j int) uint64 { return l.crcs[j] }); err != nil {
 			l.have[i] = false
-			return err
+			return nil, err
 		}
 		l.objVerified[o] = true
 	}
@@ -158,8 +162,45 @@ func (l *replica) chunkDone(i int, crc uint64) error {
 	l.order = append(l.order, i)
 	l.bytes += l.layout.Chunk(i).Size
 	l.complete = len(l.order) == len(l.have)
-	l.notifyLocked()
-	return nil
+	return l.streams, nil
+}
+
+// orderAt returns the k-th chunk this node verified and its CRC, if there is one yet.
+func (l *replica) orderAt(k int) (i int, crc uint64, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if k >= len(l.order) {
+		return 0, 0, false
+	}
+	i = l.order[k]
+	return i, l.crcs[i], true
+}
+
+// signals returns what ends a stream starting now early: moved, when the node moves in its
+// chain (nil once it has moved already: its successors know), and released.
+func (l *replica) signals() (moved, released <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.steppedBack {
+		moved = l.moved
+	}
+	return moved, l.released
+}
+
+// addStream registers st to be sent each chunk as it is verified.
+func (l *replica) addStream(st *outStream) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.streams = append(slices.Clip(l.streams), st)
+}
+
+// removeStream stops sending chunks to st.
+func (l *replica) removeStream(st *outStream) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if k := slices.Index(l.streams, st); k >= 0 {
+		l.streams = slices.Delete(slices.Clone(l.streams), k, k+1)
+	}
 }
 
 func (l *replica) allLocked(first, end int) bool {
@@ -495,50 +536,6 @@ func (o origin) String() string {
 	return fmt.Sprintf("%s (position %d of %d)", from, o.position, o.of)
 }
 
-// next waits until the model has more than k verified chunks and returns the k-th verified
-// (0-based, in the order they were verified). It returns errReleased when the model is
-// released, and errMoved when moved closes.
-func (l *replica) next(ctx context.Context, k int, moved <-chan struct{}) (int, error) {
-	for {
-		l.mu.Lock()
-		n, closed, ch := len(l.order), l.closed, l.changed
-		if k < n {
-			c := l.order[k]
-			l.mu.Unlock()
-			return c, nil
-		}
-		l.mu.Unlock()
-		if closed {
-			return 0, errReleased
-		}
-		select {
-		case <-ch:
-		case <-moved:
-			return 0, errMoved
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
-}
-
-// movedSignal is what a stream starting now waits on to learn that this node moved in its
-// chain: nil (never) once it has moved already.
-func (l *replica) movedSignal() <-chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.steppedBack {
-		return nil
-	}
-	return l.moved
-}
-
-// crc returns chunk i's CRC (valid once it is verified).
-func (l *replica) crc(i int) uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.crcs[i]
-}
-
 // reader opens object o anew, so a stream reads with an offset of its own (and sendfile): the
 // handle is reopened through /proc, which keeps working after the cache renames or removes
 // the file. It holds the lock close takes, so the descriptor it reopens is the object's.
@@ -588,7 +585,7 @@ func (l *replica) close() {
 	defer l.mu.Unlock()
 	if !l.closed {
 		l.closed = true
-		l.notifyLocked()
+		close(l.released)
 	}
 	if l.writers == 0 {
 		l.closeFilesLocked()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -159,9 +160,24 @@ func (s *server) authorized(ctx context.Context, tenant, header string) bool {
 	return matches()
 }
 
-// stream writes a frame for every chunk the receiver lacks, in the order this node verified
-// them, then the end frame.
+// connKey is the context key under which the data plane's server keeps a request's connection.
+type connKey struct{}
+
+// withConn is the data plane's http.Server.ConnContext: streams send on the connection itself.
+func withConn(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+// stream answers with a frame for every chunk the receiver lacks, in the order this node
+// verified them, then the end frame. net/http writes the response's head; the body goes on
+// the connection itself, sent by whoever verifies each chunk (outStream), so net/http closes
+// the connection after it, as for any response shorter than its Content-Length.
 func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *replica, wt want) error {
+	conn, ok := ctx.Value(connKey{}).(*rawWriteConn)
+	if !ok {
+		http.Error(w, "streams are served only on the data plane's TCP connections", http.StatusInternalServerError)
+		return errors.New("not on a data plane connection")
+	}
 	n := l.layout.Len()
 	left := 0
 	length := int64(frameHeaderSize)
@@ -174,88 +190,37 @@ func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *replica, 
 	w.Header().Set("Content-Type", "application/x-modelcast-chunks")
 	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	hdr := make([]byte, 0, frameHeaderSize)
-	var files fileCache
-	defer files.close()
-	moved := l.movedSignal()
-	for k := 0; left > 0; k++ {
-		i, err := s.next(ctx, rc, l, k, moved)
-		if errors.Is(err, errMoved) {
-			f := frame{kind: frameMoved}
-			_, _ = w.Write(f.encode(hdr[:0]))
-			return err
-		}
-		if err != nil {
-			return err
-		}
-		if wt.have[i] {
-			continue
-		}
-		c := l.layout.Chunk(i)
-		offset := wt.offsets[i]
-		f := frame{kind: frameChunk, index: i, offset: offset, size: c.Size - offset, crc: l.crc(i)}
-		if _, err := w.Write(f.encode(hdr[:0])); err != nil {
-			return err
-		}
-		src, err := files.get(l, c.Object)
-		if err != nil {
-			return err
-		}
-		if err := s.sendChunk(w, src, i, c.Offset+offset, f.size); err != nil {
-			return err
-		}
-		left--
-	}
-	end := frame{kind: frameEnd, index: n}
-	_, err := w.Write(end.encode(hdr[:0]))
-	return err
-}
-
-// next returns the k-th chunk this node verified, flushing what is buffered first when it
-// must wait for it, so the receiver gets every chunk as soon as this node has it.
-func (s *server) next(ctx context.Context, rc *http.ResponseController, l *replica, k int, moved <-chan struct{}) (int, error) {
-	if i, err := l.next(immediate(ctx), k, moved); err == nil || errors.Is(err, errMoved) {
-		return i, err
-	}
-	if err := rc.Flush(); err != nil {
-		return 0, err
-	}
-	return l.next(ctx, k, moved)
-}
-
-// immediate is a context that is already done, for a non-blocking check.
-func immediate(ctx context.Context) context.Context {
-	c, cancel := context.WithCancel(ctx)
-	cancel()
-	return c
-}
-
-// sendChunk sends n bytes at off of src to w: sendfile through net/http's ReaderFrom and the
-// data plane's rawWriteConn, from the offset, so the file's own offset never moves.
-func (s *server) sendChunk(w io.Writer, src *os.File, chunk int, off, n int64) error {
-	if c := s.corrupt.Load(); c > 0 && int64(chunk) == c-1 && s.corrupt.CompareAndSwap(c, 0) {
-		return s.sendCorrupted(w, src, chunk, off, n)
-	}
-	k, err := io.Copy(w, io.NewSectionReader(src, off, n))
-	s.served.Add(k)
-	if err == nil && k < n {
-		err = fmt.Errorf("chunk %d: %w after %d of its %d bytes", chunk, io.ErrUnexpectedEOF, k, n)
-	}
-	return err
-}
-
-// sendCorrupted is the test hook: the chunk's bytes with one of them flipped.
-func (s *server) sendCorrupted(w io.Writer, src *os.File, chunk int, off, n int64) error {
-	b := make([]byte, n)
-	if _, err := src.ReadAt(b, off); err != nil {
+	if err := http.NewResponseController(w).Flush(); err != nil {
 		return err
 	}
-	b[n/2] ^= 0x5a
-	klog.InfoS("Test hook: sending a corrupted chunk", "chunk", chunk)
-	k, err := w.Write(b)
-	s.served.Add(int64(k))
-	return err
+	st := newOutStream(s, l, conn, wt, left)
+	defer st.stop()
+	l.addStream(st)
+	defer l.removeStream(st)
+	st.kick()
+	moved, released := st.moved, st.released
+	for {
+		select {
+		case <-st.wake:
+		case <-moved: // a stream waiting for chunks sends frameMoved (one that waits for room, once room comes)
+			moved = nil
+			st.kick()
+			continue
+		case <-released:
+			return errReleased
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		ended, result, full := st.state()
+		if ended {
+			return result
+		}
+		if full {
+			if err := st.waitRoom(); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 // fileCache keeps one stream's open objects: chunks come in the order they were verified,
