@@ -45,6 +45,9 @@ func rawStream(t *testing.T, n *Broadcaster, chunks int) (*bufio.Reader, *net.TC
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("stream answered %s", res.Status)
 	}
+	if !res.Close {
+		t.Error("the stream's response does not say Connection: close (net/http closes the connection after it)")
+	}
 	return r, tc
 }
 

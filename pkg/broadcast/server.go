@@ -189,6 +189,8 @@ func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *replica, 
 	}
 	w.Header().Set("Content-Type", "application/x-modelcast-chunks")
 	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
+	// The body bypasses net/http, which then closes the connection: the receiver must not keep it.
+	w.Header().Set("Connection", "close")
 	w.WriteHeader(http.StatusOK)
 	if err := http.NewResponseController(w).Flush(); err != nil {
 		return err
