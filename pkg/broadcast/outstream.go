@@ -50,7 +50,6 @@ type outStream struct {
 	off, n  int64         // its rest: n bytes at off
 	last    byte          // the kind of the frame in flight
 	full    bool          // the socket filled with bytes left to send
-	moving  bool          // the node moved: finish the frame in flight, then send frameMoved
 	stopped bool          // the stream's goroutine returned: send nothing more
 	ended   bool          // the end or moved frame went out
 	result  error         // what the stream ended with: nil (the end frame) or errMoved
@@ -73,8 +72,8 @@ func (st *outStream) kick() {
 	}
 }
 
-// drainLocked sends frames until the socket is full, nothing verified is left to send, or the
-// stream ends; the first and the last wake the stream's goroutine.
+// drainLocked sends frames until the socket is full, nothing verified is left to send, the
+// stream ends or fails. A full socket, the end and a failure wake the stream's goroutine.
 func (st *outStream) drainLocked() {
 	if st.stopped || st.ended || st.err != nil {
 		return
@@ -82,20 +81,19 @@ func (st *outStream) drainLocked() {
 	for {
 		if len(st.head) == 0 && len(st.mem) == 0 && st.n == 0 && !st.nextLocked() {
 			st.full = false
-			return
-		}
-		full, err := st.sendLocked()
-		switch {
-		case err != nil:
+			if st.err == nil {
+				return // caught up
+			}
+		} else if full, err := st.sendLocked(); err != nil {
 			st.err = err
-		case full:
+		} else if full {
 			st.full = true
-		case st.last == frameEnd || st.last == frameMoved:
+		} else if st.last == frameEnd || st.last == frameMoved {
 			st.ended = true
 			if st.last == frameMoved {
 				st.result = errMoved
 			}
-		default:
+		} else {
 			continue
 		}
 		select {
@@ -116,7 +114,7 @@ func (st *outStream) nextLocked() bool {
 	case closed(st.released):
 		st.err = errReleased
 		return false
-	case st.moving || closed(st.moved):
+	case closed(st.moved): // finish the frame in flight, then say so
 		return st.frameLocked(frame{kind: frameMoved})
 	}
 	for {

@@ -52,21 +52,27 @@ func rawStream(t *testing.T, n *Broadcaster, chunks int) (*bufio.Reader, *net.TC
 }
 
 // waitFull waits until l's stream has filled its socket and waits for room.
-func waitFull(t *testing.T, l *replica) *outStream {
+func waitFull(t *testing.T, l *replica) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitUntil(t, "the stream fills its socket", func() bool {
 		l.mu.Lock()
 		streams := l.streams
 		l.mu.Unlock()
-		if len(streams) == 1 {
-			st := streams[0]
-			if _, _, full := st.state(); full {
-				return st
-			}
+		if len(streams) != 1 {
+			return false
 		}
+		_, _, full := streams[0].state()
+		return full
+	})
+}
+
+// waitUntil polls cond until it holds, failing after 30 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal("the stream never filled its socket")
+			t.Fatalf("timed out waiting until %s", what)
 		}
 		time.Sleep(5 * time.Millisecond) // a poll, with the deadline above
 	}
@@ -238,11 +244,5 @@ func (w *orderWorld) readChunksN(t *testing.T, r io.Reader, k int) ([]int, error
 // waitStreams waits until n serves k streams.
 func waitStreams(t *testing.T, n *Broadcaster, k int64) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for n.srv.streams.Load() != k {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d streams, want %d", n.srv.streams.Load(), k)
-		}
-		time.Sleep(5 * time.Millisecond) // a poll, with the deadline above
-	}
+	waitUntil(t, fmt.Sprintf("a serves %d streams", k), func() bool { return n.srv.streams.Load() == k })
 }
