@@ -165,25 +165,35 @@ func TestConnRate(t *testing.T) {
 	}
 
 	// Two connections each get the whole cap: two downloads in parallel
-	// take about as long as one, not twice as long.
-	srv.ResetStats()
-	c := newClient(srv)
-	var wg sync.WaitGroup
-	start = time.Now()
-	for range 2 {
-		wg.Go(func() {
-			if d := timedGet(t, c, "bkt", "k", size); d < want*8/10 {
-				t.Errorf("parallel GET took %v, want at least %v", d, want*8/10)
-			}
-		})
+	// take about as long as one, not twice as long. A cap shared by the
+	// connections cannot let them finish in under 2 × want, whatever the
+	// load; the machine's load can only slow them (a token wait woken more
+	// than the 10 ms burst late loses the difference), so a slow attempt is
+	// measured again, a few times at most.
+	const attempts = 4
+	var took []time.Duration
+	for range attempts {
+		srv.ResetStats()
+		c := newClient(srv)
+		var wg sync.WaitGroup
+		start = time.Now()
+		for range 2 {
+			wg.Go(func() {
+				if d := timedGet(t, c, "bkt", "k", size); d < want*8/10 {
+					t.Errorf("parallel GET took %v, want at least %v", d, want*8/10)
+				}
+			})
+		}
+		wg.Wait()
+		took = append(took, time.Since(start))
+		if st := srv.Stats(); st.Connections != 2 || st.BytesServed != 2*size {
+			t.Fatalf("stats = %+v, want 2 connections and %d bytes", st, 2*size)
+		}
+		if took[len(took)-1] < want*16/10 {
+			return
+		}
 	}
-	wg.Wait()
-	if d := time.Since(start); d >= want*16/10 {
-		t.Errorf("2 × %d bytes on 2 connections at %d bytes/s each took %v, want less than %v", size, bps, d, want*16/10)
-	}
-	if st := srv.Stats(); st.Connections != 2 || st.BytesServed != 2*size {
-		t.Errorf("stats = %+v, want 2 connections and %d bytes", st, 2*size)
-	}
+	t.Errorf("2 × %d bytes on 2 connections at %d bytes/s each took %v, want less than %v", size, bps, took, want*16/10)
 }
 
 // TestConnRateRuntime sets a cap while a keep-alive connection is open: its
