@@ -258,7 +258,8 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 		res.Rounds = append(res.Rounds, round)
 	}
 	// A middle node alone: head, middle and tail on loopback, the middle's CPU while it
-	// received and forwarded the model, its --verify re-read left out.
+	// received and forwarded the model, its --verify re-read left out; the head has the model
+	// before the others start (relayAlone).
 	relays := cfg.RelayRuns
 	if relays == 0 {
 		relays = 4
@@ -283,13 +284,27 @@ func RunHead(ctx context.Context, cfg HeadConfig) (res *HeadResult, err error) {
 
 // relayLoopback runs a chain of three agents on loopback and returns its middle node's relay.
 func relayLoopback(ctx context.Context, bin Binaries, dir, redis string, oss *OSS, prefix string, size int64, seq int) (*Relay, error) {
-	return relayAlone(ctx, bin, dir, redis, oss.Endpoint, prefix, size, fmt.Sprint(seq), [3]Host{loopback, loopback, loopback})
+	return relayAlone(ctx, bin, dir, redis, oss.Endpoint, prefix, size, fmt.Sprint(seq), [3]Host{loopback, loopback, loopback}, headFirst)
 }
 
+// How relayAlone starts its chain's head.
+const (
+	// headFirst: the head stages the whole model before the middle and the tail start, so the
+	// middle node's predecessor serves it from its cache and nothing else runs on the machine
+	// while the middle relays, as a node of a real chain has its machine to itself.
+	headFirst = true
+	// headAlongside: the three start together, and the head downloads the model from the
+	// emulator while the middle relays it, the emulator, the head and their links' traffic
+	// sharing the machine's vCPUs with it (its system time then holds some of their network
+	// processing, which the kernel runs in whichever process it interrupts).
+	headAlongside = false
+)
+
 // relayAlone runs a chain of three agents (head, middle, tail) on hosts, nothing else of the
-// benchmark running, and returns its middle node's relay. Agents on loopback each get a port
-// of their own; agents in namespaces use the default.
-func relayAlone(ctx context.Context, bin Binaries, dir, redis, endpoint, model string, size int64, seq string, hosts [3]Host) (*Relay, error) {
+// benchmark running, and returns its middle node's relay. With first (headFirst), the head is
+// ready before the others start. Agents on loopback each get a port of their own; agents in
+// namespaces use the default.
+func relayAlone(ctx context.Context, bin Binaries, dir, redis, endpoint, model string, size int64, seq string, hosts [3]Host, first bool) (*Relay, error) {
 	if err := warmMemory(dir, 6*cacheSize(size)); err != nil {
 		return nil, err
 	}
@@ -320,6 +335,11 @@ func relayAlone(ctx context.Context, bin Binaries, dir, redis, endpoint, model s
 		// Join in order: wait until this one knows its place before starting the next.
 		if err := a.waitFor(ctx, time.Now().Add(time.Minute), hasPosition); err != nil {
 			return nil, err
+		}
+		if i == 0 && first {
+			if err := a.waitFor(ctx, time.Now().Add(5*time.Minute), agenttest.IsReady); err != nil {
+				return nil, err
+			}
 		}
 	}
 	for _, a := range agents {
@@ -359,7 +379,7 @@ func (r *HeadResult) Markdown(cmd string) string {
 	}
 	b.WriteString("\n")
 	if len(r.Relays) > 0 {
-		fmt.Fprintf(&b, "**A middle node alone, on loopback.** Three agents (head, middle, tail) on this machine's loopback, no namespaces and no shaping; the middle node's CPU (user + system) from its start line to its stop, less its `--verify` re-read, over the bytes it forwarded: **%.3f core-s per GB** (lowest of %d runs:", r.RelayPerGB(), len(r.Relays))
+		fmt.Fprintf(&b, "**A middle node alone, on loopback.** Three agents (head, middle, tail) on this machine's loopback, no namespaces and no shaping, the head ready with the model before the other two start (so nothing but the three hops runs meanwhile); the middle node's CPU (user + system) from its start line to its stop, less its `--verify` re-read, over the bytes it forwarded: **%.3f core-s per GB** (lowest of %d runs:", r.RelayPerGB(), len(r.Relays))
 		for _, x := range r.Relays {
 			fmt.Fprintf(&b, " %.3f", x.PerGB())
 		}
