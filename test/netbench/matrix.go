@@ -212,7 +212,10 @@ func RunMatrix(ctx context.Context, o Options) error {
 			// downloading meanwhile on the same vCPUs.
 			if len(env.Regular) >= 3 {
 				for i := range 4 {
-					first := i%2 == 0
+					first := headFirst
+					if i%2 == 1 {
+						first = headAlongside
+					}
 					rl, err := relayAlone(ctx, env.Bin, env.Dir, env.Redis.Addr, env.OSS.Endpoint, p.model, p.size, fmt.Sprintf("link-%d", i),
 						[3]Host{env.Regular[0], env.Regular[1], env.Regular[2]}, first)
 					if err != nil {
