@@ -2,6 +2,7 @@ package ossclient
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/aliyun/alibabacloud-oss-go-sdk-v2/oss"
 	"github.com/aliyun/alibabacloud-oss-go-sdk-v2/oss/credentials"
@@ -38,6 +39,11 @@ func New(cfg Config) (*Client, error) {
 		// Model bytes must arrive exactly as stored: their CRC-64 is of the stored bytes.
 		t.DisableCompression = true
 		t.ResponseHeaderTimeout = cfg.ReadTimeout
+		if strings.HasPrefix(cfg.Endpoint, "http://") {
+			// Large body reads wait for their bytes (lowat.go). net/http reads everything else
+			// through a buffer of ReadBufferSize bytes (4 KiB when 0).
+			t.DialContext = dialMarked(cfg.ConnectTimeout, transport.DefaultKeepAliveTimeout, cfg.ReadTimeout, max(t.ReadBufferSize, 4<<10))
+		}
 	})
 	sdkCfg := oss.LoadDefaultConfig().
 		WithEndpoint(cfg.Endpoint).
