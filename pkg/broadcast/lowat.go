@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/modelcast/modelcast/internal/sockopt"
 )
 
 // A hop's receiver reads a chunk's bytes straight into the cache. On a link slower than the
@@ -28,7 +30,7 @@ import (
 const maxLowat = 1 << 20
 
 // lowatConn is a TCP connection whose reads wait for the bytes its reader says are coming
-// (read, and the mark set, with raw system calls: see rawio.go).
+// (read with raw system calls, see rawio.go; the mark set with one, internal/sockopt).
 // One goroutine reads it at a time (net/http's connection reader or a body's reader).
 type lowatConn struct {
 	*net.TCPConn
@@ -45,7 +47,7 @@ func (c *lowatConn) Read(p []byte) (int, error) {
 	if lw != c.set {
 		var serr error
 		if err := c.raw.Control(func(fd uintptr) {
-			serr = setLowatRaw(fd, lw)
+			serr = sockopt.SetRcvLowat(fd, lw)
 		}); err == nil && serr == nil {
 			c.set = lw
 		}

@@ -60,15 +60,6 @@ func opError(op string, c net.Conn, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
-// setLowatRaw sets fd's SO_RCVLOWAT.
-func setLowatRaw(fd uintptr, n int) error {
-	v := int32(n)
-	if _, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, uintptr(unsafe.Pointer(&v)), 4, 0); e != 0 {
-		return e
-	}
-	return nil
-}
-
 // populate faults the pages of b in (MADV_POPULATE_WRITE), best effort.
 func populate(b []byte) {
 	if len(b) > 0 {

@@ -5,9 +5,8 @@ import (
 	"net"
 	"syscall"
 	"time"
-	"unsafe"
 
-	"golang.org/x/sys/unix"
+	"github.com/modelcast/modelcast/internal/sockopt"
 )
 
 // A download on a link slower than the machine has hundreds of connections, each delivering a
@@ -44,7 +43,7 @@ func (c *markedConn) Read(p []byte) (int, error) {
 	}
 	if mark != c.set {
 		var serr error
-		if err := c.raw.Control(func(fd uintptr) { serr = setMark(fd, mark) }); err == nil && serr == nil {
+		if err := c.raw.Control(func(fd uintptr) { serr = sockopt.SetRcvLowat(fd, mark) }); err == nil && serr == nil {
 			c.set = mark
 		}
 		// On an error the read still works, with more wake-ups: nothing to report.
@@ -68,17 +67,6 @@ func (c *markedConn) Write(p []byte) (int, error) {
 func (c *markedConn) nudge() error {
 	if c.timeout > 0 {
 		return c.SetDeadline(time.Now().Add(c.timeout))
-	}
-	return nil
-}
-
-// setMark sets fd's SO_RCVLOWAT with a raw system call: it never blocks, and an ordinary one
-// would wake the runtime's sysmon thread after every idle spell of a link-bound download.
-func setMark(fd uintptr, n int) error {
-	v := int32(n)
-	if _, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT,
-		uintptr(unsafe.Pointer(&v)), unsafe.Sizeof(v), 0); e != 0 {
-		return e
 	}
 	return nil
 }
