@@ -77,17 +77,25 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
-	target := req.GetTargetPath()
+// checkTarget checks what a publish and an unpublish both need, a volume ID and an absolute
+// target path, and returns the target cleaned.
+func checkTarget(volumeID, target string) (string, error) {
 	switch {
-	case req.GetVolumeId() == "":
-		return fmt.Errorf("%w: volume ID is required", errInvalid)
+	case volumeID == "":
+		return "", fmt.Errorf("%w: volume ID is required", errInvalid)
 	case target == "":
-		return fmt.Errorf("%w: target path is required", errInvalid)
+		return "", fmt.Errorf("%w: target path is required", errInvalid)
 	case !filepath.IsAbs(target):
-		return fmt.Errorf("%w: target path %q is not absolute", errInvalid, target)
+		return "", fmt.Errorf("%w: target path %q is not absolute", errInvalid, target)
 	}
-	target = filepath.Clean(target)
+	return filepath.Clean(target), nil
+}
+
+func (n *nodeServer) publish(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
+	target, err := checkTarget(req.GetVolumeId(), req.GetTargetPath())
+	if err != nil {
+		return err
+	}
 	spec, err := parseVolume(req.GetVolumeContext())
 	if err != nil {
 		return err
@@ -408,16 +416,10 @@ func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 }
 
 func (n *nodeServer) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
-	target := req.GetTargetPath()
-	switch {
-	case req.GetVolumeId() == "":
-		return fmt.Errorf("%w: volume ID is required", errInvalid)
-	case target == "":
-		return fmt.Errorf("%w: target path is required", errInvalid)
-	case !filepath.IsAbs(target):
-		return fmt.Errorf("%w: target path %q is not absolute", errInvalid, target)
+	target, err := checkTarget(req.GetVolumeId(), req.GetTargetPath())
+	if err != nil {
+		return err
 	}
-	target = filepath.Clean(target)
 	unlock, ok := n.locks.TryLock(target)
 	if !ok {
 		return fmt.Errorf("%w: an operation on target %s is already in progress", errBusy, target)
