@@ -593,6 +593,19 @@ func TestDownloadProgressAndCancel(t *testing.T) {
 		t.Errorf("final progress %+v, want everything at %d", last, m.Size())
 	}
 
+	// A context ended before the download starts ends it with the context's error and its
+	// cause (csi-plugin fetch says "terminated" on SIGTERM), whichever step notices first:
+	// preallocation, a part waiting for its space, or a GET.
+	stop := errors.New("asked to stop")
+	for range 5 {
+		ctx, cancel := context.WithCancelCause(t.Context())
+		cancel(stop)
+		err := c.Download(ctx, m, t.TempDir(), ossclient.DownloadOptions{})
+		if !errors.Is(err, context.Canceled) || !errors.Is(err, stop) {
+			t.Fatalf("Download with a cancelled context = %v, want context.Canceled and its cause", err)
+		}
+	}
+
 	// Cancelling stops the download promptly with the context's error.
 	srv.SetEgressRate(1 << 20)
 	ctx, cancel := context.WithCancel(t.Context())

@@ -262,7 +262,7 @@ func (d *download) preallocate(ctx context.Context) error {
 	for i, o := range d.m.Objects {
 		err := allocate(d.root, d.m.Path(i), o.Size, func(done int64) error {
 			d.alloc.advance(d.m.Offset(i) + done)
-			return ctx.Err()
+			return contextCause(ctx)
 		})
 		if err != nil {
 			return fmt.Errorf("download %s: %w", d.m.URI(), err)
@@ -359,7 +359,7 @@ func (w *watermark) wait(ctx context.Context, to int64) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return ctx.Err()
+			return contextCause(ctx)
 		}
 	}
 }

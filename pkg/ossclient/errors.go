@@ -166,11 +166,15 @@ func (e *noSuchHostError) Error() string {
 
 func (e *noSuchHostError) Unwrap() error { return e.err }
 
+// contextCause is why ctx ended: its error (context.Canceled or DeadlineExceeded) and, when
+// the context was ended with a cause that is not that error (os/signal's "terminated signal
+// received"), the cause too, both reachable with errors.Is.
 func contextCause(ctx context.Context) error {
-	if cause := context.Cause(ctx); cause != nil {
-		return cause
+	err, cause := ctx.Err(), context.Cause(ctx)
+	if err != nil && cause != nil && !errors.Is(cause, err) {
+		return fmt.Errorf("%w: %w", err, cause)
 	}
-	return ctx.Err()
+	return cause
 }
 
 // kindOfStatus maps an HTTP status from OSS to a sentinel. 404 comes first: HEAD answers carry
