@@ -166,9 +166,9 @@ func (e *noSuchHostError) Error() string {
 
 func (e *noSuchHostError) Unwrap() error { return e.err }
 
-// contextCause is why ctx ended: its error (context.Canceled or DeadlineExceeded) and, when
-// the context was ended with a cause that is not that error (os/signal's "terminated signal
-// received"), the cause too, both reachable with errors.Is.
+// contextCause is why ctx ended: its cause (os/signal's "terminated signal received", which
+// matches context.Canceled), with the context's error (context.Canceled or DeadlineExceeded)
+// wrapped beside it when the cause does not match that already: both reachable with errors.Is.
 func contextCause(ctx context.Context) error {
 	err, cause := ctx.Err(), context.Cause(ctx)
 	if err != nil && cause != nil && !errors.Is(cause, err) {
