@@ -343,7 +343,7 @@ func targets(command string, parts []part, results [][]*Result, head *HeadResult
 	name := fmt.Sprintf("N = %d, shaped links (%s): median ready time ÷ one direct fetch (direct N = 1, same run, same topology)", label, cmp.Or(p.link, "1gbit"))
 	if cn != nil && d1 != nil && n > 1 {
 		v := cn.Median().Seconds() / d1.Median().Seconds()
-		row(name, "≤ 1.15", fmt.Sprintf("%.3f (%.2f s against %.2f s)", v, cn.Median().Seconds(), d1.Median().Seconds()), v <= 1.15)
+		row(name, "≤ 1.15", fmt.Sprintf("%.3f (%.2f s against %.2f s)%s", v, cn.Median().Seconds(), d1.Median().Seconds(), cpuBound(cn)), v <= 1.15)
 		// Every agent re-reads its model (--verify) before its ready line, and at N = 8 the
 		// nodes do so together on the machine's two vCPUs; a node plugin serves a pod once the
 		// in-line checks passed, without that pass.
@@ -417,7 +417,7 @@ func targets(command string, parts []part, results [][]*Result, head *HeadResult
 		s1, s32 := find(results[1], Chain, 1), find(results[1], Chain, 32)
 		if s1 != nil && s32 != nil {
 			v := s32.Max().Seconds() / s1.Max().Seconds()
-			row("scale run: chain T(32) ÷ T(1) (slowest node)", "≤ 1.20", fmt.Sprintf("%.2f (%.2f s / %.2f s)", v, s32.Max().Seconds(), s1.Max().Seconds()), v <= 1.20)
+			row("scale run: chain T(32) ÷ T(1) (slowest node)", "≤ 1.20", fmt.Sprintf("%.2f (%.2f s / %.2f s)%s", v, s32.Max().Seconds(), s1.Max().Seconds(), cpuBound(s32)), v <= 1.20)
 		}
 	}
 	worst, worstFail, chains, fails := 0.0, 0.0, 0, 0
@@ -517,4 +517,13 @@ func kernel() string {
 		return "?"
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// cpuBound says how much of a run's slowest ready time the machine's processors alone needed
+// for its agents' work (Result.CPUFloor): what bounds a figure when all hosts share them.
+func cpuBound(r *Result) string {
+	cpus := runtime.NumCPU()
+	floor, slowest := r.CPUFloor(cpus), r.Max()
+	return fmt.Sprintf("; its %d agents used %.1f core-s, which %d vCPUs need %.2f s for, %.0f %% of its slowest node's %.2f s",
+		r.N, r.CPU, cpus, floor.Seconds(), 100*floor.Seconds()/slowest.Seconds(), slowest.Seconds())
 }

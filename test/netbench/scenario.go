@@ -300,3 +300,11 @@ func (r *Result) CPUPerGB() float64 {
 	}
 	return r.CPU / (float64(r.Forwarded) / 1e9)
 }
+
+// CPUFloor is the least wall time in which cpus processors could have done all the agents' work
+// of the run (their user + system time over cpus). Agents start together and share the
+// machine, so when it comes near the run's slowest ready time the machine's processors, not
+// the chain, bound the run. It leaves out the emulator's and Redis's CPU: a lower bound.
+func (r *Result) CPUFloor(cpus int) time.Duration {
+	return time.Duration(r.CPU / float64(cpus) * float64(time.Second))
+}
