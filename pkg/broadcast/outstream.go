@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -221,6 +222,12 @@ func (st *outStream) waitRoom() error {
 	}
 	return nil
 }
+
+// interrupt ends the stream's wait for room, now and later (a write deadline in the past): the
+// model was released, and a receiver that stopped reading without going away (a frozen
+// successor) would keep the stream waiting, and the released model's files open, for as long
+// as it stays frozen.
+func (st *outStream) interrupt() { _ = st.conn.SetWriteDeadline(time.Now()) }
 
 // closed reports whether ch is closed (a nil ch never is).
 func closed(ch <-chan struct{}) bool {

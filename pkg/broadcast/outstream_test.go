@@ -205,6 +205,32 @@ func TestStreamEndsWhenTheReceiverGoes(t *testing.T) {
 	}
 }
 
+// TestStreamWaitingForRoomEndsWhenTheModelIsReleased: a stream whose receiver stopped
+// reading (a frozen successor: its socket stays full, nothing resets it) ends when the cache
+// releases the model, and closes the files it sent from: open, they would keep the released
+// model's tmpfs pages.
+func TestStreamWaitingForRoomEndsWhenTheModelIsReleased(t *testing.T) {
+	w := newOrderWorld(t, 16<<20)
+	a := w.node(t, "a")
+	la := w.local(t, a, 1)
+	for i := range w.layout.Len() {
+		w.put(t, la, i, w.layout.Chunk(i).Size)
+	}
+	rawStream(t, a, w.layout.Len()) // never read
+	waitFull(t, la)
+	la.mu.Lock()
+	st := la.streams[0]
+	la.mu.Unlock()
+	la.close()
+	waitStreams(t, a, 0)
+	st.mu.Lock()
+	open := len(st.files)
+	st.mu.Unlock()
+	if open != 0 {
+		t.Errorf("the ended stream keeps %d of the released model's files open", open)
+	}
+}
+
 // TestStreamEndsWhenTheModelIsReleased: a stream waiting for chunks ends when the cache
 // releases the model.
 func TestStreamEndsWhenTheModelIsReleased(t *testing.T) {

@@ -578,7 +578,8 @@ func (l *replica) endWrite() {
 	}
 }
 
-// close releases the model: waiting streams end, files close (open readers keep theirs) once
+// close releases the model: waiting streams end (those waiting for chunks on released, those
+// waiting for room in their sockets interrupted), files close (open readers keep theirs) once
 // no receiver writes into them any more.
 func (l *replica) close() {
 	l.mu.Lock()
@@ -586,6 +587,9 @@ func (l *replica) close() {
 	if !l.closed {
 		l.closed = true
 		close(l.released)
+		for _, st := range l.streams {
+			st.interrupt()
+		}
 	}
 	if l.writers == 0 {
 		l.closeFilesLocked()

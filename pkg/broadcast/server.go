@@ -219,6 +219,9 @@ func (s *server) stream(ctx context.Context, w http.ResponseWriter, l *replica, 
 		}
 		if full {
 			if err := st.waitRoom(); err != nil {
+				if closed(st.released) {
+					return errReleased // the release interrupted the wait
+				}
 				return err
 			}
 		}
