@@ -212,7 +212,10 @@ func New(cfg Config, rdb redis.UniversalClient) (*Broadcaster, error) {
 		_, real, _ := net.SplitHostPort(ln.Addr().String())
 		n.cfg.Addr = net.JoinHostPort(host, real)
 	}
-	n.http = &http.Server{Handler: n.srv, ReadHeaderTimeout: 10 * time.Second, ConnContext: withConn}
+	// A connection that carries no request for as long as a stream may carry nothing before its
+	// receiver gives it up is closed (streams themselves end with their connections): an idle
+	// one, refused or not, would hold a goroutine and a descriptor for as long as its peer likes.
+	n.http = &http.Server{Handler: n.srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: n.cfg.StallTimeout, ConnContext: withConn}
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
